@@ -1,0 +1,15 @@
+"""Zero-configuration discovery, master election and messaging on a LAN.
+
+A Python port of node-discover that speaks its wire format.  Start with
+:class:`Discovery` (threads) or :class:`AsyncDiscovery` (asyncio).
+"""
+
+from __future__ import annotations
+
+from .discovery import AsyncDiscovery, Discovery
+from .errors import BindError, PacketTooLarge
+from .node import Node, Packet
+
+__version__ = "0.1.0"
+
+__all__ = ["AsyncDiscovery", "BindError", "Discovery", "Node", "Packet", "PacketTooLarge", "__version__"]

@@ -1,0 +1,473 @@
+"""The sans-IO protocol engine: node table, timeouts, election, goodbye, channel dispatch.
+
+Feed it ``datagram_received(now, data, addr)``, ``tick(now)`` and the user's calls;
+it returns a list of actions (:class:`Transmit`, :class:`Emit`) and tells the runtime
+when it next needs a ``tick`` (:meth:`DiscoveryCore.next_deadline`).  It never reads a
+clock, opens a socket or starts a thread, so every rule here runs deterministically
+under a fake clock (see ``tests/sim.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any, Union
+
+from . import wire
+from .election import Decision, decide
+from .errors import PacketTooLarge
+from .node import Node, Packet
+from .options import Options
+
+log = logging.getLogger("pydiscover.core")
+
+#: Names that can never be joined or sent on: local events and protocol packets.
+#: A remote packet named "error" must not reach pyee's "error" (it would raise).
+RESERVED_NAMES = frozenset(
+    {
+        wire.HELLO, wire.GOODBYE, "promotion", "demotion", "added", "removed", "master",
+        "helloReceived", "helloEmitted", "check", "started", "stopped", "error",
+        "message", "new_listener",
+    }
+)
+
+Address = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send this datagram to every destination (broadcast, group or unicast list)."""
+
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Fire a local event with these arguments."""
+
+    event: str
+    args: tuple[Any, ...] = ()
+
+
+Action = Union[Transmit, Emit]
+
+
+class DiscoveryCore:
+    """One discovery instance's state.  Not thread-safe: one driver owns it."""
+
+    def __init__(self, options: Options, *, pid: str, iid: str, rng: random.Random | None = None) -> None:
+        self.options = options
+        self.pid = pid
+        self.iid = iid
+        self._rng = rng or random.Random()
+        self._nodes: dict[str, Node] = {}
+        # Node ids in last-seen order, one list per timeout, so the next expiry is O(1).
+        self._by_age: dict[bool, OrderedDict[str, None]] = {False: OrderedDict(), True: OrderedDict()}
+        self._last_seq: dict[str, int] = {}
+        # Instances that said goodbye: iid -> (goodbye seq, forget-at).  A late hello
+        # sent before the goodbye must not bring them back.
+        self._departed: dict[str, tuple[int, float]] = {}
+        self._channels: set[str] = set()
+        self._seq = 0
+        self._running = False
+        self._is_master = False
+        self._eligible = not options.client
+        self._stepping_down_until: float | None = None
+        self._advertisement = options.advertisement
+        self._settle_at = 0.0
+        self._next_hello: float | None = None
+        self._next_check: float | None = None
+        self._reply_at: float | None = None
+        self._last_reply = float("-inf")
+        self._started_at = 0.0
+        self.counters: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self._check_size(self._advertisement)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def is_master(self) -> bool:
+        return self._is_master
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """A copy of the live node table (other instances only), keyed by instance id."""
+        return dict(self._nodes)
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._channels)
+
+    @property
+    def advertisement(self) -> Any:
+        return self._advertisement
+
+    def me(self, now: float) -> Node:
+        """This instance as peers see it."""
+        return Node(
+            id=self.iid,
+            pid=self.pid,
+            hostname=self.options.hostname,
+            address=self.options.address,
+            port=self.options.port,
+            is_master=self._is_master,
+            is_master_eligible=self._advertised_eligible(),
+            weight=self.options.weight,
+            advertisement=self._advertisement,
+            last_seen=now,
+        )
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`tick` has work to do, or ``None`` when stopped."""
+        if not self._running:
+            return None
+        times = [t for t in (self._next_hello, self._next_check, self._reply_at) if t is not None]
+        for is_master, ids in self._by_age.items():
+            if ids:
+                times.append(self._expiry(self._nodes[next(iter(ids))]))
+        if self._stepping_down_until is not None:
+            times.append(self._stepping_down_until)
+        return min(times) if times else None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, now: float) -> list[Action]:
+        """Begin: say hello at once; hold elections for ``check_interval`` while the cluster answers."""
+        if self._running:
+            return []
+        self._running = True
+        self._started_at = now
+        self._settle_at = now + self.options.check_interval
+        self._next_check = self._settle_at
+        out: list[Action] = []
+        if not self.options.client:
+            self._hello(now, out)
+            self._next_hello = now + self.options.hello_interval
+        return out
+
+    def stop(self, now: float) -> list[Action]:
+        """Stop; a server says goodbye so peers drop it and elect a successor at once."""
+        if not self._running:
+            return []
+        out: list[Action] = []
+        if not self.options.client:
+            out.append(self._transmit(wire.GOODBYE, {"isMaster": self._is_master}))
+        self._running = False
+        self._next_hello = self._next_check = self._reply_at = None
+        if self._is_master:
+            self._is_master = False
+        return out
+
+    # ------------------------------------------------------------- user calls
+    def promote(self, now: float) -> list[Action]:
+        """Become master now (and eligible again, even after ``demote(permanent=True)``)."""
+        out: list[Action] = []
+        self._eligible = not self.options.client
+        self._stepping_down_until = None
+        if not self._is_master:
+            self._is_master = True
+            out.append(Emit("promotion", (self.me(now),)))
+        if self._running and not self.options.client:
+            self._hello(now, out)
+        return out
+
+    def demote(self, now: float, permanent: bool = False) -> list[Action]:
+        """Step down.  ``permanent`` makes this node ineligible until :meth:`promote`.
+
+        A temporary demotion advertises "not eligible" for up to ``master_timeout`` so
+        the next-ranked node takes over (in node-discover the demoted node simply
+        re-promotes at its next check); once a successor is seen, or the time is up
+        with none, this node is a normal candidate again.
+        """
+        out: list[Action] = []
+        if permanent:
+            self._eligible = False
+            self._stepping_down_until = None
+        else:
+            self._stepping_down_until = now + self.options.master_timeout
+        if self._is_master:
+            self._is_master = False
+            out.append(Emit("demotion", (self.me(now),)))
+        if self._running and not self.options.client:
+            self._hello(now, out)
+        return out
+
+    def join(self, channel: str) -> bool:
+        """Start delivering ``channel``; ``False`` if reserved or already joined."""
+        if not self._valid_channel(channel) or channel in self._channels:
+            return False
+        self._channels.add(channel)
+        return True
+
+    def leave(self, channel: str) -> bool:
+        if channel not in self._channels:
+            return False
+        self._channels.discard(channel)
+        return True
+
+    def send(self, channel: str, data: Any) -> list[Action] | None:
+        """Build a channel message; ``None`` for a reserved name.  Raises if over budget."""
+        if not self._valid_channel(channel):
+            return None
+        return [self._transmit(channel, data, what=f"message on channel {channel!r}")]
+
+    def advertise(self, advertisement: Any) -> None:
+        """Set what goes out with every hello (the next one included); checked for size now."""
+        self._check_size(advertisement)
+        self._advertisement = advertisement
+
+    # ---------------------------------------------------------------- inputs
+    def tick(self, now: float) -> list[Action]:
+        """Do everything due at ``now``: expire nodes, say hello, reply, elect."""
+        out: list[Action] = []
+        if not self._running:
+            return out
+        elect = self._expire(now, out)
+        if self._stepping_down_until is not None and now >= self._stepping_down_until:
+            self._stepping_down_until = None
+            elect = True
+            if not self.options.client:
+                self._hello(now, out)
+        if self._next_hello is not None and now >= self._next_hello:
+            self._hello(now, out)
+            # Skip missed beats rather than bursting after a stall.
+            self._next_hello += self.options.hello_interval * max(
+                1, int((now - self._next_hello) // self.options.hello_interval) + 1
+            )
+        if self._reply_at is not None and now >= self._reply_at:
+            self._reply_at = None
+            self._last_reply = now
+            self._hello(now, out)
+        if self._next_check is not None and now >= self._next_check:
+            self._next_check = now + self.options.check_interval
+            elect = True
+            out.append(Emit("check"))
+        if elect:
+            self._elect(now, out)
+        self._forget_departed(now)
+        return out
+
+    def datagram_received(self, now: float, data: bytes, addr: Address) -> list[Action]:
+        """Handle one datagram from ``addr`` (``(host, port, ...)``).  Never raises for any input."""
+        out: list[Action] = []
+        if not self._running:
+            return out
+        self.counters["packets_in"] += 1
+        self.counters["bytes_in"] += len(data)
+        # Expire first: an election below must not count a node whose deadline has passed.
+        if self._expire(now, out):
+            self._elect(now, out)
+        try:
+            env = wire.decode(data)
+        except wire.DecodeError as exc:
+            self._drop(exc.reason, addr, exc)
+            return out
+        if env.iid == self.iid:
+            if env.event in (wire.HELLO, wire.GOODBYE) or self.options.ignore_instance:
+                self.dropped["own_instance"] += 1
+                return out
+        elif env.pid == self.pid and self.options.ignore_process:
+            self.dropped["own_process"] += 1
+            return out
+        host, port = _host_port(addr)
+        if env.event == wire.HELLO:
+            self._on_hello(now, env, host, port, out)
+        elif env.event == wire.GOODBYE:
+            self._on_goodbye(now, env, out)
+        elif env.event in self._channels:
+            packet = Packet(env.event, env.pid, env.iid, env.hostname, env.data, host, port, env.seq)
+            out.append(Emit(env.event, (env.data, packet)))
+        elif env.event in RESERVED_NAMES:
+            self.dropped["reserved_event"] += 1
+        else:
+            self.dropped["not_joined"] += 1
+        return out
+
+    # -------------------------------------------------------------- internals
+    def _drop(self, reason: str, addr: Address, detail: object) -> None:
+        self.dropped[reason] += 1
+        log.debug("dropped datagram from %s: %s", addr, detail)
+
+    def _valid_channel(self, channel: object) -> bool:
+        if not isinstance(channel, str):
+            raise TypeError(f"channel must be a str, got {type(channel).__name__}")
+        if not channel:
+            raise ValueError("channel must be a non-empty string")
+        return channel not in RESERVED_NAMES
+
+    def _expiry(self, node: Node) -> float:
+        timeout = self.options.master_timeout if node.is_master else self.options.node_timeout
+        return node.last_seen + timeout
+
+    def _advertised_eligible(self) -> bool:
+        return self._eligible and self._stepping_down_until is None
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _transmit(self, event: str, data: Any, *, what: str = "packet") -> Transmit:
+        env = wire.Envelope(event, self.pid, self.iid, self.options.hostname, data, self._next_seq())
+        raw = wire.encode(env, what=what, budget=self.options.max_datagram)
+        self.counters["packets_out"] += 1
+        self.counters["bytes_out"] += len(raw)
+        return Transmit(raw)
+
+    def _hello_data(self, advertisement: Any) -> dict[str, Any]:
+        return wire.Hello(
+            is_master=self._is_master,
+            is_master_eligible=self._advertised_eligible(),
+            weight=self.options.weight,
+            advertisement=advertisement,
+        ).to_json()
+
+    def _check_size(self, advertisement: Any) -> None:
+        # Encode a worst-case hello (largest seq digits) so a later hello cannot overflow.
+        env = wire.Envelope(
+            wire.HELLO, self.pid, self.iid, self.options.hostname, self._hello_data(advertisement), 2**53
+        )
+        wire.encode(env, what="hello with this advertisement", budget=self.options.max_datagram)
+
+    def _hello(self, now: float, out: list[Action]) -> None:
+        out.append(self._transmit(wire.HELLO, self._hello_data(self._advertisement)))
+        out.append(Emit("helloEmitted"))
+
+    def _is_stale(self, env: wire.Envelope) -> bool:
+        if env.seq is None:
+            return False
+        departed = self._departed.get(env.iid)
+        if departed is not None:
+            if env.seq <= departed[0]:
+                return True
+            del self._departed[env.iid]
+        last = self._last_seq.get(env.iid)
+        return last is not None and env.seq <= last
+
+    def _on_hello(self, now: float, env: wire.Envelope, host: str, port: int, out: list[Action]) -> None:
+        try:
+            hello = wire.decode_hello(env.data)
+        except wire.DecodeError as exc:
+            self._drop(exc.reason, (host, port), exc)
+            return
+        if self._is_stale(env):
+            self.dropped["stale"] += 1
+            return
+        if env.seq is not None:
+            self._last_seq[env.iid] = env.seq
+        old = self._nodes.get(env.iid)
+        node = Node(
+            id=env.iid,
+            pid=env.pid,
+            hostname=env.hostname,
+            address=host,
+            port=port,
+            is_master=hello.is_master,
+            is_master_eligible=hello.is_master_eligible,
+            weight=hello.weight,
+            advertisement=hello.advertisement,
+            last_seen=now,
+        )
+        self._nodes[env.iid] = node
+        if old is not None:
+            del self._by_age[old.is_master][env.iid]
+        self._by_age[node.is_master][env.iid] = None
+        if old is None:
+            out.append(Emit("added", (node,)))
+            self._schedule_reply(now)
+        if node.is_master and (old is None or not old.is_master):
+            out.append(Emit("master", (node,)))
+            if self._stepping_down_until is not None:
+                # A successor exists: the hand-over is done, be a normal candidate again.
+                self._stepping_down_until = None
+        out.append(Emit("helloReceived", (node, old is None)))
+        if (
+            old is None
+            or old.is_master != node.is_master
+            or old.is_master_eligible != node.is_master_eligible
+            or old.weight != node.weight
+        ):
+            self._elect(now, out)
+
+    def _on_goodbye(self, now: float, env: wire.Envelope, out: list[Action]) -> None:
+        if self._is_stale(env):
+            self.dropped["stale"] += 1
+            return
+        if env.seq is not None:
+            forget = now + 2 * max(self.options.master_timeout, self.options.hello_interval)
+            self._departed[env.iid] = (env.seq, forget)
+            self._last_seq.pop(env.iid, None)
+        node = self._nodes.get(env.iid)
+        if node is not None:
+            self._remove(node, out)
+            self._elect(now, out)
+
+    def _remove(self, node: Node, out: list[Action]) -> None:
+        del self._nodes[node.id]
+        del self._by_age[node.is_master][node.id]
+        self._last_seq.pop(node.id, None)
+        out.append(Emit("removed", (node,)))
+
+    def _expire(self, now: float, out: list[Action]) -> bool:
+        removed = False
+        for ids in self._by_age.values():
+            while ids:
+                node = self._nodes[next(iter(ids))]
+                if self._expiry(node) > now:
+                    break
+                self._remove(node, out)
+                removed = True
+        return removed
+
+    def _forget_departed(self, now: float) -> None:
+        if self._departed:
+            for iid in [i for i, (_, at) in self._departed.items() if at <= now]:
+                del self._departed[iid]
+
+    def _schedule_reply(self, now: float) -> None:
+        """Answer a newcomer soon so it learns the cluster in milliseconds, not a hello interval.
+
+        Replies are coalesced (one pending at a time), spread over a window that grows
+        with the cluster (1 ms per known node, at most a quarter hello interval), and
+        at most one per window, so 200 nodes answering one newcomer cannot storm.
+        """
+        if self.options.client or self._reply_at is not None:
+            return
+        window = min(self.options.hello_interval / 4, 0.005 + 0.001 * len(self._nodes))
+        at = max(now + self._rng.uniform(0, window), self._last_reply + window)
+        if self._next_hello is not None and at >= self._next_hello:
+            return  # the regular hello comes first
+        self._reply_at = at
+
+    def _elect(self, now: float, out: list[Action]) -> None:
+        if not self._running or now < self._settle_at:
+            return
+        decision = decide(
+            my_rank=(self.options.weight, self.iid),
+            i_am_master=self._is_master,
+            i_am_eligible=self._advertised_eligible(),
+            others=self._nodes.values(),
+            masters_required=self.options.masters_required,
+        )
+        if decision is Decision.PROMOTE:
+            log.info("promoting %s to master", self.iid)
+            self._is_master = True
+            out.append(Emit("promotion", (self.me(now),)))
+            self._hello(now, out)
+        elif decision is Decision.DEMOTE:
+            log.info("demoting %s: %d higher-ranked masters", self.iid, self.options.masters_required)
+            self._is_master = False
+            out.append(Emit("demotion", (self.me(now),)))
+            self._hello(now, out)
+
+
+def _host_port(addr: Address) -> tuple[str, int]:
+    host = str(addr[0]) if addr else ""
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]  # a v4 peer seen through a dual-stack socket
+    port = addr[1] if len(addr) > 1 and isinstance(addr[1], int) else 0
+    return host, port

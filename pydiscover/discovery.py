@@ -1,0 +1,456 @@
+"""The runtime: drive the sans-IO core from a transport and a clock.
+
+:class:`AsyncDiscovery` runs on the caller's asyncio loop; :class:`Discovery` runs the
+same class on a private loop in a daemon thread (python-zeroconf's shape), so both
+share every protocol rule.  Neither contains protocol logic: they feed the core and
+carry out what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from .core import Action, DiscoveryCore, Emit, Transmit
+from .events import SafeEmitter
+from .node import Node
+from .options import Options, build_options, parse_unicast
+from .transports.base import Address, Transport
+from .transports.udp import UdpTransport
+
+log = logging.getLogger("pydiscover.discovery")
+
+T = TypeVar("T")
+Handler = Callable[..., Any]
+
+_process_id = str(uuid.uuid4())
+
+
+def _new_process_id() -> None:
+    global _process_id
+    _process_id = str(uuid.uuid4())
+
+
+# A forked child is a different process to its peers (node-discover's pid is per process).
+os.register_at_fork(after_in_child=_new_process_id)
+
+
+def _make_transport(options: Options, transport: Any) -> Transport:
+    if transport is None:
+        return UdpTransport(
+            address=options.address,
+            port=options.port,
+            broadcast=options.broadcast,
+            multicast=options.multicast,
+            multicast_ttl=options.multicast_ttl,
+            interface=options.interface,
+            unicast=options.unicast,
+            reuse_addr=options.reuse_addr,
+        )
+    if isinstance(transport, Transport):
+        return transport
+    if isinstance(transport, str):
+        raise NotImplementedError(f"transport URL {transport!r}: only UDP and transport objects are supported yet")
+    raise TypeError(f"transport must be a Transport instance, got {type(transport).__name__}")
+
+
+class AsyncDiscovery:
+    """Discovery on the running asyncio loop.  Use ``async with`` or ``await start()``.
+
+    Options are those of :class:`Discovery` (see the README); handlers may be plain
+    functions or coroutines and run on this loop.
+    """
+
+    def __init__(self, *, transport: Any = None, **options: Any) -> None:
+        self.options = build_options(**options)
+        self._transport = _make_transport(self.options, transport)
+        self._core = DiscoveryCore(self.options, pid=_process_id, iid=str(uuid.uuid4()))
+        self._emitter = SafeEmitter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # ----------------------------------------------------------- lifecycle
+    async def start(self) -> bool:
+        """Bind and say hello.  ``False`` if already running; raises :class:`BindError` on bind failure."""
+        if self._core.running:
+            return False
+        loop = asyncio.get_running_loop()
+        self._emitter._loop = loop
+        await self._transport.open(self._datagram_received)
+        self._loop = loop
+        self._apply(self._core.start(loop.time()))
+        self._emitter.emit("started", self)
+        return True
+
+    async def stop(self) -> bool:
+        """Say goodbye (peers drop this node at once), close the socket.  ``False`` if not running."""
+        if not self._core.running or self._loop is None:
+            return False
+        self._apply(self._core.stop(self._loop.time()))
+        self._cancel_timer()
+        await self._transport.close()
+        self._emitter.emit("stopped", self)
+        return True
+
+    async def __aenter__(self) -> AsyncDiscovery:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -------------------------------------------------------------- events
+    def on(self, event: str, handler: Handler | None = None) -> Any:
+        """Register ``handler`` for ``event`` (or use as a decorator)."""
+        return self._emitter.on(event, handler) if handler is not None else self._emitter.on(event)
+
+    def once(self, event: str, handler: Handler | None = None) -> Any:
+        return self._emitter.once(event, handler)
+
+    def remove_listener(self, event: str, handler: Handler) -> None:
+        self._emitter.remove_listener(event, handler)
+
+    async def wait_for(self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0) -> tuple[Any, ...]:
+        """Wait until ``event`` fires with arguments that satisfy ``predicate``; for tests and scripts."""
+        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+
+        def handler(*args: Any) -> None:
+            if not future.done() and predicate(*args):
+                future.set_result(args)
+
+        self._emitter.on(event, handler)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._emitter.remove_listener(event, handler)
+
+    # ------------------------------------------------------------ messages
+    def join(self, channel: str, handler: Handler | None = None) -> bool:
+        """Receive ``channel``; ``handler(data, packet)`` is called per message.
+
+        ``False`` (nothing registered) for a reserved name or a channel already joined.
+        """
+        if not self._core.join(channel):
+            return False
+        if handler is not None:
+            self._emitter.on(channel, handler)
+        return True
+
+    def leave(self, channel: str) -> bool:
+        """Stop receiving ``channel`` and drop its handlers."""
+        if not self._core.leave(channel):
+            return False
+        self._emitter.remove_all_listeners(channel)
+        return True
+
+    def send(self, channel: str, data: Any = None) -> bool:
+        """Send ``data`` on ``channel``; ``False`` for a reserved name or when stopped.
+
+        Raises :class:`PacketTooLarge` over the datagram budget and ``TypeError`` for
+        data that is not JSON-serializable.
+        """
+        actions = self._core.send(channel, data)
+        if actions is None or not self._core.running:
+            return False
+        self._apply(actions)
+        return True
+
+    def advertise(self, advertisement: Any) -> None:
+        """Publish ``advertisement`` with every hello from the next one on; checked for size now."""
+        self._core.advertise(advertisement)
+
+    def promote(self) -> None:
+        """Become master now (peers of lower rank demote)."""
+        self._apply(self._core.promote(self._now()))
+
+    def demote(self, permanent: bool = False) -> None:
+        """Stop being master; ``permanent`` keeps this node out of elections until :meth:`promote`."""
+        self._apply(self._core.demote(self._now(), permanent))
+
+    # --------------------------------------------------------------- views
+    @property
+    def nodes(self) -> dict[str, Node]:
+        """Live peers by instance id (a snapshot; this instance is not included)."""
+        return self._core.nodes
+
+    @property
+    def me(self) -> Node:
+        return self._core.me(self._now())
+
+    @property
+    def is_master(self) -> bool:
+        return self._core.is_master
+
+    @property
+    def running(self) -> bool:
+        return self._core.running
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return self._core.channels
+
+    @property
+    def local_address(self) -> Address | None:
+        """The bound socket address (useful with ``port=0``-style setups and in tests)."""
+        return self._transport.local_address
+
+    @property
+    def unicast(self) -> list[str]:
+        """The unicast destination list as ``"host:port"`` strings (empty unless in unicast mode)."""
+        return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in getattr(self, "_unicast", self.options.unicast)]
+
+    @unicast.setter
+    def unicast(self, value: str | list[str]) -> None:
+        if not isinstance(self._transport, UdpTransport) or not self.options.unicast:
+            raise ValueError("unicast can only be changed on a UDP transport created in unicast mode")
+        endpoints = parse_unicast(value, self.options.port)
+        self._transport.set_unicast(endpoints)
+        self._unicast = endpoints
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Packet counters and drops by reason (``bad_envelope``, ``not_json``, ``stale``, ...)."""
+        counters = self._core.counters
+        dropped = dict(self._core.dropped)
+        for reason, count in self._transport.errors.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        return {
+            "packets_in": counters["packets_in"],
+            "packets_out": counters["packets_out"],
+            "bytes_in": counters["bytes_in"],
+            "bytes_out": counters["bytes_out"],
+            "dropped": dropped,
+        }
+
+    # ------------------------------------------------------------ plumbing
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
+    def _datagram_received(self, data: bytes, addr: Address) -> None:
+        try:
+            actions = self._core.datagram_received(self._now(), data, addr)
+        except Exception:  # a bug in the core must not take the socket down
+            log.exception("internal error handling a datagram from %s", addr)
+            self._core.dropped["internal_error"] += 1
+            return
+        self._apply(actions)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            actions = self._core.tick(self._now())
+        except Exception:
+            log.exception("internal error in tick")
+            actions = []
+        self._apply(actions)
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Transmit):
+                self._transport.send(action.datagram)
+            elif isinstance(action, Emit):
+                self._emitter.emit(action.event, *action.args)
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        deadline = self._core.next_deadline()
+        if deadline == self._timer_at or self._loop is None:
+            return
+        self._cancel_timer()
+        if deadline is not None:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+
+class Discovery:
+    """Discovery for plain (non-async) programs: the same engine on a loop in a daemon thread.
+
+    Starts at once unless ``start=False``.  Handlers run on that thread; keep them short
+    or hand work off.  Every method may be called from any thread, handlers included.
+    """
+
+    def __init__(self, *, start: bool = True, transport: Any = None, **options: Any) -> None:
+        if not isinstance(start, bool):
+            raise TypeError("start must be True or False")
+        self._async = AsyncDiscovery(transport=transport, **options)
+        self.options = self._async.options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        if start:
+            self.start()
+
+    # ----------------------------------------------------------- lifecycle
+    def start(self) -> bool:
+        """Bind and start the background thread; raises :class:`BindError` on bind failure."""
+        with self._lock:
+            if self._async.running:
+                return False
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                ready = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run_loop, args=(ready,), name="pydiscover", daemon=True
+                )
+                self._thread.start()
+                ready.wait()
+            try:
+                return self._run(self._async.start())
+            except BaseException:
+                self._shutdown_loop()
+                raise
+
+    def stop(self) -> bool:
+        """Say goodbye, close the socket and end the thread.  ``False`` if not running."""
+        with self._lock:
+            if self._loop is None:
+                return False
+            try:
+                return self._run(self._async.stop())
+            finally:
+                self._shutdown_loop()
+
+    def __enter__(self) -> Discovery:
+        if not self._async.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _shutdown_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def _in_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        assert self._loop is not None
+        if self._in_loop_thread():
+            coro.close()
+            raise RuntimeError("start()/stop() cannot be called from a handler; use a thread")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the loop thread (the core is single-threaded) and return its result."""
+        loop = self._loop
+        if loop is None or self._in_loop_thread() or not loop.is_running():
+            return fn(*args)
+        future: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return future.result(timeout=10.0)
+
+    # ------------------------------------------------------- events (pyee)
+    def on(self, event: str, handler: Handler | None = None) -> Any:
+        """Register ``handler`` for ``event`` (or use as a decorator).  Runs on the discovery thread."""
+        return self._async.on(event, handler)
+
+    def once(self, event: str, handler: Handler | None = None) -> Any:
+        return self._async.once(event, handler)
+
+    def remove_listener(self, event: str, handler: Handler) -> None:
+        self._async.remove_listener(event, handler)
+
+    def wait_for(self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0) -> tuple[Any, ...]:
+        """Block until ``event`` fires with arguments satisfying ``predicate``; ``TimeoutError`` otherwise."""
+        if self._loop is None:
+            raise RuntimeError("not running")
+        return self._run(self._async.wait_for(event, predicate, timeout), timeout + 1)
+
+    # ----------------------------------------------------------- messages
+    def join(self, channel: str, handler: Handler | None = None) -> bool:
+        """See :meth:`AsyncDiscovery.join`."""
+        return self._call(self._async.join, channel, handler)
+
+    def leave(self, channel: str) -> bool:
+        return self._call(self._async.leave, channel)
+
+    def send(self, channel: str, data: Any = None) -> bool:
+        """See :meth:`AsyncDiscovery.send`."""
+        return self._call(self._async.send, channel, data)
+
+    def advertise(self, advertisement: Any) -> None:
+        self._call(self._async.advertise, advertisement)
+
+    def promote(self) -> None:
+        self._call(self._async.promote)
+
+    def demote(self, permanent: bool = False) -> None:
+        self._call(self._async.demote, permanent)
+
+    # -------------------------------------------------------------- views
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return self._call(lambda: self._async.nodes)
+
+    @property
+    def me(self) -> Node:
+        return self._call(lambda: self._async.me)
+
+    @property
+    def is_master(self) -> bool:
+        return self._async.is_master
+
+    @property
+    def running(self) -> bool:
+        return self._async.running
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return self._async.channels
+
+    @property
+    def local_address(self) -> Address | None:
+        return self._async.local_address
+
+    @property
+    def unicast(self) -> list[str]:
+        return self._async.unicast
+
+    @unicast.setter
+    def unicast(self, value: str | list[str]) -> None:
+        self._call(setattr, self._async, "unicast", value)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self._call(lambda: self._async.stats)
+
+
+__all__ = ["AsyncDiscovery", "Discovery"]

@@ -1,0 +1,238 @@
+"""Option validation: every option is checked once, at construction, with a message naming it.
+
+node-discover accepts anything and fails later (or never); here a typo is a
+``TypeError``/``ValueError`` before any socket is opened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .wire import DEFAULT_MAX_DATAGRAM, check_json
+
+DEFAULT_PORT = 12345
+DEFAULT_BROADCAST = "255.255.255.255"
+
+Endpoint = tuple[str, int]
+
+
+def default_weight(now_ms: int | None = None) -> float:
+    """node-discover's default: ``-(now_ms / 10**digits)``, so the older process wins."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return -(ms / 10 ** len(str(ms)))
+
+
+def _number(name: str, value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return value
+
+
+def _ip(name: str, value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be an IP address string, got {type(value).__name__}")
+    try:
+        return ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        raise ValueError(f"{name} must be an IP address, got {value!r}") from None
+
+
+def parse_endpoint(text: str, default_port: int) -> Endpoint:
+    """``"host"``, ``"host:port"``, ``"v6addr"`` or ``"[v6addr]:port"`` -> ``(ip, port)``."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"unicast entries must be non-empty strings, got {text!r}")
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f"unicast entry {text!r}: missing ']'")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"unicast entry {text!r}: expected ':port' after ']'")
+            port = _port_text(text, rest[1:])
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port_text(text, port_text)
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        return (host if ip.version == 6 else str(ip), port)
+    except ValueError:
+        pass
+    try:  # a name: resolve once, now, so a typo fails at construction
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise ValueError(f"unicast entry {text!r}: cannot resolve {host!r}: {exc}") from None
+    return (str(infos[0][4][0]), port)
+
+
+def _port_text(entry: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"unicast entry {entry!r}: bad port {text!r}")
+    return int(text)
+
+
+def parse_unicast(value: Any, default_port: int) -> tuple[Endpoint, ...]:
+    """A list of entries or one comma-separated string (node-discover's two forms)."""
+    if isinstance(value, str):
+        items = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise TypeError(f"unicast must be a string or a list of strings, got {type(value).__name__}")
+    if not items:
+        raise ValueError("unicast must name at least one host")
+    return tuple(parse_endpoint(item, default_port) for item in items)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated settings.  Times are seconds (node-discover uses milliseconds)."""
+
+    hello_interval: float = 1.0
+    check_interval: float = 2.0
+    node_timeout: float = 2.0
+    master_timeout: float = 2.0
+    address: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    broadcast: str | None = None
+    multicast: str | None = None
+    multicast_ttl: int = 1
+    interface: str | None = None
+    unicast: tuple[Endpoint, ...] = ()
+    masters_required: int = 1
+    weight: float = 0.0
+    client: bool = False
+    reuse_addr: bool = True
+    ignore_process: bool = True
+    ignore_instance: bool = True
+    hostname: str = ""
+    advertisement: Any = None
+    max_datagram: int = DEFAULT_MAX_DATAGRAM
+
+    @property
+    def destination_mode(self) -> str:
+        """``"unicast"``, ``"multicast"`` or ``"broadcast"`` (node-discover's precedence)."""
+        if self.unicast:
+            return "unicast"
+        return "multicast" if self.multicast else "broadcast"
+
+
+def build_options(
+    *,
+    hello_interval: float = 1.0,
+    check_interval: float = 2.0,
+    node_timeout: float = 2.0,
+    master_timeout: float | None = None,
+    address: str = "0.0.0.0",
+    port: int = DEFAULT_PORT,
+    broadcast: str | None = None,
+    multicast: str | None = None,
+    multicast_ttl: int = 1,
+    interface: str | None = None,
+    unicast: str | list[str] | tuple[str, ...] | None = None,
+    key: Any = None,
+    encryption: str | None = None,
+    masters_required: int = 1,
+    weight: float | None = None,
+    client: bool = False,
+    reuse_addr: bool = True,
+    ignore_process: bool = True,
+    ignore_instance: bool = True,
+    hostname: str | None = None,
+    advertisement: Any = None,
+    max_datagram: int = DEFAULT_MAX_DATAGRAM,
+) -> Options:
+    """Validate user options; raises ``TypeError``/``ValueError`` naming the bad option."""
+    hello = _number("hello_interval", hello_interval)
+    check = _number("check_interval", check_interval)
+    node_t = _number("node_timeout", node_timeout)
+    master_t = node_t if master_timeout is None else _number("master_timeout", master_timeout)
+    if node_t <= hello:
+        raise ValueError(
+            f"node_timeout ({node_t}s) must be greater than hello_interval ({hello}s), "
+            "or live nodes are removed between two hellos"
+        )
+    if master_t < node_t:
+        raise ValueError(f"master_timeout ({master_t}s) must be >= node_timeout ({node_t}s)")
+    if check > node_t:
+        raise ValueError(f"check_interval ({check}s) must be <= node_timeout ({node_t}s)")
+
+    bind = _ip("address", address)
+    port = _int("port", port, 1, 65535)
+    if sum(x is not None for x in (broadcast, multicast, unicast)) > 1:
+        raise ValueError("broadcast, multicast and unicast are exclusive: set at most one")
+    if broadcast is not None and _ip("broadcast", broadcast).version != 4:
+        raise ValueError(f"broadcast must be an IPv4 address (IPv6 has no broadcast; use multicast), got {broadcast!r}")
+    if multicast is not None and not _ip("multicast", multicast).is_multicast:
+        raise ValueError(f"multicast must be a multicast group address, got {multicast!r}")
+    if multicast is not None and _ip("multicast", multicast).version != bind.version and str(bind) not in ("0.0.0.0", "::"):
+        raise ValueError(f"multicast {multicast!r} and address {address!r} are different IP versions")
+    if interface is not None:
+        if not isinstance(interface, str) or not interface:
+            raise TypeError("interface must be an IPv4 address or an interface name (IPv6)")
+        if multicast is None:
+            raise ValueError("interface only applies with multicast")
+    ttl = _int("multicast_ttl", multicast_ttl, 0, 255)
+    endpoints = parse_unicast(unicast, port) if unicast is not None else ()
+    if key is not None or encryption is not None:
+        raise NotImplementedError(
+            "key/encryption are not implemented in this release; refusing rather than "
+            "sending plaintext (see docs: security)"
+        )
+    required = _int("masters_required", masters_required, 1, 1_000_000)
+    if weight is None:
+        weight = default_weight()
+    elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise TypeError(f"weight must be a finite number, got {weight!r}")
+    if hostname is None:
+        hostname = os.environ.get("DISCOVERY_HOSTNAME") or socket.gethostname()
+    if not isinstance(hostname, str) or not hostname:
+        raise TypeError("hostname must be a non-empty string")
+    check_json(advertisement, "advertisement")
+    max_dgram = _int("max_datagram", max_datagram, 256, 65507)
+    return Options(
+        hello_interval=hello,
+        check_interval=check,
+        node_timeout=node_t,
+        master_timeout=master_t,
+        address=str(bind) if "%" not in address else address,
+        port=port,
+        broadcast=broadcast if (broadcast or multicast or endpoints) else DEFAULT_BROADCAST,
+        multicast=multicast,
+        multicast_ttl=ttl,
+        interface=interface,
+        unicast=endpoints,
+        masters_required=required,
+        weight=weight,
+        client=_bool("client", client),
+        reuse_addr=_bool("reuse_addr", reuse_addr),
+        ignore_process=_bool("ignore_process", ignore_process),
+        ignore_instance=_bool("ignore_instance", ignore_instance),
+        hostname=hostname,
+        advertisement=advertisement,
+        max_datagram=max_dgram,
+    )

@@ -1,0 +1,45 @@
+"""The one interface every transport implements: open, send to all destinations, close.
+
+Transports move bytes and know nothing of packets; the runtime hands each received
+datagram to the core unparsed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+#: ``(host, port, ...)`` as the socket reports it.
+Address = tuple[Any, ...]
+Receiver = Callable[[bytes, Address], None]
+
+
+class Transport(abc.ABC):
+    """Carries datagrams between discovery instances."""
+
+    #: Counts of send failures and the like, merged into ``Discovery.stats``.
+    errors: dict[str, int]
+
+    def __init__(self) -> None:
+        self.errors = {}
+
+    @abc.abstractmethod
+    async def open(self, receive: Receiver) -> None:
+        """Start receiving; call ``receive(datagram, address)`` for each datagram.  Raise if it cannot."""
+
+    @abc.abstractmethod
+    def send(self, datagram: bytes) -> None:
+        """Send to every destination; never blocks, never raises for network errors (counts them)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop receiving and release resources; idempotent."""
+
+    @property
+    def local_address(self) -> Address | None:
+        """Where this transport receives, once open (``None`` if it has no such notion)."""
+        return None
+
+    def _count_error(self, reason: str) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + 1

@@ -1,0 +1,153 @@
+"""Datagram format: node-discover 1.2.1's JSON envelope, plus our compatible extensions.
+
+One datagram carries one JSON object::
+
+    {"event": "hello", "pid": "<process uuid>", "iid": "<instance uuid>",
+     "hostName": "host", "data": {...}, "seq": 17}
+
+``event`` is ``"hello"``, :data:`GOODBYE`, or a channel name.  A hello's ``data`` is
+``{"isMaster", "isMasterEligible", "weight", "address", "advertisement"}``.  ``seq``
+(a per-instance counter) is ours; node-discover reads only the keys it knows, so it is
+invisible to it.  This module only converts bytes <-> values: no sockets, no clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .errors import PacketTooLarge
+
+HELLO = "hello"
+#: Sent by :meth:`Discovery.stop`.  A node-discover peer has no listener for it and ignores it.
+GOODBYE = "pydiscover.goodbye"
+#: IPv4 over Ethernet: 1500 MTU - 20 IP header - 8 UDP header.
+DEFAULT_MAX_DATAGRAM = 1472
+#: Largest payload a UDP/IPv4 datagram can carry; anything bigger cannot be a valid packet.
+MAX_RECEIVE = 65507
+
+
+class DecodeError(ValueError):
+    """A datagram that is not a packet; ``reason`` is the drop counter it belongs to."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The decoded outer object of any packet."""
+
+    event: str
+    pid: str
+    iid: str
+    hostname: str
+    data: Any
+    #: Our per-instance sequence number; ``None`` from node-discover peers.
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The ``data`` of a hello packet."""
+
+    is_master: bool
+    is_master_eligible: bool
+    weight: float
+    advertisement: Any = None
+    address: str = "127.0.0.1"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "isMaster": self.is_master,
+            "isMasterEligible": self.is_master_eligible,
+            "weight": self.weight,
+            # node-discover always sends 127.0.0.1 here; receivers use the source address.
+            "address": self.address,
+        }
+        if self.advertisement is not None:
+            # JSON.stringify drops an undefined advertisement; so do we for None.
+            out["advertisement"] = self.advertisement
+        return out
+
+
+def _dumps(value: Any, what: str) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # orjson.JSONEncodeError subclasses TypeError
+        raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+
+
+def encode(envelope: Envelope, *, what: str = "packet", budget: int | None = None) -> bytes:
+    """Serialize ``envelope``; raise :class:`PacketTooLarge` when over ``budget`` bytes."""
+    obj: dict[str, Any] = {
+        "event": envelope.event,
+        "pid": envelope.pid,
+        "iid": envelope.iid,
+        "hostName": envelope.hostname,
+    }
+    if envelope.data is not None:
+        obj["data"] = envelope.data
+    if envelope.seq is not None:
+        obj["seq"] = envelope.seq
+    raw = _dumps(obj, what)
+    if budget is not None and len(raw) > budget:
+        raise PacketTooLarge(what, len(raw), budget)
+    return raw
+
+
+def check_json(value: Any, what: str) -> None:
+    """Raise ``TypeError`` now if ``value`` could never be sent."""
+    _dumps(value, what)
+
+
+def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = obj.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise DecodeError("bad_envelope", f"{key!r} must be a non-empty string")
+    return value
+
+
+def decode(raw: bytes) -> Envelope:
+    """Parse one datagram; raise :class:`DecodeError` (never anything else) if it is not a packet."""
+    if len(raw) > MAX_RECEIVE:
+        raise DecodeError("oversized", f"{len(raw)} bytes")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError("not_json", str(exc)) from None
+    if not isinstance(obj, dict):
+        raise DecodeError("not_object", type(obj).__name__)
+    event = _text(obj, "event")
+    pid = _text(obj, "pid")
+    iid = _text(obj, "iid")
+    hostname = obj.get("hostName", "")
+    if not isinstance(hostname, str):
+        raise DecodeError("bad_envelope", "'hostName' must be a string")
+    seq = obj.get("seq")
+    if seq is not None and (type(seq) is not int or seq < 0):
+        raise DecodeError("bad_envelope", "'seq' must be a non-negative integer")
+    return Envelope(event, pid, iid, hostname, obj.get("data"), seq)
+
+
+def decode_hello(data: Any) -> Hello:
+    """Validate a hello's ``data``; node-discover's truthy-anything is not accepted."""
+    if not isinstance(data, dict):
+        raise DecodeError("bad_hello", "hello data must be an object")
+    is_master = data.get("isMaster", False)
+    eligible = data.get("isMasterEligible", False)
+    if not isinstance(is_master, bool) or not isinstance(eligible, bool):
+        raise DecodeError("bad_hello", "isMaster/isMasterEligible must be booleans")
+    weight = data.get("weight")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise DecodeError("bad_hello", "weight must be a finite number")
+    address = data.get("address", "127.0.0.1")
+    if not isinstance(address, str):
+        raise DecodeError("bad_hello", "address must be a string")
+    return Hello(is_master, eligible, float(weight), data.get("advertisement"), address)

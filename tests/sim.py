@@ -1,0 +1,109 @@
+"""A deterministic simulator: many cores, one fake clock, an in-memory broadcast domain.
+
+No sockets and no sleeps: time jumps straight to the next delivery or deadline, so a
+200-node minute runs in seconds and every run with the same seed is identical.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydiscover.core import Action, DiscoveryCore, Emit, Transmit
+from pydiscover.options import build_options
+
+
+@dataclass
+class SimNode:
+    core: DiscoveryCore
+    address: tuple[str, int]
+    events: list[tuple[float, str, tuple[Any, ...]]] = field(default_factory=list)
+    alive: bool = True
+    #: Partition label: datagrams only reach nodes with the same label.
+    segment: int = 0
+
+
+class Sim:
+    def __init__(self, *, latency: float = 0.0005, seed: int = 1) -> None:
+        self.now = 0.0
+        self.latency = latency
+        self.rng = random.Random(seed)
+        self.nodes: list[SimNode] = []
+        self._queue: list[tuple[float, int, str, Any]] = []
+        self._order = itertools.count()
+        self._scheduled: dict[int, float] = {}
+        #: Optional filter: return False to lose a datagram (sender index, receiver index).
+        self.link: Callable[[int, int], bool] = lambda src, dst: True
+
+    def add(self, *, start: bool = True, **options: Any) -> int:
+        options.setdefault("hostname", "sim")
+        options.setdefault("ignore_process", False)
+        idx = len(self.nodes)
+        core = DiscoveryCore(
+            build_options(**options), pid=f"p{idx}", iid=f"n{idx:04d}", rng=random.Random(self.rng.random())
+        )
+        self.nodes.append(SimNode(core, ("10.0.0.1", 10000 + idx)))
+        if start:
+            self.call(idx, core.start)
+        return idx
+
+    def call(self, idx: int, fn: Callable[..., list[Action] | None], *args: Any) -> Any:
+        """Run a core method with ``now`` and route what it returns."""
+        actions = fn(self.now, *args)
+        self._route(idx, actions or [])
+        return actions
+
+    def kill(self, idx: int) -> None:
+        """A crash: no goodbye, the node simply goes silent."""
+        self.nodes[idx].alive = False
+
+    def stop(self, idx: int) -> None:
+        self.call(idx, self.nodes[idx].core.stop)
+        self.nodes[idx].alive = False
+
+    def _route(self, idx: int, actions: Iterable[Action]) -> None:
+        node = self.nodes[idx]
+        for action in actions:
+            if isinstance(action, Transmit):
+                self._push(self.now + self.latency, "deliver", (idx, action.datagram))
+            elif isinstance(action, Emit):
+                node.events.append((self.now, action.event, action.args))
+        deadline = node.core.next_deadline()
+        if deadline is not None and node.alive and self._scheduled.get(idx) != deadline:
+            self._scheduled[idx] = deadline
+            self._push(deadline, "tick", idx)
+
+    def _push(self, at: float, kind: str, payload: Any) -> None:
+        heapq.heappush(self._queue, (at, next(self._order), kind, payload))
+
+    def run_until(self, t: float, *, max_steps: int = 10_000_000) -> None:
+        for _ in range(max_steps):
+            if not self._queue or self._queue[0][0] > t:
+                break
+            at, _, kind, payload = heapq.heappop(self._queue)
+            self.now = max(self.now, at)
+            if kind == "tick":
+                node = self.nodes[payload]
+                if self._scheduled.get(payload) == at:
+                    del self._scheduled[payload]
+                    if node.alive:
+                        self._route(payload, node.core.tick(self.now))
+            else:
+                src, datagram = payload
+                for dst, node in enumerate(self.nodes):
+                    if node.alive and (node.segment == self.nodes[src].segment) and self.link(src, dst):
+                        self._route(dst, node.core.datagram_received(self.now, datagram, self.nodes[src].address))
+        else:
+            raise AssertionError("simulation did not settle within max_steps")
+        self.now = max(self.now, t)
+
+    # --------------------------------------------------------------- queries
+    def masters(self) -> list[int]:
+        return [i for i, n in enumerate(self.nodes) if n.alive and n.core.is_master]
+
+    def events(self, idx: int, name: str) -> list[tuple[float, tuple[Any, ...]]]:
+        return [(t, args) for t, ev, args in self.nodes[idx].events if ev == name]
