@@ -81,6 +81,7 @@ class DiscoveryCore:
         self._next_check: float | None = None
         self._reply_at: float | None = None
         self._last_reply = float("-inf")
+        self._last_hello_at = float("-inf")
         self._started_at = 0.0
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -127,13 +128,16 @@ class DiscoveryCore:
         """The earliest time :meth:`tick` has work to do, or ``None`` when stopped."""
         if not self._running:
             return None
-        times = [t for t in (self._next_hello, self._next_check, self._reply_at) if t is not None]
-        for is_master, ids in self._by_age.items():
+        best = float("inf")
+        for t in (self._next_hello, self._next_check, self._reply_at, self._stepping_down_until):
+            if t is not None and t < best:
+                best = t
+        for ids in self._by_age.values():
             if ids:
-                times.append(self._expiry(self._nodes[next(iter(ids))]))
-        if self._stepping_down_until is not None:
-            times.append(self._stepping_down_until)
-        return min(times) if times else None
+                expiry = self._expiry(self._nodes[next(iter(ids))])
+                if expiry < best:
+                    best = expiry
+        return best if best != float("inf") else None
 
     # ------------------------------------------------------------ lifecycle
     def start(self, now: float) -> list[Action]:
@@ -334,6 +338,7 @@ class DiscoveryCore:
         wire.encode(env, what="hello with this advertisement", budget=self.options.max_datagram)
 
     def _hello(self, now: float, out: list[Action]) -> None:
+        self._last_hello_at = now
         out.append(self._transmit(wire.HELLO, self._hello_data(self._advertisement)))
         out.append(Emit("helloEmitted"))
 
@@ -378,7 +383,7 @@ class DiscoveryCore:
         self._by_age[node.is_master][env.iid] = None
         if old is None:
             out.append(Emit("added", (node,)))
-            self._schedule_reply(now)
+            self._schedule_reply(now, just_started=env.seq is not None and env.seq <= 2)
         if node.is_master and (old is None or not old.is_master):
             out.append(Emit("master", (node,)))
             if self._stepping_down_until is not None:
@@ -428,16 +433,21 @@ class DiscoveryCore:
             for iid in [i for i, (_, at) in self._departed.items() if at <= now]:
                 del self._departed[iid]
 
-    def _schedule_reply(self, now: float) -> None:
+    def _schedule_reply(self, now: float, *, just_started: bool) -> None:
         """Answer a newcomer soon so it learns the cluster in milliseconds, not a hello interval.
 
         Replies are coalesced (one pending at a time), spread over a window that grows
         with the cluster (1 ms per known node, at most a quarter hello interval), and
-        at most one per window, so 200 nodes answering one newcomer cannot storm.
+        at most one per window, so 200 nodes answering one newcomer cannot storm.  A
+        peer that is not itself new (its ``seq`` is past its first packets) heard a
+        hello from us within the window needs no answer: that is the newcomer's own
+        view filling up, and replying would only echo.
         """
         if self.options.client or self._reply_at is not None:
             return
         window = min(self.options.hello_interval / 4, 0.005 + 0.001 * len(self._nodes))
+        if not just_started and now - self._last_hello_at < window:
+            return
         at = max(now + self._rng.uniform(0, window), self._last_reply + window)
         if self._next_hello is not None and at >= self._next_hello:
             return  # the regular hello comes first

@@ -86,6 +86,8 @@ def parse_endpoint(text: str, default_port: int) -> Endpoint:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except OSError as exc:
         raise ValueError(f"unicast entry {text!r}: cannot resolve {host!r}: {exc}") from None
+    # Prefer IPv4, like node-discover's udp4 socket, so "localhost" means 127.0.0.1.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
     return (str(infos[0][4][0]), port)
 
 

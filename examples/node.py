@@ -1,0 +1,217 @@
+"""Run one discovery node from the command line: watch a cluster form, elect and fail over.
+
+Start a few in separate terminals (loopback only, nothing leaves this host)::
+
+    python examples/node.py --port 44444 --weight 1
+    python examples/node.py --port 44444 --weight 2
+
+Every line typed on stdin is sent on ``--channel``; the line ``state`` prints this
+node's view instead.  ``--json`` prints one JSON object per event (with ``t`` =
+``time.time()``), which is what ``tests/test_processes.py`` and
+``benchmarks/cluster_timing.py`` read.  SIGTERM/SIGINT stop the node cleanly, so its
+peers get a goodbye and elect a successor at once instead of waiting for a timeout.
+
+POSIX only: stdin and the signal pipe are multiplexed with ``select``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from pydiscover import Discovery, Node, Packet
+
+LOOPBACK_BROADCAST = "127.255.255.255"
+
+
+class Printer:
+    """Serialises output from the discovery thread and the main thread, one flushed line per event.
+
+    Flushing per line matters: a parent reading through a pipe would otherwise see
+    events only when the buffer fills, which ruins any latency it measures.
+    """
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        t = time.time()
+        if self.as_json:
+            line = json.dumps({"event": event, "t": t, **fields}, default=str)
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+            line = f"{stamp} {event:<9} " + " ".join(f"{k}={v}" for k, v in fields.items())
+        with self._lock, contextlib.suppress(BrokenPipeError, ValueError):
+            # A reader that went away must not turn a clean stop into a crash.
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+
+def _node(node: Node) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "weight": node.weight,
+        "is_master": node.is_master,
+        "address": node.address,
+        "port": node.port,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="stdin: each line is sent on --channel; the line 'state' prints this node's view.",
+    )
+    p.add_argument("--port", type=int, default=12345, help="UDP port shared by the cluster (default 12345)")
+    p.add_argument(
+        "--broadcast",
+        default=LOOPBACK_BROADCAST,
+        help=f"broadcast address (default {LOOPBACK_BROADCAST}: loopback, this host only)",
+    )
+    p.add_argument("--multicast", help="multicast group instead of broadcast, e.g. 239.255.0.1")
+    p.add_argument("--interface", help="with --multicast: local IPv4 address (or IPv6 interface) to use")
+    p.add_argument("--unicast", help="comma-separated host[:port] list instead of broadcast")
+    p.add_argument("--weight", type=float, help="election weight; highest wins (default: older process wins)")
+    p.add_argument("--hello-interval", type=float, default=1.0, help="seconds between hellos (default 1)")
+    p.add_argument("--node-timeout", type=float, default=2.0, help="seconds before a silent node is dropped")
+    p.add_argument(
+        "--master-timeout",
+        type=float,
+        default=None,
+        help="seconds before a silent master is dropped (default node timeout)",
+    )
+    p.add_argument(
+        "--masters-required", type=int, default=1, help="how many masters the cluster keeps (default 1)"
+    )
+    p.add_argument(
+        "--channel", default="chat", help="channel to join and send stdin lines on (default 'chat')"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per event, with t=time.time()")
+    p.add_argument("--lifetime", type=float, default=None, help="stop (cleanly) after this many seconds")
+    return p
+
+
+def discovery_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Map CLI flags to Discovery options; multicast/unicast replace the default broadcast."""
+    opts: dict[str, Any] = {
+        "port": args.port,
+        "hello_interval": args.hello_interval,
+        "node_timeout": args.node_timeout,
+        "masters_required": args.masters_required,
+    }
+    if args.master_timeout is not None:
+        opts["master_timeout"] = args.master_timeout
+    if args.weight is not None:
+        opts["weight"] = args.weight
+    if args.unicast:
+        opts["unicast"] = args.unicast
+    elif args.multicast:
+        opts["multicast"] = args.multicast
+        if args.interface:
+            opts["interface"] = args.interface
+    else:
+        opts["broadcast"] = args.broadcast
+    return opts
+
+
+def wire_events(d: Discovery, out: Printer, channel: str) -> None:
+    """Print every membership and election event (handlers run on the discovery thread)."""
+    d.on("added", lambda node: out("added", **_node(node)))
+    d.on("removed", lambda node: out("removed", **_node(node)))
+    d.on("master", lambda node: out("master", **_node(node)))
+    d.on("promotion", lambda me: out("promotion", **_node(me)))
+    d.on("demotion", lambda me: out("demotion", **_node(me)))
+    d.on("error", lambda exc: out("error", error=repr(exc)))
+
+    def message(data: Any, packet: Packet) -> None:
+        out("message", channel=channel, data=data, **{"from": packet.iid})
+
+    d.join(channel, message)
+
+
+def handle_line(d: Discovery, out: Printer, channel: str, line: str) -> None:
+    """One stdin line: ``state`` reports the view, anything else is sent on the channel."""
+    if line == "state":
+        out("state", id=d.me.id, nodes=sorted(d.nodes), is_master=d.is_master)
+    elif line:
+        try:
+            ok = d.send(channel, line)
+        except (ValueError, TypeError) as exc:  # PacketTooLarge is a ValueError
+            out("error", error=repr(exc))
+        else:
+            out("sent", channel=channel, data=line, ok=ok)
+
+
+def install_stop_signals() -> tuple[int, list[str]]:
+    """SIGTERM/SIGINT request a clean stop; returns (fd that becomes readable, reasons).
+
+    The handler only writes to a pipe: calling ``stop()`` inside it could deadlock on
+    the output lock if the signal lands mid-print, so the main loop sees the pipe
+    become readable and stops from ordinary code, at once (no polling).
+    """
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    reasons: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        reasons.append(signal.Signals(signum).name)
+        with contextlib.suppress(BlockingIOError):
+            os.write(wake_w, b"\0")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return wake_r, reasons
+
+
+def serve(
+    d: Discovery, out: Printer, channel: str, lifetime: float | None, wake_r: int, reasons: list[str]
+) -> str:
+    """Handle stdin lines until a stop signal or ``lifetime``; returns why it ended."""
+    stdin_fd: int | None = sys.stdin.fileno() if sys.stdin is not None else None
+    pending = b""
+    deadline = None if lifetime is None else time.monotonic() + lifetime
+    while not reasons:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if timeout == 0.0:
+            return "lifetime"
+        readable, _, _ = select.select(
+            [wake_r] + ([stdin_fd] if stdin_fd is not None else []), [], [], timeout
+        )
+        if stdin_fd is not None and stdin_fd in readable:
+            chunk = os.read(stdin_fd, 65536)  # raw read: no buffered-stdin lock held at exit
+            if not chunk:  # EOF: keep running (a node under a test may have no stdin), stop reading
+                stdin_fd = None
+                chunk = b"\n"  # flush a last unterminated line
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                handle_line(d, out, channel, raw.decode(errors="replace").strip())
+    return reasons[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Printer(args.json)
+    wake_r, reasons = install_stop_signals()  # before start: a node must never die without a goodbye
+    d = Discovery(start=False, **discovery_options(args))
+    # Registered before start() so even the fastest replies are printed.
+    d.on("started", lambda _d: out("started", pid=os.getpid(), **_node(d.me)))
+    wire_events(d, out, args.channel)
+    d.start()
+    reason = serve(d, out, args.channel, args.lifetime, wake_r, reasons)
+    d.stop()  # goodbye: peers drop this node and re-elect without waiting for a timeout
+    out("stopped", reason=reason)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Shared helpers for real-socket tests (loopback only: see DESIGN.md, safety)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+LOOPBACK_BROADCAST = "127.255.255.255"
+
+
+def free_udp_port() -> int:
+    """A port nobody on this host has bound (UDP and TCP), for tests that need their own."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return int(port)
+    raise RuntimeError("no free UDP port")
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> float:
+    """Wait until ``condition()`` holds; return the seconds it took.  Fails the test at ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.002)
+
+
+async def async_eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+@pytest.fixture
+def port() -> int:
+    return free_udp_port()

@@ -1,0 +1,410 @@
+"""The sans-IO core under a fake clock: election, timeouts, goodbye, replies, dispatch.
+
+Nothing here opens a socket or sleeps; the simulator in ``sim.py`` advances time
+straight to the next delivery or deadline.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from pydiscover.core import DiscoveryCore, Emit, Transmit
+from pydiscover.options import build_options
+
+from sim import Sim
+
+FAST = {"hello_interval": 1.0, "check_interval": 2.0, "node_timeout": 2.0}
+
+
+def hello(iid: str, *, weight: float = 1.0, master: bool = False, eligible: bool = True,
+          seq: int | None = None, pid: str = "other", event: str = "hello") -> bytes:
+    packet: dict[str, object] = {
+        "event": event, "pid": pid, "iid": iid, "hostName": "h",
+        "data": {"isMaster": master, "isMasterEligible": eligible, "weight": weight, "address": "127.0.0.1"},
+    }
+    if seq is not None:
+        packet["seq"] = seq
+    return orjson.dumps(packet)
+
+
+def events(actions: list[object], name: str) -> list[Emit]:
+    return [a for a in actions if isinstance(a, Emit) and a.event == name]
+
+
+def lone_core(**options: object) -> DiscoveryCore:
+    opts = {**FAST, "hostname": "me", **options}
+    return DiscoveryCore(build_options(**opts), pid="mine", iid="me")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ election
+def test_highest_weight_wins_after_settling_and_not_before() -> None:
+    sim = Sim()
+    for w in (3, 1, 5, 2, 4):
+        sim.add(weight=w, **FAST)
+    sim.run_until(1.99)
+    assert sim.masters() == []  # no election while the cluster is still answering
+    sim.run_until(2.1)
+    assert sim.masters() == [2]  # the weight-5 node
+    assert all(len(n.core.nodes) == 4 for n in sim.nodes)
+
+
+def test_equal_weights_elect_exactly_one_master() -> None:
+    sim = Sim()
+    for _ in range(6):
+        sim.add(weight=1, **FAST)
+    sim.run_until(6)
+    assert sim.masters() == [5]  # the highest id breaks the tie, in every view
+
+
+@pytest.mark.parametrize("required", [2, 3])
+def test_masters_required_elects_the_top_ranked(required: int) -> None:
+    sim = Sim()
+    for w in range(1, 7):
+        sim.add(weight=w, masters_required=required, **FAST)
+    sim.run_until(5)
+    assert sim.masters() == list(range(6 - required, 6))
+    sim.run_until(20)
+    assert sim.masters() == list(range(6 - required, 6))  # stable: no flapping
+
+
+def test_masters_are_sticky() -> None:
+    sim = Sim()
+    sim.add(weight=1, **FAST)
+    sim.add(weight=2, **FAST)
+    sim.run_until(3)
+    assert sim.masters() == [1]
+    sim.add(weight=99, **FAST)
+    sim.run_until(10)
+    assert sim.masters() == [1]  # a heavier newcomer does not depose a live master
+
+
+def test_master_crash_successor_promotes_at_the_master_deadline() -> None:
+    sim = Sim(latency=0.0)
+    for w in range(1, 6):
+        sim.add(weight=w, node_timeout=2.0, master_timeout=3.0, hello_interval=1.0)
+    sim.run_until(4.5)
+    assert sim.masters() == [4]
+    last_hello = 4.0  # hellos go out at 0, 1, 2, 3, 4
+    sim.kill(4)
+    sim.run_until(20)
+    assert sim.masters() == [3]
+    (when, _), = sim.events(3, "promotion")
+    assert when == pytest.approx(last_hello + 3.0)  # master_timeout, not node_timeout, to the instant
+
+
+def test_graceful_stop_hands_over_at_once() -> None:
+    sim = Sim()
+    for w in range(1, 6):
+        sim.add(weight=w, **FAST)
+    sim.run_until(4.3)
+    sim.stop(4)
+    stopped_at = sim.now
+    sim.run_until(4.4)
+    assert sim.masters() == [3]
+    (when, _), = sim.events(3, "promotion")
+    assert when - stopped_at < 0.01  # one delivery, not a timeout
+    assert all("n0004" not in n.core.nodes for n in sim.nodes[:4])
+    sim.stop(3)
+    sim.run_until(4.5)
+    assert sim.masters() == [2]
+
+
+def test_no_two_masters_after_a_death_with_equal_weights() -> None:
+    """node-discover #43: equal weights could leave two masters forever after a failover."""
+    sim = Sim()
+    for _ in range(4):
+        sim.add(weight=7, **FAST)
+    sim.run_until(4)
+    master = sim.masters()[0]
+    sim.kill(master)
+    sim.run_until(15)
+    assert len(sim.masters()) == 1
+
+
+def test_split_view_two_masters_reconcile_to_the_higher_rank() -> None:
+    sim = Sim()
+    a = sim.add(weight=2, **FAST)
+    b = sim.add(weight=1, **FAST)
+    sim.link = lambda src, dst: src == dst  # nobody hears anybody
+    sim.run_until(5)
+    assert sim.masters() == [a, b]
+    sim.link = lambda src, dst: True
+    sim.run_until(8)
+    assert sim.masters() == [a]
+    assert sim.events(b, "demotion")
+
+
+def test_partition_and_heal_keeps_exactly_masters_required() -> None:
+    sim = Sim()
+    for w in range(1, 7):
+        sim.add(weight=w, masters_required=2, **FAST)
+    sim.run_until(4)
+    assert sim.masters() == [4, 5]
+    for idx in (0, 1, 2):
+        sim.nodes[idx].segment = 1
+    sim.run_until(10)
+    assert sim.masters() == [1, 2, 4, 5]  # each side elects its own two
+    for idx in (0, 1, 2):
+        sim.nodes[idx].segment = 0
+    sim.run_until(14)
+    assert sim.masters() == [4, 5]
+
+
+def test_permanent_demote_never_re_promotes() -> None:
+    sim = Sim()
+    for w in range(1, 4):
+        sim.add(weight=w, **FAST)
+    sim.run_until(3)
+    sim.call(2, sim.nodes[2].core.demote, True)
+    sim.run_until(10)
+    assert sim.masters() == [1]
+    assert not sim.nodes[2].core.me(sim.now).is_master_eligible
+    sim.kill(1)
+    sim.run_until(20)
+    assert sim.masters() == [0]  # the weight-3 node stays out even when it outranks everyone
+
+
+def test_temporary_demote_hands_over_and_stays_a_candidate() -> None:
+    sim = Sim()
+    for w in range(1, 4):
+        sim.add(weight=w, **FAST)
+    sim.run_until(3)
+    sim.call(2, sim.nodes[2].core.demote)
+    sim.run_until(3.2)
+    assert sim.masters() == [1]  # the next-ranked took over
+    sim.run_until(10)
+    assert sim.masters() == [1]  # sticky: the demoted node does not grab it back
+    assert sim.nodes[2].core.me(sim.now).is_master_eligible
+    sim.kill(1)
+    sim.run_until(20)
+    assert sim.masters() == [2]
+
+
+def test_temporary_demote_alone_re_promotes_after_master_timeout() -> None:
+    sim = Sim()
+    sim.add(weight=1, **FAST)
+    sim.run_until(3)
+    sim.call(0, sim.nodes[0].core.demote)
+    t = sim.now
+    sim.run_until(t + 1.9)
+    assert sim.masters() == []
+    sim.run_until(t + 2.1)
+    assert sim.masters() == [0]
+
+
+def test_promote_makes_master_now_and_rank_still_rules() -> None:
+    sim = Sim()
+    sim.add(weight=1, **FAST)
+    sim.add(weight=2, **FAST)
+    sim.run_until(3)
+    sim.call(0, sim.nodes[0].core.promote)
+    assert sim.masters() == [0, 1]
+    assert sim.events(0, "promotion")
+    sim.run_until(6)
+    assert sim.masters() == [1]  # rank decides at the next election; use weight to choose
+
+
+def test_client_sends_nothing_is_never_master_but_sees_everyone() -> None:
+    sim = Sim()
+    sim.add(weight=1, **FAST)
+    client = sim.add(weight=100, client=True, **FAST)
+    sim.run_until(10)
+    assert sim.masters() == [0]
+    assert "n0000" in sim.nodes[client].core.nodes
+    assert sim.nodes[0].core.nodes == {}  # the client never said hello
+    assert sim.nodes[client].core.counters["packets_out"] == 0
+
+
+def test_client_alone_never_promotes() -> None:
+    core = lone_core(client=True)
+    out = core.start(0.0)
+    assert not [a for a in out if isinstance(a, Transmit)]
+    out = core.tick(5.0) + core.tick(10.0)
+    assert not core.is_master and not events(out, "promotion")
+
+
+def test_two_hundred_nodes_converge_to_one_master() -> None:
+    sim = Sim(seed=7)
+    for i in range(200):
+        sim.add(weight=sim.rng.random(), **FAST)
+    sim.run_until(4)
+    best = max(range(200), key=lambda i: sim.nodes[i].core.options.weight)
+    assert sim.masters() == [best]
+    assert all(len(n.core.nodes) == 199 for n in sim.nodes)
+
+
+# ------------------------------------------------------------------ timeouts
+def test_node_removed_exactly_at_its_deadline() -> None:
+    core = lone_core()
+    core.start(0.0)
+    out = core.datagram_received(0.5, hello("peer"), ("10.0.0.2", 12345))
+    assert [e.args[0].id for e in events(out, "added")] == ["peer"]
+    assert core.next_deadline() <= 0.5 + 2.0
+    assert not events(core.tick(2.4999), "removed")
+    out = core.tick(2.5)
+    assert [e.args[0].id for e in events(out, "removed")] == ["peer"]
+
+
+def test_master_uses_master_timeout() -> None:
+    core = lone_core(master_timeout=5.0)
+    core.start(0.0)
+    core.datagram_received(0.0, hello("boss", master=True), ("10.0.0.2", 1))
+    core.datagram_received(0.0, hello("peon"), ("10.0.0.3", 1))
+    assert [e.args[0].id for e in events(core.tick(2.0), "removed")] == ["peon"]
+    assert not events(core.tick(4.99), "removed")
+    assert [e.args[0].id for e in events(core.tick(5.0), "removed")] == ["boss"]
+
+
+def test_deadline_tracks_hello_and_refresh() -> None:
+    core = lone_core()
+    assert core.next_deadline() is None  # not started
+    core.start(10.0)
+    assert core.next_deadline() == 11.0  # next hello
+    core.datagram_received(10.2, hello("p", seq=1), ("10.0.0.2", 1))
+    core.datagram_received(10.9, hello("p", seq=2), ("10.0.0.2", 1))
+    assert not events(core.tick(12.5), "removed")  # refreshed at 10.9
+    assert events(core.tick(12.9), "removed")
+
+
+# ------------------------------------------------------------- goodbye, seq
+def test_goodbye_removes_and_a_late_hello_does_not_resurrect() -> None:
+    core = lone_core()
+    core.start(0.0)
+    core.datagram_received(0.1, hello("p", seq=5), ("10.0.0.2", 1))
+    bye = orjson.dumps({"event": "pydiscover.goodbye", "pid": "x", "iid": "p", "hostName": "h",
+                        "data": {"isMaster": False}, "seq": 7})
+    assert events(core.datagram_received(0.2, bye, ("10.0.0.2", 1)), "removed")
+    out = core.datagram_received(0.3, hello("p", seq=6), ("10.0.0.2", 1))  # reordered, sent before goodbye
+    assert not events(out, "added")
+    assert core.dropped["stale"] == 1
+    assert events(core.datagram_received(0.4, hello("p", seq=8), ("10.0.0.2", 1)), "added")  # restarted
+
+
+def test_hellos_out_of_order_are_ignored() -> None:
+    core = lone_core()
+    core.start(0.0)
+    core.datagram_received(0.1, hello("p", seq=3, master=True), ("10.0.0.2", 1))
+    core.datagram_received(0.2, hello("p", seq=2, master=False), ("10.0.0.2", 1))
+    assert core.nodes["p"].is_master
+
+
+def test_stop_sends_goodbye_only_for_servers() -> None:
+    core = lone_core()
+    core.start(0.0)
+    (goodbye,) = core.stop(1.0)
+    assert isinstance(goodbye, Transmit)
+    assert orjson.loads(goodbye.datagram)["event"] == "pydiscover.goodbye"
+    assert core.next_deadline() is None
+    client = lone_core(client=True)
+    client.start(0.0)
+    assert client.stop(1.0) == []
+
+
+# ------------------------------------------------------------ prompt reply
+def test_newcomer_learns_the_cluster_in_milliseconds() -> None:
+    sim = Sim(latency=0.0002)
+    for w in range(1, 6):
+        sim.add(weight=w, **FAST)
+    sim.run_until(5.5)
+    newcomer = sim.add(weight=0, **FAST)
+    sim.run_until(5.55)
+    assert len(sim.nodes[newcomer].core.nodes) == 5
+
+
+def test_replies_to_a_newcomer_are_bounded_in_a_big_cluster() -> None:
+    sim = Sim(seed=3)
+    for i in range(200):
+        sim.add(weight=i, hello_interval=2.0, node_timeout=5.0, check_interval=2.0)
+    sim.run_until(3.5)
+    before = sum(n.core.counters["packets_out"] for n in sim.nodes)
+    newcomer = sim.add(weight=-1, hello_interval=2.0, node_timeout=5.0, check_interval=2.0)
+    sim.run_until(3.9)  # replies spread over 5 ms + 1 ms per node; regular hellos are due at 4.0
+    sent = sum(n.core.counters["packets_out"] for n in sim.nodes) - before
+    assert len(sim.nodes[newcomer].core.nodes) == 200
+    # one coalesced reply per member, plus the newcomer's hello and its own single reply
+    assert sent <= 200 + 2
+    replies = sorted(t for n in sim.nodes[:200] for t, _ in sim.events(sim.nodes.index(n), "helloEmitted") if t > 3.5)
+    assert replies[-1] - replies[0] > 0.1  # spread out, not a burst
+
+
+# ------------------------------------------------------ dispatch and inputs
+def test_channels_reserved_names_and_joined_only() -> None:
+    core = lone_core()
+    core.start(0.0)
+    assert not core.join("promotion") and not core.join("error") and not core.join("hello")
+    assert core.send("added", {}) is None
+    assert core.join("chat") and not core.join("chat")
+    msg = orjson.dumps({"event": "chat", "pid": "x", "iid": "p", "hostName": "h", "data": {"a": 1}})
+    (emit,) = core.datagram_received(0.1, msg, ("10.0.0.9", 4))
+    assert isinstance(emit, Emit) and emit.event == "chat" and emit.args[0] == {"a": 1}
+    assert emit.args[1].address == "10.0.0.9" and emit.args[1].iid == "p"
+    other = orjson.dumps({"event": "news", "pid": "x", "iid": "p", "hostName": "h", "data": 1})
+    assert core.datagram_received(0.2, other, ("10.0.0.9", 4)) == []
+    assert core.dropped["not_joined"] == 1
+
+
+@pytest.mark.parametrize("event", ["error", "promotion", "added", "removed", "master", "started", "new_listener"])
+def test_remote_packets_never_fire_local_events(event: str) -> None:
+    core = lone_core()
+    core.start(0.0)
+    raw = orjson.dumps({"event": event, "pid": "x", "iid": "p", "hostName": "h", "data": {"isMaster": True}})
+    assert core.datagram_received(0.1, raw, ("10.0.0.9", 4)) == []
+    assert core.dropped["reserved_event"] == 1
+
+
+def test_ignore_process_and_instance() -> None:
+    core = lone_core()
+    core.start(0.0)
+    core.join("chat")
+    own = orjson.dumps({"event": "chat", "pid": "mine", "iid": "me", "hostName": "h", "data": 1})
+    sibling = orjson.dumps({"event": "chat", "pid": "mine", "iid": "sib", "hostName": "h", "data": 1})
+    assert core.datagram_received(0.1, own, ("127.0.0.1", 1)) == []
+    assert core.datagram_received(0.1, sibling, ("127.0.0.1", 1)) == []
+    assert core.dropped["own_instance"] == 1 and core.dropped["own_process"] == 1
+    loud = lone_core(ignore_instance=False, ignore_process=False)
+    loud.start(0.0)
+    loud.join("chat")
+    assert len(loud.datagram_received(0.1, own, ("127.0.0.1", 1))) == 1
+    assert len(loud.datagram_received(0.1, sibling, ("127.0.0.1", 1))) == 1
+    # never our own hello as a peer, whatever the flags
+    assert loud.datagram_received(0.2, hello("me", pid="mine"), ("127.0.0.1", 1)) == []
+
+
+BAD = {
+    "not_json": [b"", b"\xff\xfe", b"{", b"hello", b"{\"event\": nan}"],
+    "not_object": [b"[]", b"1", b"\"x\"", b"null", b"true"],
+    "bad_envelope": [
+        b'{"event":1,"pid":"a","iid":"b"}', b'{"pid":"a","iid":"b"}', b'{"event":"hello","pid":"a"}',
+        b'{"event":"hello","pid":"a","iid":"b","hostName":3}', b'{"event":"x","pid":"a","iid":"b","seq":-1}',
+        b'{"event":"x","pid":"a","iid":"b","seq":"1"}', b'{"event":"","pid":"a","iid":"b"}',
+    ],
+    "bad_hello": [
+        b'{"event":"hello","pid":"a","iid":"b"}', b'{"event":"hello","pid":"a","iid":"b","data":[]}',
+        b'{"event":"hello","pid":"a","iid":"b","data":{"weight":"1"}}',
+        b'{"event":"hello","pid":"a","iid":"b","data":{"weight":1,"isMaster":"yes"}}',
+        b'{"event":"hello","pid":"a","iid":"b","data":{"weight":true}}',
+        b'{"event":"hello","pid":"a","iid":"b","data":{"weight":1,"address":5}}',
+    ],
+    "oversized": [b" " * 70000],
+}
+
+
+@pytest.mark.parametrize(("reason", "raw"), [(r, raw) for r, raws in BAD.items() for raw in raws])
+def test_bad_datagrams_are_dropped_and_counted(reason: str, raw: bytes) -> None:
+    core = lone_core()
+    core.start(0.0)
+    assert core.datagram_received(0.1, raw, ("10.0.0.9", 4)) == []
+    assert core.dropped[reason] == 1
+    assert core.nodes == {}
+
+
+def test_js_hello_without_extensions_is_accepted() -> None:
+    """node-discover omits seq and advertisement; its default weight is a negative fraction."""
+    core = lone_core()
+    core.start(0.0)
+    raw = b'{"event":"hello","pid":"p","iid":"js","hostName":"h","data":{"isMaster":true,' \
+          b'"isMasterEligible":true,"weight":-0.17006,"address":"127.0.0.1"}}'
+    out = core.datagram_received(0.1, raw, ("127.0.0.1", 12345))
+    assert events(out, "added") and events(out, "master")
+    assert core.nodes["js"].weight == -0.17006

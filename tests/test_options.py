@@ -1,0 +1,97 @@
+"""Every option is validated at construction with a message that names it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pydiscover import Discovery
+from pydiscover.options import build_options, default_weight, parse_endpoint
+
+LOOP = {"broadcast": "127.255.255.255"}
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "names"),
+    [
+        ({"hello_interval": "1"}, TypeError, "hello_interval"),
+        ({"hello_interval": 0}, ValueError, "hello_interval"),
+        ({"hello_interval": True}, TypeError, "hello_interval"),
+        ({"node_timeout": float("nan")}, ValueError, "node_timeout"),
+        ({"node_timeout": 0.5}, ValueError, "node_timeout"),
+        ({"master_timeout": 1.0}, ValueError, "master_timeout"),
+        ({"check_interval": 5}, ValueError, "check_interval"),
+        ({"port": 0}, ValueError, "port"),
+        ({"port": 70000}, ValueError, "port"),
+        ({"port": "12345"}, TypeError, "port"),
+        ({"address": "not-an-ip"}, ValueError, "address"),
+        ({"broadcast": "ff02::1"}, ValueError, "broadcast"),
+        ({"multicast": "10.0.0.1"}, ValueError, "multicast"),
+        ({"multicast_ttl": 300, "multicast": "239.1.2.3"}, ValueError, "multicast_ttl"),
+        ({"interface": "127.0.0.1"}, ValueError, "interface"),
+        ({"broadcast": "127.255.255.255", "multicast": "239.1.2.3"}, ValueError, "exclusive"),
+        ({"unicast": 5}, TypeError, "unicast"),
+        ({"unicast": []}, ValueError, "unicast"),
+        ({"unicast": "127.0.0.1:99999"}, ValueError, "unicast"),
+        ({"unicast": "[::1"}, ValueError, "unicast"),
+        ({"masters_required": 0}, ValueError, "masters_required"),
+        ({"weight": "heavy"}, TypeError, "weight"),
+        ({"weight": float("inf")}, TypeError, "weight"),
+        ({"client": 1}, TypeError, "client"),
+        ({"reuse_addr": None}, TypeError, "reuse_addr"),
+        ({"hostname": ""}, TypeError, "hostname"),
+        ({"advertisement": {1, 2}}, TypeError, "advertisement"),
+        ({"max_datagram": 10}, ValueError, "max_datagram"),
+    ],
+)
+def test_bad_option_is_rejected_by_name(options: dict[str, object], error: type[Exception], names: str) -> None:
+    with pytest.raises(error, match=names):
+        build_options(**options)  # type: ignore[arg-type]
+
+
+def test_unknown_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="helloInterval"):
+        Discovery(helloInterval=1000, start=False, **LOOP)
+
+
+def test_key_is_refused_rather_than_sent_in_plaintext() -> None:
+    with pytest.raises(NotImplementedError, match="plaintext"):
+        build_options(key="secret")
+
+
+def test_defaults_follow_node_discover() -> None:
+    o = build_options()
+    assert (o.hello_interval, o.check_interval, o.node_timeout, o.master_timeout) == (1.0, 2.0, 2.0, 2.0)
+    assert (o.port, o.broadcast, o.address, o.masters_required) == (12345, "255.255.255.255", "0.0.0.0", 1)
+    assert o.ignore_process and o.ignore_instance and o.reuse_addr and not o.client
+    assert build_options(node_timeout=3).master_timeout == 3.0  # masterTimeout defaults to nodeTimeout
+
+
+def test_default_weight_prefers_the_older_process() -> None:
+    assert default_weight(1_700_000_000_000) > default_weight(1_700_000_000_500)
+    assert default_weight(1_700_000_000_000) == -0.17
+
+
+def test_advertisement_over_budget_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="over the 1472-byte datagram budget"):
+        Discovery(advertisement={"blob": "x" * 2000}, start=False, **LOOP)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.2", ("127.0.0.2", 12345)),
+        ("127.0.0.2:4000", ("127.0.0.2", 4000)),
+        ("[::1]:4000", ("::1", 4000)),
+        ("::1", ("::1", 12345)),
+        ("[fe80::1%lo]:7", ("fe80::1%lo", 7)),
+        ("localhost:5", ("127.0.0.1", 5)),
+    ],
+)
+def test_unicast_forms(text: str, expected: tuple[str, int]) -> None:
+    assert parse_endpoint(text, 12345) == expected
+
+
+def test_unicast_comma_string_and_list_agree() -> None:
+    a = build_options(unicast="127.0.0.2:1, 127.0.0.3:2").unicast
+    b = build_options(unicast=["127.0.0.2:1", "127.0.0.3:2"]).unicast
+    assert a == b == (("127.0.0.2", 1), ("127.0.0.3", 2))

@@ -1,0 +1,206 @@
+"""AsyncDiscovery and Discovery over real loopback sockets and the in-memory bus."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import threading
+from typing import Any
+
+import pytest
+from conftest import LOOPBACK_BROADCAST, async_eventually, eventually, free_udp_port
+
+from pydiscover import AsyncDiscovery, BindError, Discovery, Node, Packet, PacketTooLarge
+from pydiscover.transports.memory import MemoryBus, MemoryTransport
+
+QUICK = {"hello_interval": 0.2, "check_interval": 0.3, "node_timeout": 0.6, "ignore_process": False}
+
+
+def loopback(port: int, **extra: Any) -> Discovery:
+    return Discovery(port=port, broadcast=LOOPBACK_BROADCAST, **{**QUICK, **extra})
+
+
+def all_see_each_other(nodes: list[Discovery]) -> bool:
+    return all(len(d.nodes) == len(nodes) - 1 for d in nodes)
+
+
+# --------------------------------------------------------------- asyncio
+async def test_async_cluster_on_the_memory_bus() -> None:
+    bus = MemoryBus()
+    got: list[tuple[Any, Packet]] = []
+
+    async def on_chat(data: Any, packet: Packet) -> None:  # coroutine handlers are awaited on the loop
+        got.append((data, packet))
+
+    async with AsyncDiscovery(transport=MemoryTransport(bus), weight=1, **QUICK) as a, \
+            AsyncDiscovery(transport=MemoryTransport(bus), weight=2, **QUICK) as b:
+        assert a.join("chat", on_chat)
+        await async_eventually(lambda: len(a.nodes) == 1 and len(b.nodes) == 1, 2, "mutual view")
+        await b.wait_for("promotion", timeout=2)
+        assert b.is_master and not a.is_master
+        assert b.send("chat", {"n": 1})
+        await async_eventually(lambda: bool(got), 2, "message")
+        assert got[0][0] == {"n": 1} and got[0][1].iid == b.me.id
+        removed = asyncio.ensure_future(a.wait_for("removed", timeout=2))
+        await asyncio.sleep(0)
+        await b.stop()
+        (node,) = await removed
+        assert node.id == b.me.id
+        assert a.is_master  # promoted on the goodbye itself: no timeout involved
+
+
+async def test_a_raising_handler_is_reported_and_the_loop_goes_on() -> None:
+    bus = MemoryBus()
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def boom(data: int, packet: Packet) -> None:
+        seen.append(data)
+        raise RuntimeError("handler bug")
+
+    async with AsyncDiscovery(transport=MemoryTransport(bus), **QUICK) as a, \
+            AsyncDiscovery(transport=MemoryTransport(bus), **QUICK) as b:
+        a.on("error", errors.append)
+        a.join("chat", boom)
+        b.send("chat", 1)
+        b.send("chat", 2)
+        await async_eventually(lambda: seen == [1, 2], 2, "both messages despite the first failure")
+        assert [str(e) for e in errors] == ["handler bug", "handler bug"]
+        await async_eventually(lambda: len(a.nodes) == 1, 2, "discovery still running")
+
+
+async def test_async_start_twice_and_stop_twice() -> None:
+    d = AsyncDiscovery(transport=MemoryTransport(MemoryBus()), **QUICK)
+    assert await d.start() is True
+    assert await d.start() is False
+    assert await d.stop() is True
+    assert await d.stop() is False
+    assert d.send("chat", 1) is False
+
+
+# ------------------------------------------------------------ real UDP
+def test_loopback_broadcast_cluster_messages_and_goodbye(port: int) -> None:
+    nodes = [loopback(port, weight=w) for w in (1, 2, 3)]
+    try:
+        took = eventually(lambda: all_see_each_other(nodes), 2, "mutual view")
+        assert took < 0.5  # prompt replies, not a hello interval
+        inbox: dict[int, list[Any]] = {i: [] for i in range(3)}
+        for i, d in enumerate(nodes):
+            assert d.join("chat", lambda data, packet, i=i: inbox[i].append(data))
+        assert nodes[0].send("chat", {"from": 0})
+        eventually(lambda: inbox[1] == [{"from": 0}] and inbox[2] == [{"from": 0}], 2, "delivery")
+        assert inbox[0] == []  # ignore_instance: not our own broadcast
+        eventually(lambda: nodes[2].is_master, 3, "weight 3 elected")
+        assert [d.is_master for d in nodes] == [False, False, True]
+        nodes[2].stop()
+        took = eventually(lambda: nodes[1].is_master, 1, "successor")
+        assert took < 0.2
+        stats = nodes[0].stats
+        assert stats["packets_in"] > 0 and stats["packets_out"] > 0
+        assert stats["dropped"].get("own_instance", 0) > 0
+    finally:
+        for d in nodes:
+            d.stop()
+
+
+def test_loopback_multicast_cluster(port: int) -> None:
+    nodes = [Discovery(port=port, multicast="239.255.91.7", interface="127.0.0.1", weight=w, **QUICK)
+             for w in (1, 2, 3)]
+    try:
+        eventually(lambda: all_see_each_other(nodes), 2, "mutual view over multicast")
+        eventually(lambda: nodes[2].is_master, 3, "election over multicast")
+    finally:
+        for d in nodes:
+            d.stop()
+
+
+def test_unicast_between_distinct_ports_and_runtime_change() -> None:
+    ports = [free_udp_port() for _ in range(3)]
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    a = Discovery(port=ports[0], address="127.0.0.1", unicast=peers, **QUICK)
+    b = Discovery(port=ports[1], address="127.0.0.1", unicast=",".join(peers), **QUICK)
+    c = Discovery(port=ports[2], address="127.0.0.1", unicast=peers[2:], **QUICK)  # talks to nobody yet
+    try:
+        eventually(lambda: len(a.nodes) == 1 and len(b.nodes) == 1, 2, "a and b")
+        eventually(lambda: len(c.nodes) == 2, 2, "c hears a and b")
+        assert len(a.nodes) == 1  # but c sends only to itself so far
+        c.unicast = peers
+        assert c.unicast == peers
+        eventually(lambda: len(a.nodes) == 2 and len(b.nodes) == 2, 2, "c after the unicast change")
+        assert {n.port for n in a.nodes.values()} == {ports[1], ports[2]}
+    finally:
+        for d in (a, b, c):
+            d.stop()
+
+
+def test_bind_failure_names_address_and_port() -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(BindError, match=f"127.0.0.1:{port}") as info:
+            Discovery(port=port, address="127.0.0.1", reuse_addr=False, broadcast=LOOPBACK_BROADCAST)
+        assert isinstance(info.value, OSError) and info.value.errno == errno.EADDRINUSE
+    finally:
+        holder.close()
+    with pytest.raises(BindError, match="192.0.2.1"):  # TEST-NET address: not on this host; nothing is sent
+        Discovery(port=port, address="192.0.2.1", broadcast=LOOPBACK_BROADCAST)
+
+
+def test_sync_api_errors_cross_the_thread(port: int) -> None:
+    with loopback(port) as d:
+        with pytest.raises(PacketTooLarge, match="1472-byte"):
+            d.send("chat", "x" * 1500)
+        with pytest.raises(PacketTooLarge):
+            d.advertise({"blob": "y" * 1500})
+        with pytest.raises(TypeError, match="JSON"):
+            d.send("chat", object())
+        assert d.send("promotion", {}) is False
+        assert d.join("error", print) is False
+        assert d.join("chat") and not d.join("chat")
+        assert d.leave("chat") and not d.leave("chat")
+    assert not d.running
+
+
+def test_handlers_may_call_back_into_discovery(port: int) -> None:
+    """Handlers run on the discovery thread; calling the API from them must not deadlock."""
+    a, b = loopback(port), loopback(port)
+    echoed = threading.Event()
+    try:
+        a.join("ping", lambda data, packet: a.send("pong", data + 1))
+        b.join("pong", lambda data, packet: echoed.set() if data == 2 else None)
+        eventually(lambda: len(a.nodes) == 1 and len(b.nodes) == 1, 2, "mutual view")
+        b.send("ping", 1)
+        assert echoed.wait(2)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_advertisement_and_node_fields(port: int) -> None:
+    a = loopback(port, advertisement={"role": "db"}, hostname="alpha", weight=3)
+    b = loopback(port)
+    try:
+        eventually(lambda: len(b.nodes) == 1, 2, "b sees a")
+        (node,) = b.nodes.values()
+        assert isinstance(node, Node)
+        assert (node.id, node.hostname, node.weight, node.advertisement) == (a.me.id, "alpha", 3, {"role": "db"})
+        assert node.address == "127.0.0.1" and node.port == port and node.is_master_eligible
+        a.advertise({"role": "cache"})
+        eventually(lambda: next(iter(b.nodes.values())).advertisement == {"role": "cache"}, 2, "new advert")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_client_mode_listens_without_being_seen(port: int) -> None:
+    server = loopback(port)
+    client = loopback(port, client=True)
+    try:
+        eventually(lambda: len(client.nodes) == 1, 2, "client sees the server")
+        eventually(lambda: server.is_master, 2, "server alone becomes master")
+        assert server.nodes == {} and not client.is_master and not client.me.is_master_eligible
+    finally:
+        client.stop()
+        server.stop()
