@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, replace
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any
 
 from . import wire
 from .election import Decision, decide
-from .errors import PacketTooLarge
 from .node import Node, Packet
 from .options import Options
 
@@ -51,7 +50,7 @@ class Emit:
     args: tuple[Any, ...] = ()
 
 
-Action = Union[Transmit, Emit]
+Action = Transmit | Emit
 
 
 class DiscoveryCore:

@@ -117,7 +117,9 @@ class AsyncDiscovery:
     def remove_listener(self, event: str, handler: Handler) -> None:
         self._emitter.remove_listener(event, handler)
 
-    async def wait_for(self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0) -> tuple[Any, ...]:
+    async def wait_for(
+        self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0
+    ) -> tuple[Any, ...]:
         """Wait until ``event`` fires with arguments that satisfy ``predicate``; for tests and scripts."""
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
 
@@ -388,7 +390,9 @@ class Discovery:
     def remove_listener(self, event: str, handler: Handler) -> None:
         self._async.remove_listener(event, handler)
 
-    def wait_for(self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0) -> tuple[Any, ...]:
+    def wait_for(
+        self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0
+    ) -> tuple[Any, ...]:
         """Block until ``event`` fires with arguments satisfying ``predicate``; ``TimeoutError`` otherwise."""
         if self._loop is None:
             raise RuntimeError("not running")

@@ -25,15 +25,16 @@ Endpoint = tuple[str, int]
 def default_weight(now_ms: int | None = None) -> float:
     """node-discover's default: ``-(now_ms / 10**digits)``, so the older process wins."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return -(ms / 10 ** len(str(ms)))
+    return -(ms / float(10 ** len(str(ms))))
 
 
 def _number(name: str, value: Any, *, positive: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or (positive and value <= 0):
+    number = float(value)
+    if not math.isfinite(number) or (positive and number <= 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
@@ -191,7 +192,8 @@ def build_options(
         raise ValueError(f"broadcast must be an IPv4 address (IPv6 has no broadcast; use multicast), got {broadcast!r}")
     if multicast is not None and not _ip("multicast", multicast).is_multicast:
         raise ValueError(f"multicast must be a multicast group address, got {multicast!r}")
-    if multicast is not None and _ip("multicast", multicast).version != bind.version and str(bind) not in ("0.0.0.0", "::"):
+    wildcard = str(bind) in ("0.0.0.0", "::")
+    if multicast is not None and _ip("multicast", multicast).version != bind.version and not wildcard:
         raise ValueError(f"multicast {multicast!r} and address {address!r} are different IP versions")
     if interface is not None:
         if not isinstance(interface, str) or not interface:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from sim import Sim
 
 from pydiscover.core import DiscoveryCore, Emit, Transmit
 from pydiscover.options import build_options
-
-from sim import Sim
 
 FAST = {"hello_interval": 1.0, "check_interval": 2.0, "node_timeout": 2.0}
 
@@ -226,7 +225,7 @@ def test_client_alone_never_promotes() -> None:
 
 def test_two_hundred_nodes_converge_to_one_master() -> None:
     sim = Sim(seed=7)
-    for i in range(200):
+    for _ in range(200):
         sim.add(weight=sim.rng.random(), **FAST)
     sim.run_until(4)
     best = max(range(200), key=lambda i: sim.nodes[i].core.options.weight)

@@ -144,7 +144,7 @@ def test_bind_failure_names_address_and_port() -> None:
         assert isinstance(info.value, OSError) and info.value.errno == errno.EADDRINUSE
     finally:
         holder.close()
-    with pytest.raises(BindError, match="192.0.2.1"):  # TEST-NET address: not on this host; nothing is sent
+    with pytest.raises(BindError, match=r"192\.0\.2\.1"):  # TEST-NET address: not on this host; nothing is sent
         Discovery(port=port, address="192.0.2.1", broadcast=LOOPBACK_BROADCAST)
 
 

@@ -164,7 +164,9 @@ class UdpTransport(Transport):
                 if self.interface:
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, local)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot join multicast group {group} (interface {self.interface}): {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"cannot join multicast group {group} (interface {self.interface}): {exc.strerror}"
+            ) from exc
 
     async def open(self, receive: Receiver) -> None:
         loop = asyncio.get_running_loop()
