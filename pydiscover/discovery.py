@@ -9,10 +9,12 @@ carry out what it returns.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -278,11 +280,26 @@ class AsyncDiscovery:
         self._timer_at = None
 
 
+_running_sync: weakref.WeakSet[Discovery] = weakref.WeakSet()
+
+
+@atexit.register
+def _say_goodbye_at_exit() -> None:
+    """A script that ends without ``stop()`` still says goodbye (its daemon thread would just vanish)."""
+    for d in list(_running_sync):
+        try:
+            d.stop()
+        except Exception:  # exiting anyway; never mask the program's own exit status
+            log.debug("stop at exit failed", exc_info=True)
+
+
 class Discovery:
     """Discovery for plain (non-async) programs: the same engine on a loop in a daemon thread.
 
     Starts at once unless ``start=False``.  Handlers run on that thread; keep them short
-    or hand work off.  Every method may be called from any thread, handlers included.
+    or hand work off.  Every method may be called from any thread, handlers included,
+    except ``start``/``stop`` from a handler.  Instances still running when the
+    interpreter exits normally are stopped, so peers get their goodbye.
     """
 
     def __init__(self, *, start: bool = True, transport: Any = None, **options: Any) -> None:
@@ -311,16 +328,19 @@ class Discovery:
                 self._thread.start()
                 ready.wait()
             try:
-                return self._run(self._async.start())
+                started = self._run(self._async.start())
             except BaseException:
                 self._shutdown_loop()
                 raise
+            _running_sync.add(self)
+            return started
 
     def stop(self) -> bool:
         """Say goodbye, close the socket and end the thread.  ``False`` if not running."""
         with self._lock:
             if self._loop is None:
                 return False
+            _running_sync.discard(self)
             try:
                 return self._run(self._async.stop())
             finally:

@@ -204,3 +204,24 @@ def test_client_mode_listens_without_being_seen(port: int) -> None:
     finally:
         client.stop()
         server.stop()
+
+
+def test_a_script_that_forgets_stop_still_says_goodbye(port: int) -> None:
+    import subprocess
+    import sys
+
+    watcher = loopback(port, weight=1, node_timeout=30, check_interval=1)  # only a goodbye removes fast
+    seen: list[str] = []
+    watcher.on("added", lambda node: seen.append("added"))
+    watcher.on("removed", lambda node: seen.append("removed"))
+    try:
+        script = (
+            "from pydiscover import Discovery; import time\n"
+            f"d = Discovery(port={port}, broadcast='127.255.255.255', hello_interval=0.2)\n"
+            "t = time.monotonic()\n"
+            "while len(d.nodes) < 1 and time.monotonic() - t < 5: time.sleep(0.01)\n"
+        )
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+        eventually(lambda: seen == ["added", "removed"], 2, "goodbye at interpreter exit")
+    finally:
+        watcher.stop()
