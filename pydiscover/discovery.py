@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import logging
 import os
+import signal
 import threading
 import uuid
 import weakref
@@ -293,23 +294,44 @@ def _say_goodbye_at_exit() -> None:
             log.debug("stop at exit failed", exc_info=True)
 
 
+def _stop_all_then_die(signum: int, frame: object) -> None:
+    """SIGTERM with no handler of the program's own: say goodbye, then die of the signal as before."""
+    _say_goodbye_at_exit()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_sigterm_handler() -> None:
+    # Only where SIGTERM would kill the process anyway, and only from the main thread
+    # (Python's rule); a program with its own handler keeps it.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop_all_then_die)
+
+
 class Discovery:
     """Discovery for plain (non-async) programs: the same engine on a loop in a daemon thread.
 
     Starts at once unless ``start=False``.  Handlers run on that thread; keep them short
     or hand work off.  Every method may be called from any thread, handlers included,
     except ``start``/``stop`` from a handler.  Instances still running when the
-    interpreter exits normally are stopped, so peers get their goodbye.
+    interpreter exits normally are stopped, so peers get their goodbye; so are they on
+    SIGTERM when the program has no SIGTERM handler of its own (``stop_on_sigterm``),
+    after which the process still dies of the signal.
     """
 
-    def __init__(self, *, start: bool = True, transport: Any = None, **options: Any) -> None:
+    def __init__(
+        self, *, start: bool = True, stop_on_sigterm: bool = True, transport: Any = None, **options: Any
+    ) -> None:
         if not isinstance(start, bool):
             raise TypeError("start must be True or False")
+        if not isinstance(stop_on_sigterm, bool):
+            raise TypeError("stop_on_sigterm must be True or False")
+        self._stop_on_sigterm = stop_on_sigterm
         self._async = AsyncDiscovery(transport=transport, **options)
         self.options = self._async.options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # RLock: the SIGTERM handler may interrupt start()/stop()
         if start:
             self.start()
 
@@ -333,6 +355,8 @@ class Discovery:
                 self._shutdown_loop()
                 raise
             _running_sync.add(self)
+            if self._stop_on_sigterm:
+                _install_sigterm_handler()
             return started
 
     def stop(self) -> bool:

@@ -225,3 +225,31 @@ def test_a_script_that_forgets_stop_still_says_goodbye(port: int) -> None:
         eventually(lambda: seen == ["added", "removed"], 2, "goodbye at interpreter exit")
     finally:
         watcher.stop()
+
+
+def test_sigterm_without_a_handler_says_goodbye_then_dies_of_it(port: int) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    watcher = loopback(port, weight=1, node_timeout=30, check_interval=1)
+    seen: list[str] = []
+    watcher.on("added", lambda node: seen.append("added"))
+    watcher.on("removed", lambda node: seen.append("removed"))
+    script = (
+        "from pydiscover import Discovery; import time\n"
+        f"d = Discovery(port={port}, broadcast='127.255.255.255', hello_interval=0.2)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        eventually(lambda: seen == ["added"], 2, "peer added")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == -signal.SIGTERM  # still dies of the signal
+        eventually(lambda: seen == ["added", "removed"], 2, "goodbye on SIGTERM")
+    finally:
+        proc.kill()
+        proc.wait()
+        watcher.stop()
