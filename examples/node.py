@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from pydiscover import Discovery, Node, Packet
+from pydiscover import BindError, Discovery, Node, Packet
 
 LOOPBACK_BROADCAST = "127.255.255.255"
 
@@ -50,10 +50,13 @@ class Printer:
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
             line = f"{stamp} {event:<9} " + " ".join(f"{k}={v}" for k, v in fields.items())
-        with self._lock, contextlib.suppress(BrokenPipeError, ValueError):
-            # A reader that went away must not turn a clean stop into a crash.
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+        with self._lock:
+            try:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # The reader went away: keep running, and let the exit-time flush find a sink.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _node(node: Node) -> dict[str, Any]:
@@ -89,14 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds before a silent master is dropped (default node timeout)",
     )
-    p.add_argument(
-        "--masters-required", type=int, default=1, help="how many masters the cluster keeps (default 1)"
-    )
-    p.add_argument(
-        "--channel", default="chat", help="channel to join and send stdin lines on (default 'chat')"
-    )
+    p.add_argument("--masters-required", type=int, default=1, help="how many masters the cluster keeps (default 1)")
+    p.add_argument("--channel", default="chat", help="channel to join and send stdin lines on (default 'chat')")
     p.add_argument("--json", action="store_true", help="print one JSON object per event, with t=time.time()")
     p.add_argument("--lifetime", type=float, default=None, help="stop (cleanly) after this many seconds")
+    p.add_argument(
+        "--exit-on-eof", action="store_true", help="stop (cleanly) when stdin closes, e.g. when a driving parent dies"
+    )
     return p
 
 
@@ -173,9 +175,15 @@ def install_stop_signals() -> tuple[int, list[str]]:
 
 
 def serve(
-    d: Discovery, out: Printer, channel: str, lifetime: float | None, wake_r: int, reasons: list[str]
+    d: Discovery,
+    out: Printer,
+    channel: str,
+    lifetime: float | None,
+    exit_on_eof: bool,
+    wake_r: int,
+    reasons: list[str],
 ) -> str:
-    """Handle stdin lines until a stop signal or ``lifetime``; returns why it ended."""
+    """Handle stdin lines until a stop signal, ``lifetime`` or (``exit_on_eof``) EOF; returns why it ended."""
     stdin_fd: int | None = sys.stdin.fileno() if sys.stdin is not None else None
     pending = b""
     deadline = None if lifetime is None else time.monotonic() + lifetime
@@ -183,12 +191,12 @@ def serve(
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if timeout == 0.0:
             return "lifetime"
-        readable, _, _ = select.select(
-            [wake_r] + ([stdin_fd] if stdin_fd is not None else []), [], [], timeout
-        )
+        readable, _, _ = select.select([wake_r] + ([stdin_fd] if stdin_fd is not None else []), [], [], timeout)
         if stdin_fd is not None and stdin_fd in readable:
             chunk = os.read(stdin_fd, 65536)  # raw read: no buffered-stdin lock held at exit
-            if not chunk:  # EOF: keep running (a node under a test may have no stdin), stop reading
+            if not chunk:  # EOF: by default keep running (stdin may be /dev/null), just stop reading
+                if exit_on_eof:
+                    reasons.append("eof")
                 stdin_fd = None
                 chunk = b"\n"  # flush a last unterminated line
             pending += chunk
@@ -199,15 +207,23 @@ def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     out = Printer(args.json)
     wake_r, reasons = install_stop_signals()  # before start: a node must never die without a goodbye
-    d = Discovery(start=False, **discovery_options(args))
+    try:
+        d = Discovery(start=False, **discovery_options(args))
+    except (TypeError, ValueError) as exc:  # option errors name the option: show them as usage errors
+        parser.error(str(exc))
     # Registered before start() so even the fastest replies are printed.
     d.on("started", lambda _d: out("started", pid=os.getpid(), **_node(d.me)))
     wire_events(d, out, args.channel)
-    d.start()
-    reason = serve(d, out, args.channel, args.lifetime, wake_r, reasons)
+    try:
+        d.start()
+    except BindError as exc:
+        out("error", error=str(exc))
+        return 1
+    reason = serve(d, out, args.channel, args.lifetime, args.exit_on_eof, wake_r, reasons)
     d.stop()  # goodbye: peers drop this node and re-elect without waiting for a timeout
     out("stopped", reason=reason)
     return 0

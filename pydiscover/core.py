@@ -154,7 +154,10 @@ class DiscoveryCore:
         return out
 
     def stop(self, now: float) -> list[Action]:
-        """Stop; a server says goodbye so peers drop it and elect a successor at once."""
+        """Stop; a server says goodbye so peers drop it and elect a successor at once.
+
+        A master also emits ``demotion``: it is not master any more.
+        """
         if not self._running:
             return []
         out: list[Action] = []
@@ -163,7 +166,9 @@ class DiscoveryCore:
         self._running = False
         self._next_hello = self._next_check = self._reply_at = None
         if self._is_master:
+            # Symmetric with "promotion": whatever master-only work a handler started, stop it.
             self._is_master = False
+            out.append(Emit("demotion", (self.me(now),)))
         return out
 
     # ------------------------------------------------------------- user calls

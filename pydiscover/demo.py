@@ -19,7 +19,6 @@ from typing import Any
 from .discovery import Discovery
 
 
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pydiscover.demo",

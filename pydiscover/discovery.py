@@ -78,6 +78,8 @@ class AsyncDiscovery:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        #: What ``started``/``stopped`` handlers receive: the object the user holds.
+        self._facade: AsyncDiscovery | Discovery = self
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> bool:
@@ -89,7 +91,7 @@ class AsyncDiscovery:
         await self._transport.open(self._datagram_received)
         self._loop = loop
         self._apply(self._core.start(loop.time()))
-        self._emitter.emit("started", self)
+        self._emitter.emit("started", self._facade)
         return True
 
     async def stop(self) -> bool:
@@ -99,7 +101,7 @@ class AsyncDiscovery:
         self._apply(self._core.stop(self._loop.time()))
         self._cancel_timer()
         await self._transport.close()
-        self._emitter.emit("stopped", self)
+        self._emitter.emit("stopped", self._facade)
         return True
 
     async def __aenter__(self) -> AsyncDiscovery:
@@ -328,6 +330,7 @@ class Discovery:
             raise TypeError("stop_on_sigterm must be True or False")
         self._stop_on_sigterm = stop_on_sigterm
         self._async = AsyncDiscovery(transport=transport, **options)
+        self._async._facade = self
         self.options = self._async.options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 NODE_PY = ROOT / "examples" / "node.py"
 LOOPBACK_BROADCAST = "127.255.255.255"
-#: Every node stops itself after this long even if the parent dies without cleaning up.
-SAFETY_LIFETIME = 90.0
+#: Every node stops itself after this long, and when its stdin closes (``--exit-on-eof``),
+#: so none outlives a parent that dies without cleaning up.
+SAFETY_LIFETIME = 60.0
 
 T = TypeVar("T")
 Event = dict[str, Any]
@@ -79,11 +80,7 @@ class NodeProc:
     def first(self, event: str, after: float = float("-inf"), **match: Any) -> Event | None:
         """The first ``event`` stamped after ``after`` whose fields equal ``match``."""
         for ev in self.events:
-            if (
-                ev["event"] == event
-                and ev.get("t", 0.0) > after
-                and all(ev.get(k) == v for k, v in match.items())
-            ):
+            if ev["event"] == event and ev.get("t", 0.0) > after and all(ev.get(k) == v for k, v in match.items()):
                 return ev
         return None
 
@@ -127,17 +124,13 @@ class Cluster:
             "--hello-interval", str(self.hello_interval),
             "--node-timeout", str(self.node_timeout),
             "--master-timeout", str(self.master_timeout),
-            "--lifetime", str(SAFETY_LIFETIME),
+            "--lifetime", str(SAFETY_LIFETIME), "--exit-on-eof",
         ]  # fmt: skip
-        popen = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
-        )
+        popen = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         proc = NodeProc(weight=weight, popen=popen)
         self.procs.append(proc)
         for target in (self._read_stdout, self._read_stderr):
-            thread = threading.Thread(
-                target=target, args=(proc,), daemon=True, name=f"{target.__name__}-{weight:g}"
-            )
+            thread = threading.Thread(target=target, args=(proc,), daemon=True, name=f"{target.__name__}-{weight:g}")
             thread.start()
             self._threads.append(thread)
         return proc
@@ -185,7 +178,7 @@ class Cluster:
         if kind == "added" and proc.full_view_at is None and len(proc.peers) >= len(self.procs) - 1:
             proc.full_view_at = event["t"]
 
-    def wait(self, done: Callable[[], T], timeout: float, what: str) -> T:
+    def wait(self, done: Callable[[], T | None], timeout: float, what: str) -> T:
         """Record events until ``done()`` is truthy (and return it); on timeout raise with a dump."""
         deadline = time.monotonic() + timeout
         while True:
@@ -268,16 +261,11 @@ class Cluster:
         sent = time.time()
         sender.send_line(text)
 
-        def delivered() -> list[Event] | None:
-            got = [
-                p.first("message", sent, data=text, **{"from": sender.id})
-                for p in self.live()
-                if p is not sender
-            ]
-            return None if None in got else got  # type: ignore[return-value]
+        def delivered() -> list[float] | None:
+            got = [p.first("message", sent, data=text, **{"from": sender.id}) for p in self.live() if p is not sender]
+            return [float(ev["t"]) for ev in got if ev] if all(got) else None
 
-        events = self.wait(delivered, timeout, f"message {text!r} from {sender} at every node")
-        return max(ev["t"] for ev in events) - sent
+        return max(self.wait(delivered, timeout, f"message {text!r} from {sender} at every node")) - sent
 
     def fail_over(self, victim: NodeProc, sig: signal.Signals, successor: NodeProc, timeout: float) -> float:
         """Signal ``victim``; return the time until ``successor`` promoted (its own clock stamp).

@@ -291,7 +291,9 @@ def test_hellos_out_of_order_are_ignored() -> None:
 def test_stop_sends_goodbye_only_for_servers() -> None:
     core = lone_core()
     core.start(0.0)
-    (goodbye,) = core.stop(1.0)
+    core.promote(0.5)
+    goodbye, demotion = core.stop(1.0)
+    assert isinstance(demotion, Emit) and demotion.event == "demotion"
     assert isinstance(goodbye, Transmit)
     assert orjson.loads(goodbye.datagram)["event"] == "pydiscover.goodbye"
     assert core.next_deadline() is None

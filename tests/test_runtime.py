@@ -253,3 +253,13 @@ def test_sigterm_without_a_handler_says_goodbye_then_dies_of_it(port: int) -> No
         proc.kill()
         proc.wait()
         watcher.stop()
+
+
+def test_started_and_stopped_receive_the_object_the_user_holds(port: int) -> None:
+    d = loopback(port, start=False)
+    got: list[object] = []
+    d.on("started", got.append)
+    d.on("stopped", got.append)
+    d.start()
+    d.stop()
+    assert got == [d, d]
