@@ -481,7 +481,5 @@ class DiscoveryCore:
 
 def _host_port(addr: Address) -> tuple[str, int]:
     host = str(addr[0]) if addr else ""
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]  # a v4 peer seen through a dual-stack socket
     port = addr[1] if len(addr) > 1 and isinstance(addr[1], int) else 0
     return host, port

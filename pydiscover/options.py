@@ -200,6 +200,14 @@ def build_options(
             raise TypeError("interface must be an IPv4 address or an interface name (IPv6)")
         if multicast is None:
             raise ValueError("interface only applies with multicast")
+        if _ip("multicast", multicast).version == 4:
+            if _ip("interface", interface).version != 4:
+                raise ValueError(f"interface for IPv4 multicast must be an IPv4 address, got {interface!r}")
+        elif not interface.isdigit():
+            try:
+                socket.if_nametoindex(interface)
+            except OSError:
+                raise ValueError(f"interface {interface!r}: no such network interface") from None
     ttl = _int("multicast_ttl", multicast_ttl, 0, 255)
     endpoints = parse_unicast(unicast, port) if unicast is not None else ()
     if key is not None or encryption is not None:

@@ -9,6 +9,7 @@ Names carry a random tag, so parallel or aborted runs never clash.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -146,7 +147,8 @@ class Lan:
         pending = list(self.host_ns)
         while pending:
             pending = [
-                ns for ns in pending
+                ns
+                for ns in pending
                 if "fe80::" not in ip("-6", "addr", "show", "dev", HOST_IF, "scope", "link", "-tentative", ns=ns).stdout
             ]
             if pending and time.monotonic() > deadline:
@@ -169,15 +171,25 @@ class NodeState:
 class NodeProcess:
     """``netns_node.py`` under ``ip netns exec``; stdout lines go to a shared queue."""
 
-    def __init__(self, index: int, ns: str, options: dict[str, Any], out: queue.Queue[tuple[int, dict[str, Any]]],
-                 stderr_path: Path) -> None:
+    def __init__(
+        self,
+        index: int,
+        ns: str,
+        options: dict[str, Any],
+        out: queue.Queue[tuple[int, dict[str, Any]]],
+        stderr_path: Path,
+    ) -> None:
         self.index = index
         self.stderr_path = stderr_path
         self._stderr = stderr_path.open("w")
         # ip netns exec execs the command (no fork), so signals reach the node itself.
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-u", str(NODE_SCRIPT), json.dumps(options)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
         )
         self._thread = threading.Thread(target=self._read, args=(out,), name=f"node{index}-stdout", daemon=True)
         self._thread.start()
@@ -200,7 +212,7 @@ class NodeProcess:
             stdin.write(text + "\n")
             stdin.flush()
         except (BrokenPipeError, ValueError):
-            pass  # already gone; its eof tells the story
+            return  # already gone; its eof tells the story
 
     def terminate(self, timeout: float = 5.0) -> int:
         """SIGTERM (a clean stop with goodbye), SIGKILL if it does not exit in ``timeout``."""
@@ -282,10 +294,8 @@ class Cluster:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}\n{self.describe()}")
-            try:
+            with contextlib.suppress(queue.Empty):
                 self._apply(*self._queue.get(timeout=remaining))
-            except queue.Empty:
-                pass
         return time.monotonic() - start
 
     def events(self, i: int, event: str, since: int = 0) -> list[dict[str, Any]]:
@@ -326,10 +336,10 @@ class Cluster:
         return True
 
     def wait_agree(self, *groups: Group, timeout: float = 10.0) -> float:
-        text = "; ".join(
-            f"{{{', '.join(f'h{i + 1}' for i in sorted(m))}}} with masters {{{', '.join(f'h{i + 1}' for i in sorted(ms))}}}"
-            for m, ms in groups
-        )
+        def names(hosts: Collection[int]) -> str:
+            return "{" + ", ".join(f"h{i + 1}" for i in sorted(hosts)) + "}"
+
+        text = "; ".join(f"{names(members)} with masters {names(masters)}" for members, masters in groups)
         return self.wait(lambda: self.agree(*groups), timeout, text)
 
     def snapshot(self, members: Sequence[int], timeout: float = 5.0) -> dict[int, dict[str, Any]]:

@@ -102,10 +102,20 @@ def test_ipv4_multicast_across_namespaces(lab: Lab) -> None:
     c.wait_agree(({0, 1, 2}, {2}))
 
 
-def test_partition_and_heal_one_master(lab: Lab) -> None:
-    """h3 cut off elects itself; h1 (heaviest) stays master throughout; healing leaves only h1."""
+def group_options(lan: Lan, kind: str, i: int) -> dict[str, Any]:
+    """How host ``i`` reaches the others: subnet broadcast or IPv6 link-local multicast on ``eth0``."""
+    if kind == "broadcast":
+        return {"broadcast": lan.broadcast}
+    return {"multicast": "ff02::1:4242", "interface": HOST_IF}
+
+
+@pytest.mark.parametrize("kind", ["broadcast", "ipv6-multicast"])
+def test_partition_and_heal_one_master(lab: Lab, kind: str) -> None:
+    """h3 cut off (carrier lost) elects itself; h1 (heaviest) stays master throughout; healing leaves only h1."""
     lan = lab.lan(3)
-    c = lab.cluster(lan, lambda i: {"broadcast": lan.broadcast, "weight": float(3 - i)})
+    if kind != "broadcast":
+        lan.wait_ipv6_link_local()
+    c = lab.cluster(lan, lambda i: {**group_options(lan, kind, i), "weight": float(3 - i)})
     c.start()
     c.wait_agree(({0, 1, 2}, {0}))
 

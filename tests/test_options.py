@@ -28,6 +28,8 @@ LOOP = {"broadcast": "127.255.255.255"}
         ({"multicast": "10.0.0.1"}, ValueError, "multicast"),
         ({"multicast_ttl": 300, "multicast": "239.1.2.3"}, ValueError, "multicast_ttl"),
         ({"interface": "127.0.0.1"}, ValueError, "interface"),
+        ({"interface": "lo", "multicast": "239.1.2.3"}, ValueError, "interface"),
+        ({"interface": "nosuchif0", "multicast": "ff02::1:4242"}, ValueError, "interface"),
         ({"broadcast": "127.255.255.255", "multicast": "239.1.2.3"}, ValueError, "exclusive"),
         ({"unicast": 5}, TypeError, "unicast"),
         ({"unicast": []}, ValueError, "unicast"),

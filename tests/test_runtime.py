@@ -263,3 +263,11 @@ def test_started_and_stopped_receive_the_object_the_user_holds(port: int) -> Non
     d.start()
     d.stop()
     assert got == [d, d]
+
+
+def test_peer_addresses_are_normalised() -> None:
+    from pydiscover.transports.udp import _peer_address
+
+    assert _peer_address(("::ffff:10.1.2.3", 5, 0, 0)) == ("10.1.2.3", 5)
+    assert _peer_address(("fe80::1", 5, 0, 1)) == ("fe80::1%lo", 5)  # index 1 is always lo on Linux
+    assert _peer_address(("127.0.0.1", 5)) == ("127.0.0.1", 5)

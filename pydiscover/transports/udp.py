@@ -36,13 +36,26 @@ def _v6_scope(interface: str | None) -> int:
         raise ValueError(f"interface {interface!r}: no such network interface") from None
 
 
+def _peer_address(addr: Address) -> Address:
+    """``(host, port)`` as a user would write it: v4-mapped v6 back to v4, link-local with its zone."""
+    host, port = addr[0], addr[1]
+    if host.startswith("::ffff:") and "." in host:
+        return (host[7:], port)
+    if len(addr) >= 4 and addr[3] and "%" not in host:
+        try:
+            host = f"{host}%{socket.if_indextoname(addr[3])}"
+        except OSError:
+            host = f"{host}%{addr[3]}"
+    return (host, port)
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, owner: UdpTransport) -> None:
         self._owner = owner
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if self._owner._receive is not None:
-            self._owner._receive(data, addr)
+            self._owner._receive(data, _peer_address(addr))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors and failed sends land here; the socket stays usable.
