@@ -84,7 +84,7 @@ class DiscoveryCore:
         self._started_at = 0.0
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self._check_size(self._advertisement)
+        self._advertisement = self._check_size(self._advertisement)
 
     # ------------------------------------------------------------------ views
     @property
@@ -145,12 +145,15 @@ class DiscoveryCore:
             return []
         self._running = True
         self._started_at = now
-        self._settle_at = now + self.options.check_interval
+        # Hold the first election until every peer's regular hello must have arrived
+        # (the prompt replies usually bring them in milliseconds, but may be lost).
+        self._settle_at = now + max(self.options.check_interval, self.options.hello_interval)
         self._next_check = self._settle_at
         out: list[Action] = []
         if not self.options.client:
             self._hello(now, out)
-            self._next_hello = now + self.options.hello_interval
+            # A random phase, so nodes started together do not hello in lockstep forever.
+            self._next_hello = now + self.options.hello_interval * self._rng.uniform(0.5, 1.0)
         return out
 
     def stop(self, now: float) -> list[Action]:
@@ -165,6 +168,12 @@ class DiscoveryCore:
             out.append(self._transmit(wire.GOODBYE, {"isMaster": self._is_master}))
         self._running = False
         self._next_hello = self._next_check = self._reply_at = None
+        # A stopped node knows nothing: a restart must not report stale peers as live.
+        self._nodes.clear()
+        for ids in self._by_age.values():
+            ids.clear()
+        self._last_seq.clear()
+        self._departed.clear()
         if self._is_master:
             # Symmetric with "promotion": whatever master-only work a handler started, stop it.
             self._is_master = False
@@ -174,6 +183,8 @@ class DiscoveryCore:
     # ------------------------------------------------------------- user calls
     def promote(self, now: float) -> list[Action]:
         """Become master now (and eligible again, even after ``demote(permanent=True)``)."""
+        if self.options.client:
+            raise RuntimeError("a client=True node sends no hellos and can never be master")
         out: list[Action] = []
         self._eligible = not self.options.client
         self._stepping_down_until = None
@@ -220,14 +231,17 @@ class DiscoveryCore:
 
     def send(self, channel: str, data: Any) -> list[Action] | None:
         """Build a channel message; ``None`` for a reserved name.  Raises if over budget."""
-        if not self._valid_channel(channel):
+        if not self._valid_channel(channel) or not self._running:
             return None
         return [self._transmit(channel, data, what=f"message on channel {channel!r}")]
 
     def advertise(self, advertisement: Any) -> None:
-        """Set what goes out with every hello (the next one included); checked for size now."""
-        self._check_size(advertisement)
-        self._advertisement = advertisement
+        """Set what goes out with every hello (the next one included); checked for size now.
+
+        A snapshot is kept: changing the object afterwards changes nothing until the
+        next ``advertise`` (and so can never make a later hello unsendable).
+        """
+        self._advertisement = self._check_size(advertisement)
 
     # ---------------------------------------------------------------- inputs
     def tick(self, now: float) -> list[Action]:
@@ -242,11 +256,12 @@ class DiscoveryCore:
             if not self.options.client:
                 self._hello(now, out)
         if self._next_hello is not None and now >= self._next_hello:
-            self._hello(now, out)
             # Skip missed beats rather than bursting after a stall.
-            self._next_hello += self.options.hello_interval * max(
-                1, int((now - self._next_hello) // self.options.hello_interval) + 1
+            self._next_hello += self.options.hello_interval * (
+                int((now - self._next_hello) // self.options.hello_interval) + 1
             )
+            self._reply_at = None  # this hello is the reply
+            self._hello(now, out)
         if self._reply_at is not None and now >= self._reply_at:
             self._reply_at = None
             self._last_reply = now
@@ -334,12 +349,14 @@ class DiscoveryCore:
             advertisement=advertisement,
         ).to_json()
 
-    def _check_size(self, advertisement: Any) -> None:
+    def _check_size(self, advertisement: Any) -> Any:
+        """Return a JSON snapshot of ``advertisement``; raise if a hello carrying it cannot be sent."""
         # Encode a worst-case hello (largest seq digits) so a later hello cannot overflow.
         env = wire.Envelope(
             wire.HELLO, self.pid, self.iid, self.options.hostname, self._hello_data(advertisement), 2**53
         )
         wire.encode(env, what="hello with this advertisement", budget=self.options.max_datagram)
+        return wire.snapshot(advertisement)
 
     def _hello(self, now: float, out: list[Action]) -> None:
         self._last_hello_at = now

@@ -35,13 +35,20 @@ Handler = Callable[..., Any]
 _process_id = str(uuid.uuid4())
 
 
-def _new_process_id() -> None:
+def _after_fork_in_child() -> None:
+    """A forked child is a new process: a new pid for peers, and none of the parent's nodes.
+
+    The parent's ``Discovery`` threads do not exist in the child, so it must neither
+    stop them at exit nor on SIGTERM (that would wait on a loop that never runs).
+    """
     global _process_id
     _process_id = str(uuid.uuid4())
+    _running_sync.clear()
+    if signal.getsignal(signal.SIGTERM) is _stop_all_then_die:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-# A forked child is a different process to its peers (node-discover's pid is per process).
-os.register_at_fork(after_in_child=_new_process_id)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _make_transport(options: Options, transport: Any) -> Transport:
@@ -102,7 +109,20 @@ class AsyncDiscovery:
         self._cancel_timer()
         await self._transport.close()
         self._emitter.emit("stopped", self._facade)
+        await self._drain_handlers()
         return True
+
+    async def _drain_handlers(self, grace: float = 5.0) -> None:
+        """Let coroutine handlers (``demotion``, ``stopped``, ...) finish; cancel what outlives ``grace``."""
+        pending = {f for f in self._emitter._waiting if f is not asyncio.current_task()}
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=grace)
+        for future in late:
+            log.warning("cancelling an event handler still running %.0fs after stop()", grace)
+            future.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1)
 
     async def __aenter__(self) -> AsyncDiscovery:
         await self.start()
@@ -256,7 +276,12 @@ class AsyncDiscovery:
             actions = self._core.tick(self._now())
         except Exception:
             log.exception("internal error in tick")
-            actions = []
+            self._core.dropped["internal_error"] += 1
+            # Never re-arm at a deadline already past: that would spin the loop.
+            if self._loop is not None and self._core.running:
+                self._timer_at = self._now() + 0.1
+                self._timer = self._loop.call_at(self._timer_at, self._on_timer)
+            return
         self._apply(actions)
 
     def _apply(self, actions: list[Action]) -> None:
@@ -341,6 +366,8 @@ class Discovery:
     # ----------------------------------------------------------- lifecycle
     def start(self) -> bool:
         """Bind and start the background thread; raises :class:`BindError` on bind failure."""
+        if self._in_loop_thread():
+            raise RuntimeError("start() cannot be called from an event handler")
         with self._lock:
             if self._async.running:
                 return False
@@ -363,7 +390,16 @@ class Discovery:
             return started
 
     def stop(self) -> bool:
-        """Say goodbye, close the socket and end the thread.  ``False`` if not running."""
+        """Say goodbye, close the socket and end the thread.  ``False`` if not running.
+
+        From a handler (the discovery thread) it cannot wait for itself: it starts the
+        stop on another thread and returns ``True`` at once.
+        """
+        if self._in_loop_thread():
+            if not self._async.running:
+                return False
+            threading.Thread(target=self.stop, name="pydiscover-stop", daemon=True).start()
+            return True
         with self._lock:
             if self._loop is None:
                 return False

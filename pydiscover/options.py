@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .wire import DEFAULT_MAX_DATAGRAM, check_json
+from .wire import DEFAULT_MAX_DATAGRAM, DEFAULT_MAX_DATAGRAM_V6, check_json
 
 DEFAULT_PORT = 12345
 DEFAULT_BROADCAST = "255.255.255.255"
@@ -167,7 +167,7 @@ def build_options(
     ignore_instance: bool = True,
     hostname: str | None = None,
     advertisement: Any = None,
-    max_datagram: int = DEFAULT_MAX_DATAGRAM,
+    max_datagram: int | None = None,
 ) -> Options:
     """Validate user options; raises ``TypeError``/``ValueError`` naming the bad option."""
     hello = _number("hello_interval", hello_interval)
@@ -210,6 +210,21 @@ def build_options(
                 raise ValueError(f"interface {interface!r}: no such network interface") from None
     ttl = _int("multicast_ttl", multicast_ttl, 0, 255)
     endpoints = parse_unicast(unicast, port) if unicast is not None else ()
+    if not endpoints:
+        # Linux delivers broadcast and multicast only to sockets bound to the wildcard
+        # (or to the group itself); a unicast bind would silently hear nothing.
+        group = multicast or broadcast or DEFAULT_BROADCAST
+        group_version = _ip("multicast" if multicast else "broadcast", group).version
+        if not wildcard and str(bind) != group:
+            raise ValueError(
+                f"address {address!r} would receive no {'multicast' if multicast else 'broadcast'} datagrams: "
+                "bind the wildcard (0.0.0.0 or ::) and choose the multicast interface with interface="
+            )
+        if bind.version == 6 and group_version == 4:
+            raise ValueError(
+                f"address {address!r} is IPv6 but {'multicast' if multicast else 'broadcast'} {group!r} is IPv4 "
+                "(IPv6 has no broadcast: use an IPv6 multicast group or unicast)"
+            )
     if key is not None or encryption is not None:
         raise NotImplementedError(
             "key/encryption are not implemented in this release; refusing rather than "
@@ -225,6 +240,12 @@ def build_options(
     if not isinstance(hostname, str) or not hostname:
         raise TypeError("hostname must be a non-empty string")
     check_json(advertisement, "advertisement")
+    if max_datagram is None:
+        # IPv6's header is 20 bytes longer: 1500 - 40 - 8 on Ethernet.
+        uses_v6 = bind.version == 6 or (multicast is not None and _ip("multicast", multicast).version == 6) or any(
+            ":" in host for host, _ in endpoints
+        )
+        max_datagram = DEFAULT_MAX_DATAGRAM_V6 if uses_v6 else DEFAULT_MAX_DATAGRAM
     max_dgram = _int("max_datagram", max_datagram, 256, 65507)
     return Options(
         hello_interval=hello,

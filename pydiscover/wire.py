@@ -26,6 +26,8 @@ HELLO = "hello"
 GOODBYE = "pydiscover.goodbye"
 #: IPv4 over Ethernet: 1500 MTU - 20 IP header - 8 UDP header.
 DEFAULT_MAX_DATAGRAM = 1472
+#: IPv6 over Ethernet: 1500 MTU - 40 IP header - 8 UDP header.
+DEFAULT_MAX_DATAGRAM_V6 = 1452
 #: Largest payload a UDP/IPv4 datagram can carry; anything bigger cannot be a valid packet.
 MAX_RECEIVE = 65507
 
@@ -103,6 +105,11 @@ def encode(envelope: Envelope, *, what: str = "packet", budget: int | None = Non
 def check_json(value: Any, what: str) -> None:
     """Raise ``TypeError`` now if ``value`` could never be sent."""
     _dumps(value, what)
+
+
+def snapshot(value: Any) -> Any:
+    """``value`` as peers will see it (a deep, JSON-shaped copy): later mutation cannot leak in."""
+    return None if value is None else orjson.loads(_dumps(value, "advertisement"))
 
 
 def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:

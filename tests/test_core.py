@@ -84,7 +84,7 @@ def test_master_crash_successor_promotes_at_the_master_deadline() -> None:
         sim.add(weight=w, node_timeout=2.0, master_timeout=3.0, hello_interval=1.0)
     sim.run_until(4.5)
     assert sim.masters() == [4]
-    last_hello = 4.0  # hellos go out at 0, 1, 2, 3, 4
+    last_hello = sim.events(4, "helloEmitted")[-1][0]
     sim.kill(4)
     sim.run_until(20)
     assert sim.masters() == [3]
@@ -259,7 +259,7 @@ def test_deadline_tracks_hello_and_refresh() -> None:
     core = lone_core()
     assert core.next_deadline() is None  # not started
     core.start(10.0)
-    assert core.next_deadline() == 11.0  # next hello
+    assert 10.5 <= core.next_deadline() <= 11.0  # next hello, at a random phase
     core.datagram_received(10.2, hello("p", seq=1), ("10.0.0.2", 1))
     core.datagram_received(10.9, hello("p", seq=2), ("10.0.0.2", 1))
     assert not events(core.tick(12.5), "removed")  # refreshed at 10.9
@@ -320,13 +320,16 @@ def test_replies_to_a_newcomer_are_bounded_in_a_big_cluster() -> None:
     sim.run_until(3.5)
     before = sum(n.core.counters["packets_out"] for n in sim.nodes)
     newcomer = sim.add(weight=-1, hello_interval=2.0, node_timeout=5.0, check_interval=2.0)
-    sim.run_until(3.9)  # replies spread over 5 ms + 1 ms per node; regular hellos are due at 4.0
+    sim.run_until(3.9)  # replies spread over 5 ms + 1 ms per node
     sent = sum(n.core.counters["packets_out"] for n in sim.nodes) - before
     assert len(sim.nodes[newcomer].core.nodes) == 200
-    # one coalesced reply per member, plus the newcomer's hello and its own single reply
-    assert sent <= 200 + 2
-    replies = sorted(t for n in sim.nodes[:200] for t, _ in sim.events(sim.nodes.index(n), "helloEmitted") if t > 3.5)
-    assert replies[-1] - replies[0] > 0.1  # spread out, not a burst
+    per_member = [[t for t, _ in sim.events(i, "helloEmitted") if t > 3.5] for i in range(200)]
+    # one coalesced reply per member (a regular hello falling due stands in for it) ...
+    assert max(len(times) for times in per_member) <= 2
+    # ... so the burst is about one datagram per member, plus the ~40 regular hellos of 0.4 s
+    assert sent <= 1.5 * 200
+    replies = sorted(t for times in per_member for t in times if t < 3.75)
+    assert len(replies) >= 150 and replies[-1] - replies[0] > 0.1  # spread out, not a burst
 
 
 # ------------------------------------------------------ dispatch and inputs
@@ -409,3 +412,51 @@ def test_js_hello_without_extensions_is_accepted() -> None:
     out = core.datagram_received(0.1, raw, ("127.0.0.1", 12345))
     assert events(out, "added") and events(out, "master")
     assert core.nodes["js"].weight == -0.17006
+
+
+# ------------------------------------------------------ review regressions
+def test_advertisement_is_a_snapshot() -> None:
+    core = lone_core()
+    core.start(0.0)
+    ad: dict[str, object] = {"state": "ok"}
+    core.advertise(ad)
+    ad["blob"] = "x" * 5000  # would not fit, and must not matter
+    ad["bad"] = object()
+    out = core.tick(core.next_deadline() or 0.0)
+    (hello_out,) = [a for a in out if isinstance(a, Transmit)]
+    assert orjson.loads(hello_out.datagram)["data"]["advertisement"] == {"state": "ok"}
+    assert core.advertisement == {"state": "ok"}
+
+
+def test_stop_forgets_peers_and_restart_starts_clean() -> None:
+    core = lone_core()
+    core.start(0.0)
+    core.datagram_received(0.1, hello("p", seq=1), ("10.0.0.2", 1))
+    core.stop(0.2)
+    assert core.nodes == {}
+    core.start(5.0)
+    assert not events(core.tick(5.0), "removed")
+    assert events(core.datagram_received(5.1, hello("p", seq=9), ("10.0.0.2", 1)), "added")
+
+
+def test_send_while_stopped_sends_nothing_and_spends_no_seq() -> None:
+    core = lone_core()
+    assert core.send("chat", 1) is None
+    (first,) = [a for a in core.start(0.0) if isinstance(a, Transmit)]
+    assert orjson.loads(first.datagram)["seq"] == 1
+    assert core.counters["packets_out"] == 1
+
+
+def test_client_cannot_be_promoted() -> None:
+    core = lone_core(client=True)
+    core.start(0.0)
+    with pytest.raises(RuntimeError, match="client"):
+        core.promote(0.1)
+
+
+def test_hello_deadline_moves_on_even_when_overdue() -> None:
+    core = lone_core()
+    core.start(0.0)
+    first = core.next_deadline() or 0.0
+    core.tick(first + 3.5)  # a stalled loop
+    assert (core.next_deadline() or 0.0) > first + 3.5

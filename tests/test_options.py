@@ -43,6 +43,10 @@ LOOP = {"broadcast": "127.255.255.255"}
         ({"hostname": ""}, TypeError, "hostname"),
         ({"advertisement": {1, 2}}, TypeError, "advertisement"),
         ({"max_datagram": 10}, ValueError, "max_datagram"),
+        ({"address": "127.0.0.1", "broadcast": "127.255.255.255"}, ValueError, "receive no broadcast"),
+        ({"address": "127.0.0.1", "multicast": "239.1.2.3"}, ValueError, "receive no multicast"),
+        ({"address": "::"}, ValueError, "IPv6 has no broadcast"),
+        ({"address": "::", "multicast": "239.1.2.3"}, ValueError, "is IPv4"),
     ],
 )
 def test_bad_option_is_rejected_by_name(options: dict[str, object], error: type[Exception], names: str) -> None:
@@ -91,6 +95,13 @@ def test_advertisement_over_budget_is_refused_at_construction() -> None:
 )
 def test_unicast_forms(text: str, expected: tuple[str, int]) -> None:
     assert parse_endpoint(text, 12345) == expected
+
+
+def test_datagram_budget_defaults_per_ip_version() -> None:
+    assert build_options(broadcast="127.255.255.255").max_datagram == 1472
+    assert build_options(multicast="ff02::1:4242").max_datagram == 1452
+    assert build_options(unicast="[::1]:5").max_datagram == 1452
+    assert build_options(address="239.1.2.3", multicast="239.1.2.3").multicast == "239.1.2.3"  # bind the group
 
 
 def test_unicast_comma_string_and_list_agree() -> None:

@@ -140,12 +140,12 @@ def test_bind_failure_names_address_and_port() -> None:
     port = holder.getsockname()[1]
     try:
         with pytest.raises(BindError, match=f"127.0.0.1:{port}") as info:
-            Discovery(port=port, address="127.0.0.1", reuse_addr=False, broadcast=LOOPBACK_BROADCAST)
+            Discovery(port=port, address="127.0.0.1", reuse_addr=False, unicast=f"127.0.0.1:{port}")
         assert isinstance(info.value, OSError) and info.value.errno == errno.EADDRINUSE
     finally:
         holder.close()
     with pytest.raises(BindError, match=r"192\.0\.2\.1"):  # TEST-NET address: not on this host; nothing is sent
-        Discovery(port=port, address="192.0.2.1", broadcast=LOOPBACK_BROADCAST)
+        Discovery(port=port, address="192.0.2.1", unicast="127.0.0.1")
 
 
 def test_sync_api_errors_cross_the_thread(port: int) -> None:
@@ -271,3 +271,96 @@ def test_peer_addresses_are_normalised() -> None:
     assert _peer_address(("::ffff:10.1.2.3", 5, 0, 0)) == ("10.1.2.3", 5)
     assert _peer_address(("fe80::1", 5, 0, 1)) == ("fe80::1%lo", 5)  # index 1 is always lo on Linux
     assert _peer_address(("127.0.0.1", 5)) == ("127.0.0.1", 5)
+
+
+async def test_async_restart_rebinds_without_reuse_addr(port: int) -> None:
+    d = AsyncDiscovery(port=port, address="127.0.0.1", unicast=f"127.0.0.1:{port}", reuse_addr=False, **QUICK)
+    await d.start()
+    await d.stop()
+    assert await d.start() is True  # the socket really is closed when stop() returns
+    await d.stop()
+
+
+def test_stop_from_a_handler_does_not_deadlock(port: int) -> None:
+    d = loopback(port)
+    stopped = threading.Event()
+    d.on("stopped", lambda _: stopped.set())
+    d.join("halt", lambda data, packet: d.stop())
+    other = loopback(port)
+    try:
+        eventually(lambda: len(other.nodes) == 1, 2, "peer")
+        other.send("halt", None)
+        assert stopped.wait(3)
+        eventually(lambda: not d.running and len(other.nodes) == 0, 2, "goodbye after a handler's stop()")
+    finally:
+        d.stop()
+        other.stop()
+
+
+def test_start_from_a_handler_is_refused(port: int) -> None:
+    d = loopback(port)
+    refused: list[Exception] = []
+
+    def try_start(*_: object) -> None:
+        try:
+            d.start()
+        except RuntimeError as exc:
+            refused.append(exc)
+
+    d.once("helloEmitted", try_start)
+    try:
+        eventually(lambda: bool(refused), 2, "a hello")
+        assert "handler" in str(refused[0])
+    finally:
+        d.stop()
+
+
+def test_stop_during_stop_from_a_handler(port: int) -> None:
+    d = loopback(port)
+    d.on("demotion", lambda me: d.stop())
+    d.promote()
+    assert d.stop() is True  # returns promptly instead of a 10 s deadlock
+    assert not d.running
+
+
+def test_async_handlers_finish_before_stop_returns(port: int) -> None:
+    finished = threading.Event()
+
+    async def slow_goodbye(_: object) -> None:
+        await asyncio.sleep(0.05)
+        finished.set()
+
+    d = loopback(port)
+    d.on("stopped", slow_goodbye)
+    d.stop()
+    assert finished.is_set()
+
+
+def _signal_then_sleep(running: Any) -> None:
+    import time
+
+    running.set()
+    time.sleep(10)
+
+
+def test_forked_child_exits_promptly(port: int) -> None:
+    import multiprocessing
+    import time
+
+    d = loopback(port)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=lambda: None)
+        started = time.monotonic()
+        child.start()
+        child.join(5)
+        assert child.exitcode == 0 and time.monotonic() - started < 3  # no wait on the parent's thread
+        running = ctx.Event()
+        sleeper = ctx.Process(target=_signal_then_sleep, args=(running,))
+        sleeper.start()
+        assert running.wait(5)
+        sleeper.terminate()
+        sleeper.join(5)
+        assert sleeper.exitcode == -15  # the parent's SIGTERM handler is not inherited
+    finally:
+        d.stop()

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
 from collections.abc import Sequence
 
 from ..errors import BindError
@@ -52,6 +53,11 @@ def _peer_address(addr: Address) -> Address:
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, owner: UdpTransport) -> None:
         self._owner = owner
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if self._owner._receive is not None:
@@ -88,6 +94,7 @@ class UdpTransport(Transport):
         self.reuse_addr = reuse_addr
         self._receive: Receiver | None = None
         self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _Protocol
         self._sock: socket.socket | None = None
         self._family = socket.AF_INET6 if self._needs_v6(unicast) else socket.AF_INET
         if self._family == socket.AF_INET6 and not _is_v6(address):
@@ -140,6 +147,10 @@ class UdpTransport(Transport):
         try:
             if self.reuse_addr:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if sys.platform != "linux" and hasattr(socket, "SO_REUSEPORT"):
+                    # BSD and macOS share a UDP port only with SO_REUSEPORT; Linux needs
+                    # just SO_REUSEADDR, which is all node-discover sets (mixing works).
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if self._family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             try:
@@ -185,8 +196,9 @@ class UdpTransport(Transport):
         loop = asyncio.get_running_loop()
         sock = self._make_socket()
         self._receive = receive
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        transport, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
+        self._protocol = protocol
         self._sock = sock
         log.debug("bound %s, sending to %s", sock.getsockname(), self._destinations)
 
@@ -206,6 +218,8 @@ class UdpTransport(Transport):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+            # asyncio closes the socket a loop iteration later; wait, so a restart can re-bind.
+            await asyncio.wait_for(asyncio.shield(self._protocol.closed), 5)
         self._sock = None
 
     @property
