@@ -171,6 +171,8 @@ def build_options(
 ) -> Options:
     """Validate user options; raises ``TypeError``/``ValueError`` naming the bad option."""
     hello = _number("hello_interval", hello_interval)
+    if hello < 0.01:
+        raise ValueError(f"hello_interval must be at least 0.01 s (100 hellos a second per node), got {hello}")
     check = _number("check_interval", check_interval)
     node_t = _number("node_timeout", node_timeout)
     master_t = node_t if master_timeout is None else _number("master_timeout", master_timeout)

@@ -16,6 +16,7 @@ LOOP = {"broadcast": "127.255.255.255"}
         ({"hello_interval": "1"}, TypeError, "hello_interval"),
         ({"hello_interval": 0}, ValueError, "hello_interval"),
         ({"hello_interval": True}, TypeError, "hello_interval"),
+        ({"hello_interval": 0.001, "node_timeout": 0.01, "check_interval": 0.01}, ValueError, "hello_interval"),
         ({"node_timeout": float("nan")}, ValueError, "node_timeout"),
         ({"node_timeout": 0.5}, ValueError, "node_timeout"),
         ({"master_timeout": 1.0}, ValueError, "master_timeout"),
