@@ -69,6 +69,8 @@ class DiscoveryCore:
         # sent before the goodbye must not bring them back.
         self._departed: dict[str, tuple[int, float]] = {}
         self._channels: set[str] = set()
+        # Peers obey the same budget; an IPv6 node still takes an IPv4-sized datagram.
+        self._receive_limit = max(options.max_datagram, wire.DEFAULT_MAX_DATAGRAM)
         self._seq = 0
         self._running = False
         self._is_master = False
@@ -282,6 +284,9 @@ class DiscoveryCore:
             return out
         self.counters["packets_in"] += 1
         self.counters["bytes_in"] += len(data)
+        if len(data) > self._receive_limit:
+            self._drop("oversized", addr, f"{len(data)} bytes")
+            return out
         # Expire first: an election below must not count a node whose deadline has passed.
         if self._expire(now, out):
             self._elect(now, out)
@@ -308,7 +313,7 @@ class DiscoveryCore:
         elif env.event in RESERVED_NAMES:
             self.dropped["reserved_event"] += 1
         else:
-            self.dropped["not_joined"] += 1
+            self.dropped["unknown_event"] += 1
         return out
 
     # -------------------------------------------------------------- internals

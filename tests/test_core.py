@@ -345,7 +345,7 @@ def test_channels_reserved_names_and_joined_only() -> None:
     assert emit.args[1].address == "10.0.0.9" and emit.args[1].iid == "p"
     other = orjson.dumps({"event": "news", "pid": "x", "iid": "p", "hostName": "h", "data": 1})
     assert core.datagram_received(0.2, other, ("10.0.0.9", 4)) == []
-    assert core.dropped["not_joined"] == 1
+    assert core.dropped["unknown_event"] == 1
 
 
 @pytest.mark.parametrize("event", ["error", "promotion", "added", "removed", "master", "started", "new_listener"])
@@ -390,7 +390,7 @@ BAD = {
         b'{"event":"hello","pid":"a","iid":"b","data":{"weight":true}}',
         b'{"event":"hello","pid":"a","iid":"b","data":{"weight":1,"address":5}}',
     ],
-    "oversized": [b" " * 70000],
+    "oversized": [b" " * 70000, b'{"event":"chat","pid":"a","iid":"b","data":"' + b"x" * 1500 + b'"}'],
 }
 
 

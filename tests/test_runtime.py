@@ -364,3 +364,32 @@ def test_forked_child_exits_promptly(port: int) -> None:
         assert sleeper.exitcode == -15  # the parent's SIGTERM handler is not inherited
     finally:
         d.stop()
+
+
+def test_garbage_on_the_wire_is_counted_and_harmless(port: int) -> None:
+    d = loopback(port, check_interval=5, node_timeout=5)  # no election during the test: any event is the garbage's
+    fired: list[str] = []
+    for event in ("added", "removed", "master", "promotion", "demotion", "error", "chat"):
+        d.on(event, lambda *args, event=event: fired.append(event))
+    d.join("chat")
+    garbage = [
+        b"", b"\x00\xff", b"not json", b"[1,2]", b"{\"event\": \"hello\"}",
+        b'{"event":"error","pid":"x","iid":"y","data":{"boom":1}}',
+        b'{"event":"promotion","pid":"x","iid":"y","data":{}}',
+        b'{"event":"hello","pid":"x","iid":"y","data":{"weight":"heavy"}}',
+        b'{"event":"news","pid":"x","iid":"y","data":1}',
+        b'{"event":"chat","pid":"x","iid":"y","data":"' + b"x" * 3000 + b'"}',
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        for datagram in garbage:
+            raw.sendto(datagram, ("127.0.0.1", port))
+    try:
+        expected = {"not_json": 3, "not_object": 1, "bad_envelope": 1, "reserved_event": 2, "bad_hello": 1,
+                    "unknown_event": 1, "oversized": 1}
+        eventually(lambda: all(d.stats["dropped"].get(k, 0) >= n for k, n in expected.items()), 2, "drop counters")
+        peer = loopback(port)
+        eventually(lambda: len(d.nodes) == 1, 2, "still discovering")
+        peer.stop()
+        assert [e for e in fired if e not in ("added", "removed")] == []
+    finally:
+        d.stop()
