@@ -83,7 +83,6 @@ class DiscoveryCore:
         self._reply_at: float | None = None
         self._last_reply = float("-inf")
         self._last_hello_at = float("-inf")
-        self._started_at = 0.0
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self._advertisement = self._check_size(self._advertisement)
@@ -146,7 +145,6 @@ class DiscoveryCore:
         if self._running:
             return []
         self._running = True
-        self._started_at = now
         # Hold the first election until every peer's regular hello must have arrived
         # (the prompt replies usually bring them in milliseconds, but may be lost).
         self._settle_at = now + max(self.options.check_interval, self.options.hello_interval)
@@ -188,12 +186,12 @@ class DiscoveryCore:
         if self.options.client:
             raise RuntimeError("a client=True node sends no hellos and can never be master")
         out: list[Action] = []
-        self._eligible = not self.options.client
+        self._eligible = True
         self._stepping_down_until = None
         if not self._is_master:
             self._is_master = True
             out.append(Emit("promotion", (self.me(now),)))
-        if self._running and not self.options.client:
+        if self._running:
             self._hello(now, out)
         return out
 
@@ -232,7 +230,7 @@ class DiscoveryCore:
         return True
 
     def send(self, channel: str, data: Any) -> list[Action] | None:
-        """Build a channel message; ``None`` for a reserved name.  Raises if over budget."""
+        """Build a channel message; ``None`` for a reserved name or when stopped.  Raises if over budget."""
         if not self._valid_channel(channel) or not self._running:
             return None
         return [self._transmit(channel, data, what=f"message on channel {channel!r}")]
