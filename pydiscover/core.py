@@ -17,8 +17,10 @@ from typing import Any
 
 from . import wire
 from .election import Decision, decide
+from .errors import PacketTooLarge
 from .node import Node, Packet
 from .options import Options
+from .security import Codec, OpenError, ReplayGuard
 
 log = logging.getLogger("pydiscover.core")
 
@@ -64,10 +66,13 @@ class DiscoveryCore:
         self._nodes: dict[str, Node] = {}
         # Node ids in last-seen order, one list per timeout, so the next expiry is O(1).
         self._by_age: dict[bool, OrderedDict[str, None]] = {False: OrderedDict(), True: OrderedDict()}
-        self._last_seq: dict[str, int] = {}
-        # Instances that said goodbye: iid -> (goodbye seq, forget-at).  A late hello
-        # sent before the goodbye must not bring them back.
-        self._departed: dict[str, tuple[int, float]] = {}
+        # Each (instance, seq) counts once, and is remembered past the instance's removal,
+        # so a capture replayed after a leave or a timeout changes nothing.
+        self._replay = ReplayGuard(retention=options.replay_window + 2 * options.master_timeout)
+        # Sequence number of the hello each node's record came from (older ones are stale).
+        self._hello_seq: dict[str, int] = {}
+        self._codec = options.codec
+        self._wall_offset = 0.0
         self._channels: set[str] = set()
         # Peers obey the same budget; an IPv6 node still takes an IPv4-sized datagram.
         self._receive_limit = max(options.max_datagram, wire.DEFAULT_MAX_DATAGRAM)
@@ -140,10 +145,15 @@ class DiscoveryCore:
         return best if best != float("inf") else None
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, now: float) -> list[Action]:
-        """Begin: say hello at once; hold elections for ``check_interval`` while the cluster answers."""
+    def start(self, now: float, wall_time: float | None = None) -> list[Action]:
+        """Begin: say hello at once; hold elections for ``check_interval`` while the cluster answers.
+
+        ``wall_time`` is the epoch time matching ``now``: sealed packets carry it, and
+        are refused when it differs from ours by more than ``replay_window``.
+        """
         if self._running:
             return []
+        self._wall_offset = 0.0 if wall_time is None else wall_time - now
         self._running = True
         # Hold the first election until every peer's regular hello must have arrived
         # (the prompt replies usually bring them in milliseconds, but may be lost).
@@ -165,15 +175,14 @@ class DiscoveryCore:
             return []
         out: list[Action] = []
         if not self.options.client:
-            out.append(self._transmit(wire.GOODBYE, {"isMaster": self._is_master}))
+            out.append(self._transmit(now, wire.GOODBYE, {"isMaster": self._is_master}))
         self._running = False
         self._next_hello = self._next_check = self._reply_at = None
         # A stopped node knows nothing: a restart must not report stale peers as live.
         self._nodes.clear()
         for ids in self._by_age.values():
             ids.clear()
-        self._last_seq.clear()
-        self._departed.clear()
+        self._hello_seq.clear()
         if self._is_master:
             # Symmetric with "promotion": whatever master-only work a handler started, stop it.
             self._is_master = False
@@ -229,11 +238,24 @@ class DiscoveryCore:
         self._channels.discard(channel)
         return True
 
-    def send(self, channel: str, data: Any) -> list[Action] | None:
+    def send(self, now: float, channel: str, data: Any) -> list[Action] | None:
         """Build a channel message; ``None`` for a reserved name or when stopped.  Raises if over budget."""
         if not self._valid_channel(channel) or not self._running:
             return None
-        return [self._transmit(channel, data, what=f"message on channel {channel!r}")]
+        return [self._transmit(now, channel, data, what=f"message on channel {channel!r}")]
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    def set_codec(self, codec: Codec) -> None:
+        """Switch keys (rotation) from the next packet on; checks the advertisement still fits."""
+        previous, self._codec = self._codec, codec
+        try:
+            self._check_size(self._advertisement)
+        except ValueError:
+            self._codec = previous
+            raise
 
     def advertise(self, advertisement: Any) -> None:
         """Set what goes out with every hello (the next one included); checked for size now.
@@ -270,9 +292,9 @@ class DiscoveryCore:
             self._next_check = now + self.options.check_interval
             elect = True
             out.append(Emit("check"))
+            self._replay.forget_expired(now)
         if elect:
             self._elect(now, out)
-        self._forget_departed(now)
         return out
 
     def datagram_received(self, now: float, data: bytes, addr: Address) -> list[Action]:
@@ -289,7 +311,12 @@ class DiscoveryCore:
         if self._expire(now, out):
             self._elect(now, out)
         try:
-            env = wire.decode(data)
+            opened = self._codec.open(data)
+        except OpenError as exc:
+            self._drop(exc.reason, addr, exc)
+            return out
+        try:
+            env = wire.decode(opened.plaintext)
         except wire.DecodeError as exc:
             self._drop(exc.reason, addr, exc)
             return out
@@ -299,6 +326,13 @@ class DiscoveryCore:
                 return out
         elif env.pid == self.pid and self.options.ignore_process:
             self.dropped["own_process"] += 1
+            return out
+        window = self.options.replay_window
+        if opened.sent_at is not None and window and abs(now + self._wall_offset - opened.sent_at) > window:
+            self._drop("outside_window", addr, f"sent at {opened.sent_at}, clock differs by more than {window}s")
+            return out
+        if env.seq is not None and not self._replay.accept(env.iid, env.seq, now):
+            self._drop("replayed", addr, f"{env.iid} seq {env.seq}")
             return out
         host, port = _host_port(addr)
         if env.event == wire.HELLO:
@@ -333,16 +367,21 @@ class DiscoveryCore:
     def _advertised_eligible(self) -> bool:
         return self._eligible and self._stepping_down_until is None
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _transmit(self, event: str, data: Any, *, what: str = "packet") -> Transmit:
-        env = wire.Envelope(event, self.pid, self.iid, self.options.hostname, data, self._next_seq())
-        raw = wire.encode(env, what=what, budget=self.options.max_datagram)
+    def _transmit(self, now: float, event: str, data: Any, *, what: str = "packet") -> Transmit:
+        env = wire.Envelope(event, self.pid, self.iid, self.options.hostname, data, self._seq + 1)
+        raw = wire.encode(env, what=what)
+        self._fit(raw, what)
+        self._seq += 1  # only once it will really be sent: no gaps from refused sends
+        sealed = self._codec.seal(raw, now + self._wall_offset)
         self.counters["packets_out"] += 1
-        self.counters["bytes_out"] += len(raw)
-        return Transmit(raw)
+        self.counters["bytes_out"] += len(sealed)
+        return Transmit(sealed)
+
+    def _fit(self, raw: bytes, what: str) -> None:
+        """Raise :class:`PacketTooLarge` if ``raw``, once sealed, could exceed the budget."""
+        size = self._codec.max_sealed_size(len(raw))
+        if size > self.options.max_datagram:
+            raise PacketTooLarge(what, size, self.options.max_datagram)
 
     def _hello_data(self, advertisement: Any) -> dict[str, Any]:
         return wire.Hello(
@@ -358,24 +397,13 @@ class DiscoveryCore:
         env = wire.Envelope(
             wire.HELLO, self.pid, self.iid, self.options.hostname, self._hello_data(advertisement), 2**53
         )
-        wire.encode(env, what="hello with this advertisement", budget=self.options.max_datagram)
+        self._fit(wire.encode(env, what="advertisement"), "hello with this advertisement")
         return wire.snapshot(advertisement)
 
     def _hello(self, now: float, out: list[Action]) -> None:
         self._last_hello_at = now
-        out.append(self._transmit(wire.HELLO, self._hello_data(self._advertisement)))
+        out.append(self._transmit(now, wire.HELLO, self._hello_data(self._advertisement)))
         out.append(Emit("helloEmitted"))
-
-    def _is_stale(self, env: wire.Envelope) -> bool:
-        if env.seq is None:
-            return False
-        departed = self._departed.get(env.iid)
-        if departed is not None:
-            if env.seq <= departed[0]:
-                return True
-            del self._departed[env.iid]
-        last = self._last_seq.get(env.iid)
-        return last is not None and env.seq <= last
 
     def _on_hello(self, now: float, env: wire.Envelope, host: str, port: int, out: list[Action]) -> None:
         try:
@@ -383,11 +411,11 @@ class DiscoveryCore:
         except wire.DecodeError as exc:
             self._drop(exc.reason, (host, port), exc)
             return
-        if self._is_stale(env):
-            self.dropped["stale"] += 1
-            return
         if env.seq is not None:
-            self._last_seq[env.iid] = env.seq
+            if env.seq < self._hello_seq.get(env.iid, -1):
+                self.dropped["stale"] += 1  # reordered: an older state than the one we hold
+                return
+            self._hello_seq[env.iid] = env.seq
         old = self._nodes.get(env.iid)
         node = Node(
             id=env.iid,
@@ -423,13 +451,9 @@ class DiscoveryCore:
             self._elect(now, out)
 
     def _on_goodbye(self, now: float, env: wire.Envelope, out: list[Action]) -> None:
-        if self._is_stale(env):
-            self.dropped["stale"] += 1
-            return
         if env.seq is not None:
-            forget = now + 2 * max(self.options.master_timeout, self.options.hello_interval)
-            self._departed[env.iid] = (env.seq, forget)
-            self._last_seq.pop(env.iid, None)
+            # Nothing it sent before the goodbye (a late hello, a replay) may bring it back.
+            self._replay.close(env.iid, env.seq, now)
         node = self._nodes.get(env.iid)
         if node is not None:
             self._remove(node, out)
@@ -438,7 +462,7 @@ class DiscoveryCore:
     def _remove(self, node: Node, out: list[Action]) -> None:
         del self._nodes[node.id]
         del self._by_age[node.is_master][node.id]
-        self._last_seq.pop(node.id, None)
+        self._hello_seq.pop(node.id, None)
         out.append(Emit("removed", (node,)))
 
     def _expire(self, now: float, out: list[Action]) -> bool:
@@ -451,11 +475,6 @@ class DiscoveryCore:
                 self._remove(node, out)
                 removed = True
         return removed
-
-    def _forget_departed(self, now: float) -> None:
-        if self._departed:
-            for iid in [i for i, (_, at) in self._departed.items() if at <= now]:
-                del self._departed[iid]
 
     def _schedule_reply(self, now: float, *, just_started: bool) -> None:
         """Answer a newcomer soon so it learns the cluster in milliseconds, not a hello interval.

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine
@@ -24,6 +25,7 @@ from .core import Action, DiscoveryCore, Emit, Transmit
 from .events import SafeEmitter
 from .node import Node
 from .options import Options, build_options, parse_unicast
+from .security import Secret, make_codec
 from .transports.base import Address, Transport
 from .transports.udp import UdpTransport
 
@@ -97,7 +99,7 @@ class AsyncDiscovery:
         self._emitter._loop = loop
         await self._transport.open(self._datagram_received)
         self._loop = loop
-        self._apply(self._core.start(loop.time()))
+        self._apply(self._core.start(loop.time(), time.time()))
         self._emitter.emit("started", self._facade)
         return True
 
@@ -183,7 +185,7 @@ class AsyncDiscovery:
         Raises :class:`PacketTooLarge` over the datagram budget and ``TypeError`` for
         data that is not JSON-serializable.
         """
-        actions = self._core.send(channel, data)
+        actions = self._core.send(self._now(), channel, data)
         if actions is None or not self._core.running:
             return False
         self._apply(actions)
@@ -192,6 +194,17 @@ class AsyncDiscovery:
     def advertise(self, advertisement: Any) -> None:
         """Publish ``advertisement`` with every hello from the next one on; checked for size now."""
         self._core.advertise(advertisement)
+
+    def set_key(self, key: Secret | list[Secret], encryption: str | None = None) -> None:
+        """Replace the key ring at run time (rotation): the first key seals, every key opens.
+
+        Roll a cluster from A to B with no node ever going unseen: ``[A, B]`` everywhere,
+        then ``[B, A]``, then ``[B]``.  ``encryption`` defaults to the current mode.
+        """
+        if key is None:
+            raise ValueError("set_key: a keyed node never falls back to plaintext; restart without a key")
+        mode = encryption or (self._core.codec.name if self._core.codec.name != "plaintext" else None)
+        self._core.set_codec(make_codec(key, mode))
 
     def promote(self) -> None:
         """Become master now (peers of lower rank demote)."""
@@ -495,6 +508,10 @@ class Discovery:
 
     def advertise(self, advertisement: Any) -> None:
         self._call(self._async.advertise, advertisement)
+
+    def set_key(self, key: Secret | list[Secret], encryption: str | None = None) -> None:
+        """See :meth:`AsyncDiscovery.set_key`."""
+        self._call(self._async.set_key, key, encryption)
 
     def promote(self) -> None:
         self._call(self._async.promote)

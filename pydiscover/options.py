@@ -11,9 +11,10 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .security import Codec, PlainCodec, Secret, make_codec
 from .wire import DEFAULT_MAX_DATAGRAM, DEFAULT_MAX_DATAGRAM_V6, check_json
 
 DEFAULT_PORT = 12345
@@ -135,6 +136,10 @@ class Options:
     hostname: str = ""
     advertisement: Any = None
     max_datagram: int = DEFAULT_MAX_DATAGRAM
+    #: Seals and opens datagrams (plaintext, AEAD or node-discover's cipher) for ``key``.
+    codec: Codec = field(default_factory=PlainCodec, repr=False, compare=False)
+    #: Seconds a sealed packet's timestamp may differ from our clock (0: no time check).
+    replay_window: float = 30.0
 
     @property
     def destination_mode(self) -> str:
@@ -157,8 +162,9 @@ def build_options(
     multicast_ttl: int = 1,
     interface: str | None = None,
     unicast: str | list[str] | tuple[str, ...] | None = None,
-    key: Any = None,
+    key: Secret | list[Secret] | tuple[Secret, ...] | None = None,
     encryption: str | None = None,
+    replay_window: float = 30.0,
     masters_required: int = 1,
     weight: float | None = None,
     client: bool = False,
@@ -227,11 +233,14 @@ def build_options(
                 f"address {address!r} is IPv6 but {'multicast' if multicast else 'broadcast'} {group!r} is IPv4 "
                 "(IPv6 has no broadcast: use an IPv6 multicast group or unicast)"
             )
-    if key is not None or encryption is not None:
-        raise NotImplementedError(
-            "key/encryption are not implemented in this release; refusing rather than "
-            "sending plaintext (see docs: security)"
-        )
+    if isinstance(replay_window, bool) or not isinstance(replay_window, (int, float)):
+        raise TypeError(f"replay_window must be a number of seconds, got {type(replay_window).__name__}")
+    if not math.isfinite(replay_window) or replay_window < 0:
+        raise ValueError(f"replay_window must be >= 0 seconds (0 disables the time check), got {replay_window!r}")
+    try:
+        codec = make_codec(key, encryption)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"key/encryption: {exc}") from None
     required = _int("masters_required", masters_required, 1, 1_000_000)
     if weight is None:
         weight = default_weight()
@@ -270,4 +279,6 @@ def build_options(
         hostname=hostname,
         advertisement=advertisement,
         max_datagram=max_dgram,
+        codec=codec,
+        replay_window=float(replay_window),
     )

@@ -38,6 +38,8 @@ class Sim:
         self._scheduled: dict[int, float] = {}
         #: Optional filter: return False to lose a datagram (sender index, receiver index).
         self.link: Callable[[int, int], bool] = lambda src, dst: True
+        #: Every datagram sent, as (time, sender index, bytes): what an eavesdropper captures.
+        self.captured: list[tuple[float, int, bytes]] = []
 
     def add(self, *, start: bool = True, **options: Any) -> int:
         options.setdefault("hostname", "sim")
@@ -57,6 +59,12 @@ class Sim:
         self._route(idx, actions or [])
         return actions
 
+    def inject(self, datagram: bytes, *, source: tuple[str, int] = ("10.6.6.6", 666)) -> None:
+        """An attacker's datagram, delivered now to every live node."""
+        for dst, node in enumerate(self.nodes):
+            if node.alive:
+                self._route(dst, node.core.datagram_received(self.now, datagram, source))
+
     def kill(self, idx: int) -> None:
         """A crash: no goodbye, the node simply goes silent."""
         self.nodes[idx].alive = False
@@ -69,6 +77,7 @@ class Sim:
         node = self.nodes[idx]
         for action in actions:
             if isinstance(action, Transmit):
+                self.captured.append((self.now, idx, action.datagram))
                 self._push(self.now + self.latency, "deliver", (idx, action.datagram))
             elif isinstance(action, Emit):
                 node.events.append((self.now, action.event, action.args))

@@ -276,7 +276,7 @@ def test_goodbye_removes_and_a_late_hello_does_not_resurrect() -> None:
     assert events(core.datagram_received(0.2, bye, ("10.0.0.2", 1)), "removed")
     out = core.datagram_received(0.3, hello("p", seq=6), ("10.0.0.2", 1))  # reordered, sent before goodbye
     assert not events(out, "added")
-    assert core.dropped["stale"] == 1
+    assert core.dropped["replayed"] == 1
     assert events(core.datagram_received(0.4, hello("p", seq=8), ("10.0.0.2", 1)), "added")  # restarted
 
 
@@ -337,7 +337,7 @@ def test_channels_reserved_names_and_joined_only() -> None:
     core = lone_core()
     core.start(0.0)
     assert not core.join("promotion") and not core.join("error") and not core.join("hello")
-    assert core.send("added", {}) is None
+    assert core.send(0.0, "added", {}) is None
     assert core.join("chat") and not core.join("chat")
     msg = orjson.dumps({"event": "chat", "pid": "x", "iid": "p", "hostName": "h", "data": {"a": 1}})
     (emit,) = core.datagram_received(0.1, msg, ("10.0.0.9", 4))
@@ -441,7 +441,7 @@ def test_stop_forgets_peers_and_restart_starts_clean() -> None:
 
 def test_send_while_stopped_sends_nothing_and_spends_no_seq() -> None:
     core = lone_core()
-    assert core.send("chat", 1) is None
+    assert core.send(0.0, "chat", 1) is None
     (first,) = [a for a in core.start(0.0) if isinstance(a, Transmit)]
     assert orjson.loads(first.datagram)["seq"] == 1
     assert core.counters["packets_out"] == 1

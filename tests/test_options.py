@@ -60,9 +60,28 @@ def test_unknown_option_is_a_type_error() -> None:
         Discovery(helloInterval=1000, start=False, **LOOP)
 
 
-def test_key_is_refused_rather_than_sent_in_plaintext() -> None:
-    with pytest.raises(NotImplementedError, match="plaintext"):
-        build_options(key="secret")
+@pytest.mark.parametrize(
+    ("options", "error", "text"),
+    [
+        ({"key": 5}, TypeError, "key"),
+        ({"key": ""}, ValueError, "empty"),
+        ({"key": []}, ValueError, "at least one"),
+        ({"key": ["a", None]}, TypeError, "key"),
+        ({"key": "a", "encryption": "rot13"}, ValueError, "encryption"),
+        ({"encryption": "aead"}, ValueError, "needs a key"),
+        ({"key": "a", "replay_window": -1}, ValueError, "replay_window"),
+    ],
+)
+def test_bad_key_options(options: dict[str, object], error: type[Exception], text: str) -> None:
+    with pytest.raises(error, match=text):
+        build_options(**options)  # type: ignore[arg-type]
+
+
+def test_key_selects_the_codec() -> None:
+    assert build_options().codec.name == "plaintext"
+    assert build_options(key="s").codec.name == "aead"
+    assert build_options(key=["s", b"t"], encryption="aead").codec.name == "aead"
+    assert build_options(key="s", encryption="node-discover").codec.name == "node-discover"
 
 
 def test_defaults_follow_node_discover() -> None:

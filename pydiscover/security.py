@@ -1,0 +1,282 @@
+"""Sealing datagrams: AES-256-GCM with a key ring, node-discover's legacy cipher, replay guard.
+
+A *codec* turns the JSON bytes of a packet into what goes on the wire and back.  It
+knows nothing about nodes; the core decides what a replayed or stale packet means.
+
+AEAD datagram layout (27-byte header, authenticated as associated data)::
+
+    magic "\\xa7\\xd1" | version 1 | key id (4) | sender time, ms (8, big-endian) | nonce (12)
+    | AES-256-GCM ciphertext + 16-byte tag
+
+The key is derived from the secret with scrypt (fixed salt, so every node derives the
+same key with no exchange); the key id is a keyed hash of the derived key, so it says
+which key to try without revealing anything about it.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import hashlib
+import hmac
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+MAGIC = b"\xa7\xd1"
+VERSION = 1
+_HEADER = struct.Struct(">2sB4sQ12s")
+HEADER_SIZE = _HEADER.size  # 27
+TAG_SIZE = 16
+AEAD_OVERHEAD = HEADER_SIZE + TAG_SIZE
+_KDF_SALT = b"pydiscover/aead/v1"
+
+Secret = str | bytes
+
+
+class OpenError(ValueError):
+    """A datagram that cannot be opened; ``reason`` is its drop counter."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An opened datagram: the packet's JSON and, for AEAD, the sender's clock in seconds."""
+
+    plaintext: bytes
+    sent_at: float | None = None
+
+
+class Codec(abc.ABC):
+    """Seals outgoing packets and opens incoming ones."""
+
+    #: ``"plaintext"``, ``"aead"`` or ``"node-discover"``.
+    name: str
+
+    @abc.abstractmethod
+    def seal(self, plaintext: bytes, wall_time: float) -> bytes:
+        """The datagram to send for ``plaintext`` (``wall_time``: seconds since the epoch)."""
+
+    @abc.abstractmethod
+    def open(self, datagram: bytes) -> Opened:
+        """The packet inside ``datagram``; raise :class:`OpenError` (and nothing else) otherwise."""
+
+    @abc.abstractmethod
+    def max_sealed_size(self, plaintext_size: int) -> int:
+        """The largest datagram ``seal`` can produce for that many bytes (for the size budget)."""
+
+
+class PlainCodec(Codec):
+    """No key: node-discover's plaintext JSON."""
+
+    name = "plaintext"
+
+    def seal(self, plaintext: bytes, wall_time: float) -> bytes:
+        return plaintext
+
+    def open(self, datagram: bytes) -> Opened:
+        if datagram.startswith(MAGIC):
+            raise OpenError("encrypted")  # a keyed cluster shares this port; we hold no key
+        return Opened(datagram)
+
+    def max_sealed_size(self, plaintext_size: int) -> int:
+        return plaintext_size
+
+
+def _secret_bytes(secret: Secret) -> bytes:
+    return secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+
+
+@functools.lru_cache(maxsize=64)
+def derive_key(secret: bytes) -> tuple[bytes, bytes]:
+    """``(aes_key, key_id)`` for a secret: scrypt (n=2**14, r=8, p=1), then a 4-byte id."""
+    key = Scrypt(salt=_KDF_SALT, length=32, n=2**14, r=8, p=1).derive(secret)
+    key_id = hmac.new(key, b"pydiscover key id", hashlib.sha256).digest()[:4]
+    return key, key_id
+
+
+class AeadCodec(Codec):
+    """AES-256-GCM; the first secret seals, every secret opens (rotation)."""
+
+    name = "aead"
+
+    def __init__(self, secrets: Sequence[Secret]) -> None:
+        if not secrets:
+            raise ValueError("key: at least one secret is required")
+        derived = [derive_key(_secret_bytes(s)) for s in secrets]
+        self._seal_key = AESGCM(derived[0][0])
+        self._seal_id = derived[0][1]
+        self._ring = {key_id: AESGCM(key) for key, key_id in derived}
+
+    def seal(self, plaintext: bytes, wall_time: float) -> bytes:
+        header = _HEADER.pack(MAGIC, VERSION, self._seal_id, int(wall_time * 1000), os.urandom(12))
+        return header + self._seal_key.encrypt(header[-12:], plaintext, header)
+
+    def open(self, datagram: bytes) -> Opened:
+        if len(datagram) < AEAD_OVERHEAD:
+            raise OpenError("plaintext" if datagram[:1] == b"{" else "malformed")
+        magic, version, key_id, sent_ms, nonce = _HEADER.unpack_from(datagram)
+        if magic != MAGIC:
+            raise OpenError("plaintext" if datagram[:1] == b"{" else "malformed")
+        if version != VERSION:
+            raise OpenError("malformed")
+        cipher = self._ring.get(key_id)
+        if cipher is None:
+            raise OpenError("bad_key")
+        try:
+            plaintext = cipher.decrypt(nonce, datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
+        except InvalidTag:
+            raise OpenError("tampered") from None
+        return Opened(plaintext, sent_ms / 1000)
+
+    def max_sealed_size(self, plaintext_size: int) -> int:
+        return plaintext_size + AEAD_OVERHEAD
+
+
+def evp_bytes_to_key(password: bytes, key_len: int = 32, iv_len: int = 16) -> tuple[bytes, bytes]:
+    """OpenSSL's EVP_BytesToKey with MD5, one round, no salt (what ``crypto.createCipher`` used)."""
+    derived, block = b"", b""
+    while len(derived) < key_len + iv_len:
+        block = hashlib.md5(block + password).digest()
+        derived += block
+    return derived[:key_len], derived[key_len : key_len + iv_len]
+
+
+class LegacyCodec(Codec):
+    """node-discover 1.2.1's ``key``: AES-256-CBC, EVP_BytesToKey-MD5 key and *fixed* IV, PKCS#7.
+
+    Unauthenticated and deterministic (equal packets give equal ciphertexts); use it only
+    to talk to node-discover.  Its ciphertext travels as a latin-1 string written in
+    UTF-8, so each byte >= 0x80 takes two bytes on the wire.
+    """
+
+    name = "node-discover"
+
+    def __init__(self, secrets: Sequence[Secret]) -> None:
+        if not secrets:
+            raise ValueError("key: at least one secret is required")
+        self._keys = [evp_bytes_to_key(_secret_bytes(s)) for s in secrets]
+
+    def seal(self, plaintext: bytes, wall_time: float) -> bytes:
+        key, iv = self._keys[0]
+        padder = padding.PKCS7(128).padder()
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        ciphertext = encryptor.update(padder.update(plaintext) + padder.finalize()) + encryptor.finalize()
+        return ciphertext.decode("latin-1").encode("utf-8")
+
+    def open(self, datagram: bytes) -> Opened:
+        try:
+            ciphertext = datagram.decode("utf-8").encode("latin-1")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise OpenError("malformed") from None
+        if not ciphertext or len(ciphertext) % 16:
+            raise OpenError("plaintext" if datagram[:1] == b"{" else "malformed")
+        for key, iv in self._keys:
+            decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+            padded = decryptor.update(ciphertext) + decryptor.finalize()
+            unpadder = padding.PKCS7(128).unpadder()
+            try:
+                return Opened(unpadder.update(padded) + unpadder.finalize())
+            except ValueError:
+                continue
+        raise OpenError("bad_key")
+
+    def max_sealed_size(self, plaintext_size: int) -> int:
+        return (plaintext_size // 16 + 1) * 16 * 2
+
+
+def make_codec(key: Secret | Sequence[Secret] | None, encryption: str | None) -> Codec:
+    """The codec for the ``key`` and ``encryption`` options (validated here)."""
+    if key is None:
+        if encryption is not None:
+            raise ValueError(f"encryption={encryption!r} needs a key")
+        return PlainCodec()
+    secrets: list[Secret] = [key] if isinstance(key, (str, bytes)) else list(key)
+    for secret in secrets:
+        if not isinstance(secret, (str, bytes)):
+            raise TypeError(f"key must be a string, bytes, or a list of them, got {type(secret).__name__}")
+        if not secret:
+            raise ValueError("key: an empty secret is no secret")
+    if not secrets:
+        raise ValueError("key: at least one secret is required")
+    if encryption in (None, "aead"):
+        return AeadCodec(secrets)
+    if encryption == "node-discover":
+        return LegacyCodec(secrets)
+    raise ValueError(f"encryption must be 'aead' or 'node-discover', got {encryption!r}")
+
+
+class ReplayGuard:
+    """Accept each (instance, seq) at most once, for as long as the instance may matter.
+
+    Per instance: the highest sequence number seen and a 64-bit window below it (as in
+    IPsec/DTLS), so a little reordering is tolerated but no packet counts twice.  State
+    outlives the node by ``retention`` seconds (so captures replayed after a leave or a
+    timeout are refused) and at most ``capacity`` instances are remembered.
+    """
+
+    WINDOW = 64
+
+    def __init__(self, retention: float, capacity: int = 50_000) -> None:
+        self.retention = retention
+        self.capacity = capacity
+        # iid -> [highest seq, bitmap of seen seqs below it, forget-at]
+        self._state: OrderedDict[str, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def highest(self, iid: str) -> int | None:
+        state = self._state.get(iid)
+        return int(state[0]) if state is not None else None
+
+    def accept(self, iid: str, seq: int, now: float) -> bool:
+        """Record ``seq`` from ``iid``; ``False`` if it was seen before or is too old to tell."""
+        state = self._state.get(iid)
+        if state is None:
+            self._state[iid] = [seq, 0, now + self.retention]
+            self._evict(now)
+            return True
+        high, seen = int(state[0]), int(state[1])
+        if seq > high:
+            shift = seq - high
+            seen = ((seen << shift) | (1 << (shift - 1))) & ((1 << self.WINDOW) - 1) if shift <= self.WINDOW else 0
+            state[0], state[1] = seq, seen
+        else:
+            offset = high - seq
+            if offset == 0 or offset > self.WINDOW or seen & (1 << (offset - 1)):
+                return False
+            state[1] = seen | (1 << (offset - 1))
+        state[2] = now + self.retention
+        self._state.move_to_end(iid)
+        return True
+
+    def close(self, iid: str, seq: int, now: float) -> None:
+        """The instance said goodbye at ``seq``: nothing at or below it is accepted again."""
+        self._state[iid] = [seq, (1 << self.WINDOW) - 1, now + self.retention]
+        self._state.move_to_end(iid)
+
+    def forget_expired(self, now: float) -> None:
+        """Drop instances unheard for ``retention`` seconds."""
+        self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        while self._state:
+            iid, state = next(iter(self._state.items()))
+            if state[2] > now and len(self._state) <= self.capacity:
+                break
+            del self._state[iid]
+
+    def clear(self) -> None:
+        self._state.clear()
