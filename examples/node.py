@@ -66,6 +66,8 @@ def _node(node: Node) -> dict[str, Any]:
         "is_master": node.is_master,
         "address": node.address,
         "port": node.port,
+        "hostname": node.hostname,
+        "advertisement": node.advertisement,
     }
 
 
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before a silent master is dropped (default node timeout)",
     )
     p.add_argument("--masters-required", type=int, default=1, help="how many masters the cluster keeps (default 1)")
+    p.add_argument("--check-interval", type=float, default=None, help="election period in seconds (default 2)")
+    p.add_argument("--key", help="cluster key: packets are sealed (AES-256-GCM unless --encryption says otherwise)")
+    p.add_argument(
+        "--encryption", choices=["aead", "node-discover"], help="with --key: 'aead' (default) or node-discover's legacy"
+    )
+    p.add_argument("--advertise", help="a JSON value to advertise with every hello")
     p.add_argument("--channel", default="chat", help="channel to join and send stdin lines on (default 'chat')")
     p.add_argument("--json", action="store_true", help="print one JSON object per event, with t=time.time()")
     p.add_argument("--lifetime", type=float, default=None, help="stop (cleanly) after this many seconds")
@@ -112,6 +120,14 @@ def discovery_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.master_timeout is not None:
         opts["master_timeout"] = args.master_timeout
+    if args.check_interval is not None:
+        opts["check_interval"] = args.check_interval
+    if args.key:
+        opts["key"] = args.key
+        if args.encryption:
+            opts["encryption"] = args.encryption
+    if args.advertise:
+        opts["advertisement"] = json.loads(args.advertise)
     if args.weight is not None:
         opts["weight"] = args.weight
     if args.unicast:
