@@ -428,6 +428,7 @@ class DiscoveryCore:
             weight=hello.weight,
             advertisement=hello.advertisement,
             last_seen=now,
+            legacy=env.seq is None,
         )
         self._nodes[env.iid] = node
         if old is not None:
@@ -500,7 +501,7 @@ class DiscoveryCore:
         if not self._running or now < self._settle_at:
             return
         decision = decide(
-            my_rank=(self.options.weight, self.iid),
+            my_rank=(self.options.weight, 0, self.iid),
             i_am_master=self._is_master,
             i_am_eligible=self._advertised_eligible(),
             others=self._nodes.values(),

@@ -2,10 +2,10 @@
 
 A node promotes itself when fewer than ``masters_required`` live masters exist and no
 eligible non-master outranks it; a master demotes itself when at least
-``masters_required`` masters outrank it.  Rank is ``(weight, id)``: node-discover
-compares weights with a strict ``>``, so two equal weights could both promote and
-stay masters forever.  The id tie-break makes the order total, so every node with the
-same view reaches the same decision.  Masters are sticky: a higher-ranked newcomer
+``masters_required`` masters outrank it.  Rank is ``(weight, is node-discover,
+id)`` (:attr:`Node.rank`): node-discover compares weights with a strict ``>``, so two
+equal weights could both promote and stay masters forever.  The tie-breaks make the
+order total, so every node with the same view reaches the same decision.  Masters are sticky: a higher-ranked newcomer
 does not depose a live master.
 """
 
@@ -25,7 +25,7 @@ class Decision(Enum):
 
 def decide(
     *,
-    my_rank: tuple[float, str],
+    my_rank: tuple[float, int, str],
     i_am_master: bool,
     i_am_eligible: bool,
     others: Iterable[Node],

@@ -28,11 +28,18 @@ class Node:
     advertisement: Any = None
     #: When the last hello arrived, in the runtime clock's seconds (``time.monotonic()``).
     last_seen: float = 0.0
+    #: A node-discover (Node.js) peer: no sequence numbers, no goodbye, strict-``>`` elections.
+    legacy: bool = False
 
     @property
-    def rank(self) -> tuple[float, str]:
-        """Election order: weight first, the id breaks ties so no two nodes ever compare equal."""
-        return (self.weight, self.id)
+    def rank(self) -> tuple[float, int, str]:
+        """Election order: weight, then node-discover peers above ours, then id.
+
+        The id makes the order total, so two pydiscover nodes never tie.  node-discover
+        compares weights with a strict ``>`` and would not yield to us on a tie, so we
+        yield to it: a mixed cluster with equal weights still ends with one master.
+        """
+        return (self.weight, int(self.legacy), self.id)
 
 
 @dataclass(frozen=True, slots=True)

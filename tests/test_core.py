@@ -460,3 +460,39 @@ def test_hello_deadline_moves_on_even_when_overdue() -> None:
     first = core.next_deadline() or 0.0
     core.tick(first + 3.5)  # a stalled loop
     assert (core.next_deadline() or 0.0) > first + 3.5
+
+
+# ------------------------------------------------------- node-discover peers
+def js_hello(iid: str, weight: float, master: bool = False) -> bytes:
+    """A node-discover 1.2.1 hello: no seq, never a goodbye."""
+    return orjson.dumps({"event": "hello", "pid": f"pid-{iid}", "iid": iid, "hostName": "js",
+                         "data": {"isMaster": master, "isMasterEligible": True, "weight": weight,
+                                  "address": "127.0.0.1"}})
+
+
+def test_on_equal_weight_a_node_discover_peer_outranks_us() -> None:
+    core = lone_core(weight=4)
+    core.start(0.0)
+    core.datagram_received(0.1, js_hello("zz-js", 4), ("127.0.0.1", 9))
+    assert core.nodes["zz-js"].legacy
+    out = core.tick(2.0)
+    assert not core.is_master and not events(out, "promotion")  # it will promote (strict >), we wait
+    core.datagram_received(2.1, js_hello("zz-js", 4, master=True), ("127.0.0.1", 9))
+    assert not core.is_master
+
+
+def test_a_master_yields_to_an_equal_weight_node_discover_master() -> None:
+    core = lone_core(weight=4)
+    core.start(0.0)
+    core.tick(2.0)
+    assert core.is_master  # alone
+    out = core.datagram_received(2.5, js_hello("aa-js", 4, master=True), ("127.0.0.1", 9))
+    assert events(out, "demotion") and not core.is_master  # node-discover would never demote on a tie
+
+
+def test_weights_still_rule_between_languages() -> None:
+    core = lone_core(weight=5)
+    core.start(0.0)
+    core.datagram_received(0.1, js_hello("js", 4), ("127.0.0.1", 9))
+    core.tick(2.0)
+    assert core.is_master
