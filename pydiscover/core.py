@@ -68,14 +68,14 @@ class DiscoveryCore:
         self._by_age: dict[bool, OrderedDict[str, None]] = {False: OrderedDict(), True: OrderedDict()}
         # Each (instance, seq) counts once, and is remembered past the instance's removal,
         # so a capture replayed after a leave or a timeout changes nothing.
-        self._replay = ReplayGuard(retention=options.replay_window + 2 * options.master_timeout)
+        self._replay = ReplayGuard(retention=self._replay_retention(options.codec))
         # Sequence number of the hello each node's record came from (older ones are stale).
         self._hello_seq: dict[str, int] = {}
         self._codec = options.codec
         self._wall_offset = 0.0
         self._channels: set[str] = set()
         # Peers obey the same budget; an IPv6 node still takes an IPv4-sized datagram.
-        self._receive_limit = max(options.max_datagram, wire.DEFAULT_MAX_DATAGRAM)
+        self._receive_limit = self._receive_limit_for(options.codec)
         self._seq = 0
         self._running = False
         self._is_master = False
@@ -248,6 +248,26 @@ class DiscoveryCore:
     def codec(self) -> Codec:
         return self._codec
 
+    def _replay_retention(self, codec: Codec) -> float:
+        """How long an instance's sequence state outlives it.
+
+        With authentication: past the time window even for a sender whose clock runs up
+        to ``replay_window`` ahead, so a capture is refused by memory until the clock
+        check takes over.  Without, a forged packet could otherwise silence a genuine
+        node for that long, so only long enough to sort out late and reordered packets.
+        """
+        if codec.authenticates:
+            return 2 * self.options.replay_window + 2 * self.options.master_timeout
+        return 2 * self.options.master_timeout
+
+    def _receive_limit_for(self, codec: Codec) -> int:
+        # Peers keep our budget; node-discover has none, and its cipher doubles some bytes.
+        return max(self.options.max_datagram, codec.max_sealed_size(wire.DEFAULT_MAX_DATAGRAM))
+
+    def sync_wall_clock(self, now: float, wall_time: float) -> None:
+        """Re-read the epoch clock (NTP steps, suspend/resume): sealed packets carry it."""
+        self._wall_offset = wall_time - now
+
     def set_codec(self, codec: Codec) -> None:
         """Switch keys (rotation) from the next packet on; checks the advertisement still fits."""
         previous, self._codec = self._codec, codec
@@ -256,6 +276,8 @@ class DiscoveryCore:
         except ValueError:
             self._codec = previous
             raise
+        self._receive_limit = self._receive_limit_for(codec)
+        self._replay.retention = self._replay_retention(codec)
 
     def advertise(self, advertisement: Any) -> None:
         """Set what goes out with every hello (the next one included); checked for size now.
@@ -453,6 +475,9 @@ class DiscoveryCore:
 
     def _on_goodbye(self, now: float, env: wire.Envelope, out: list[Action]) -> None:
         if env.seq is not None:
+            if env.seq < self._hello_seq.get(env.iid, -1):
+                self.dropped["stale"] += 1  # an old goodbye: the instance has said hello since
+                return
             # Nothing it sent before the goodbye (a late hello, a replay) may bring it back.
             self._replay.close(env.iid, env.seq, now)
         node = self._nodes.get(env.iid)
@@ -473,6 +498,8 @@ class DiscoveryCore:
                 node = self._nodes[next(iter(ids))]
                 if self._expiry(node) > now:
                     break
+                # Timed out: packets of it we never received must not bring it back either.
+                self._replay.close(node.id, None, now)
                 self._remove(node, out)
                 removed = True
         return removed

@@ -25,7 +25,7 @@ from .core import Action, DiscoveryCore, Emit, Transmit
 from .events import SafeEmitter
 from .node import Node
 from .options import Options, build_options, parse_unicast
-from .security import Secret, make_codec
+from .security import Codec, Secret, make_codec
 from .transports.base import Address, Transport
 from .transports.udp import UdpTransport
 
@@ -201,10 +201,14 @@ class AsyncDiscovery:
         Roll a cluster from A to B with no node ever going unseen: ``[A, B]`` everywhere,
         then ``[B, A]``, then ``[B]``.  ``encryption`` defaults to the current mode.
         """
+        self._core.set_codec(self._codec_for(key, encryption))
+
+    def _codec_for(self, key: Secret | list[Secret], encryption: str | None) -> Codec:
+        """Build (and derive keys for: scrypt takes tens of ms) the codec for a new key ring."""
         if key is None:
             raise ValueError("set_key: a keyed node never falls back to plaintext; restart without a key")
         mode = encryption or (self._core.codec.name if self._core.codec.name != "plaintext" else None)
-        self._core.set_codec(make_codec(key, mode))
+        return make_codec(key, mode)
 
     def promote(self) -> None:
         """Become master now (peers of lower rank demote)."""
@@ -286,6 +290,7 @@ class AsyncDiscovery:
         self._timer = None
         self._timer_at = None
         try:
+            self._core.sync_wall_clock(self._now(), time.time())
             actions = self._core.tick(self._now())
         except Exception:
             log.exception("internal error in tick")
@@ -510,8 +515,9 @@ class Discovery:
         self._call(self._async.advertise, advertisement)
 
     def set_key(self, key: Secret | list[Secret], encryption: str | None = None) -> None:
-        """See :meth:`AsyncDiscovery.set_key`."""
-        self._call(self._async.set_key, key, encryption)
+        """See :meth:`AsyncDiscovery.set_key`; the key derivation runs on the calling thread."""
+        codec = self._async._codec_for(key, encryption)
+        self._call(self._async._core.set_codec, codec)
 
     def promote(self) -> None:
         self._call(self._async.promote)

@@ -63,6 +63,8 @@ class Codec(abc.ABC):
 
     #: ``"plaintext"``, ``"aead"`` or ``"node-discover"``.
     name: str
+    #: Whether a packet that opens is proven to come from a key holder (only AEAD).
+    authenticates: bool = False
 
     @abc.abstractmethod
     def seal(self, plaintext: bytes, wall_time: float) -> bytes:
@@ -110,6 +112,7 @@ class AeadCodec(Codec):
     """AES-256-GCM; the first secret seals, every secret opens (rotation)."""
 
     name = "aead"
+    authenticates = True
 
     def __init__(self, secrets: Sequence[Secret]) -> None:
         if not secrets:
@@ -120,7 +123,8 @@ class AeadCodec(Codec):
         self._ring = {key_id: AESGCM(key) for key, key_id in derived}
 
     def seal(self, plaintext: bytes, wall_time: float) -> bytes:
-        header = _HEADER.pack(MAGIC, VERSION, self._seal_id, int(wall_time * 1000), os.urandom(12))
+        sent_ms = min(max(int(wall_time * 1000), 0), 2**64 - 1)  # a clock before 1970 is a broken clock
+        header = _HEADER.pack(MAGIC, VERSION, self._seal_id, sent_ms, os.urandom(12))
         return header + self._seal_key.encrypt(header[-12:], plaintext, header)
 
     def open(self, datagram: bytes) -> Opened:
@@ -187,9 +191,12 @@ class LegacyCodec(Codec):
             padded = decryptor.update(ciphertext) + decryptor.finalize()
             unpadder = padding.PKCS7(128).unpadder()
             try:
-                return Opened(unpadder.update(padded) + unpadder.finalize())
+                plaintext = unpadder.update(padded) + unpadder.finalize()
             except ValueError:
                 continue
+            # A wrong key still unpads about once in 256; only a JSON object means "this key".
+            if plaintext[:1] == b"{" and plaintext[-1:] == b"}":
+                return Opened(plaintext)
         raise OpenError("bad_key")
 
     def max_sealed_size(self, plaintext_size: int) -> int:
@@ -227,6 +234,7 @@ class ReplayGuard:
     """
 
     WINDOW = 64
+    _FULL = (1 << WINDOW) - 1
 
     def __init__(self, retention: float, capacity: int = 50_000) -> None:
         self.retention = retention
@@ -245,7 +253,9 @@ class ReplayGuard:
         """Record ``seq`` from ``iid``; ``False`` if it was seen before or is too old to tell."""
         state = self._state.get(iid)
         if state is None:
-            self._state[iid] = [seq, 0, now + self.retention]
+            # First contact: whatever it sent before is history we cannot vouch for, so
+            # only newer packets count (a capture from before we started proves nothing).
+            self._state[iid] = [seq, self._FULL, now + self.retention]
             self._evict(now)
             return True
         high, seen = int(state[0]), int(state[1])
@@ -262,9 +272,24 @@ class ReplayGuard:
         self._state.move_to_end(iid)
         return True
 
-    def close(self, iid: str, seq: int, now: float) -> None:
-        """The instance said goodbye at ``seq``: nothing at or below it is accepted again."""
-        self._state[iid] = [seq, (1 << self.WINDOW) - 1, now + self.retention]
+    def close(self, iid: str, seq: int | None, now: float) -> None:
+        """Nothing from ``iid`` at or below ``seq`` (default: its highest) is accepted again.
+
+        Used on goodbye and on timeout.  Never lowers what was already seen.
+        """
+        state = self._state.get(iid)
+        if state is None:
+            if seq is None:
+                return
+            self._state[iid] = [seq, self._FULL, now + self.retention]
+        else:
+            high = int(state[0])
+            if seq is None or seq >= high:
+                state[0], state[1] = max(high, seq or high), self._FULL
+            elif high - seq <= self.WINDOW:
+                # mark every offset from high - seq up to the window as seen
+                state[1] = int(state[1]) | (self._FULL ^ ((1 << (high - seq - 1)) - 1))
+            state[2] = now + self.retention
         self._state.move_to_end(iid)
 
     def forget_expired(self, now: float) -> None:

@@ -35,7 +35,7 @@ def test_aead_round_trip_and_no_plaintext_on_the_wire() -> None:
     opened = codec.open(sealed)
     assert opened.plaintext == packet and opened.sent_at == 1_700_000_000.0
     assert codec.seal(packet, 1.0) != codec.seal(packet, 1.0)  # random nonce
-    for fragment in (b"hello", b"event", b"isMaster", b"{"):
+    for fragment in (b"hello", b"event", b"isMaster", b'"pid"'):
         assert fragment not in sealed[27:]
 
 
@@ -324,3 +324,102 @@ def test_keyed_node_never_transmits_plaintext_json() -> None:
             with pytest.raises(orjson.JSONDecodeError):
                 orjson.loads(datagram)
             assert b"secret" not in datagram and b"hello" not in datagram
+
+
+# ------------------------------------------------------- review regressions
+def test_captures_from_before_a_watcher_started_cannot_resurrect_a_dead_master() -> None:
+    sim = Sim()
+    leader = sim.add(weight=9, key="k", **T)
+    sim.run_until(10)
+    early = _captures_of(sim, leader)
+    watcher = sim.add(weight=1, key="k", **T)
+    sim.run_until(15)
+    assert "n0000" in sim.nodes[watcher].core.nodes
+    sim.kill(leader)
+    sim.run_until(18)
+    assert sim.masters() == [watcher]
+    for datagram in early[-20:]:
+        sim.inject(datagram)
+        sim.run_until(sim.now + 0.1)
+    assert "n0000" not in sim.nodes[watcher].core.nodes and sim.masters() == [watcher]
+    assert len(sim.events(watcher, "promotion")) == 1 and not sim.events(watcher, "demotion")
+
+
+def test_a_fast_sender_clock_does_not_outlast_the_replay_memory() -> None:
+    sim = Sim()
+    fast = sim.add(weight=2, key="k", replay_window=30.0, **T)
+    watcher = sim.add(weight=1, key="k", replay_window=30.0, **T)
+    sim.nodes[fast].core.sync_wall_clock(sim.now, sim.now + 25)  # 25 s ahead, inside the window
+    sim.run_until(3)
+    last = _captures_of(sim, fast)[-1]
+    sim.stop(fast)
+    sim.run_until(3 + 35)  # the capture's clock is now only 25 + 3 - 38 = -10 s off: inside the window
+    sim.inject(last)
+    assert sim.nodes[watcher].core.nodes == {}
+
+
+def test_guard_close_never_lowers_what_was_seen() -> None:
+    from pydiscover.security import ReplayGuard
+
+    guard = ReplayGuard(retention=100)
+    assert all(guard.accept("i", seq, 0) for seq in (1, 2, 3, 4, 6, 7, 8, 9, 10))
+    guard.close("i", 5, 0)
+    assert not guard.accept("i", 8, 0) and not guard.accept("i", 5, 0)
+    assert guard.highest("i") == 10 and guard.accept("i", 11, 0)
+    fresh = ReplayGuard(retention=100)
+    assert fresh.accept("j", 50, 0) and not fresh.accept("j", 49, 0) and fresh.accept("j", 51, 0)
+
+
+def test_an_old_goodbye_does_not_remove_a_node_that_said_hello_since() -> None:
+    core = DiscoveryCore(build_options(hostname="h"), pid="me", iid="me")
+    core.start(0.0)
+    core.datagram_received(0.1, orjson.dumps({"event": "hello", "pid": "p", "iid": "a", "seq": 10,
+                                              "data": {"isMaster": False, "weight": 1}}), ("10.0.0.1", 1))
+    old_bye = orjson.dumps({"event": "pydiscover.goodbye", "pid": "p", "iid": "a", "seq": 7, "data": {}})
+    assert core.datagram_received(0.2, old_bye, ("10.0.0.1", 1)) == []
+    assert "a" in core.nodes
+
+
+def test_legacy_key_ring_opens_every_packet_of_any_key() -> None:
+    ring = LegacyCodec(["A", "B"])
+    sealer = LegacyCodec(["B"])
+    for i in range(3000):
+        packet = orjson.dumps({"event": "hello", "i": i, "pad": "x" * (i % 37)})
+        assert ring.open(sealer.seal(packet, 0)).plaintext == packet
+
+
+def test_a_wall_clock_correction_is_picked_up_without_restart() -> None:
+    sim = Sim()
+    a = sim.add(key="k", replay_window=30.0, **T)
+    b = sim.add(key="k", replay_window=30.0, **T)
+    sim.nodes[b].core.sync_wall_clock(sim.now, sim.now + 120)  # booted before NTP, 2 minutes off
+    sim.run_until(3)
+    assert sim.nodes[a].core.nodes == {} and sim.nodes[b].core.dropped["outside_window"] > 0
+    sim.nodes[b].core.sync_wall_clock(sim.now, sim.now)  # the runtime does this every tick
+    sim.run_until(6)
+    assert len(sim.nodes[a].core.nodes) == 1 and len(sim.nodes[b].core.nodes) == 1
+
+
+def test_a_forged_plaintext_seq_cannot_silence_a_node_for_long() -> None:
+    sim = Sim()
+    sim.add(weight=1, **T)  # the victim, n0000
+    watcher = sim.add(weight=2, **T)
+    sim.run_until(3)
+    forged = orjson.dumps({"event": "hello", "pid": "p0", "iid": "n0000", "hostName": "sim", "seq": 2**62,
+                           "data": {"isMaster": False, "isMasterEligible": True, "weight": 1}})
+    sim.inject(forged)
+    sim.run_until(3 + 2 * 2.0 + 2.0 + 2.5)  # guard memory (2 x master_timeout) + a timeout + slack
+    assert "n0000" in sim.nodes[watcher].core.nodes
+    assert sim.nodes[watcher].core.nodes["n0000"].last_seen > 9
+
+
+def test_legacy_receive_limit_takes_node_discovers_big_packets() -> None:
+    core = _keyed_core("k", "node-discover")
+    advert = "é" * 500
+    packet = orjson.dumps({"event": "hello", "pid": "js", "iid": "big", "hostName": "js",
+                           "data": {"isMaster": False, "isMasterEligible": True, "weight": 1,
+                                    "advertisement": advert}})
+    datagram = LegacyCodec(["k"]).seal(packet, 0)
+    assert len(datagram) > 1472
+    core.datagram_received(1.0, datagram, ("127.0.0.1", 1))
+    assert core.nodes["big"].advertisement == advert
