@@ -183,7 +183,8 @@ class AsyncDiscovery:
         """Send ``data`` on ``channel``; ``False`` for a reserved name or when stopped.
 
         Raises :class:`PacketTooLarge` over the datagram budget and ``TypeError`` for
-        data that is not JSON-serializable.
+        data that is not JSON-serializable.  node-discover peers ignore falsy data
+        (``None``, ``0``, ``""``, ``False``): send an object to reach them.
         """
         actions = self._core.send(self._now(), channel, data)
         if actions is None or not self._core.running:

@@ -4,6 +4,11 @@ Shared by ``tests/test_processes.py`` (asserts limits) and ``benchmarks/cluster_
 (prints numbers), so both measure exactly the same scenario.  Every wait has a deadline
 and every latency is computed from ``t`` (``time.time()``) stamped by the node that saw
 the event, so the parent's scheduling never shows up in a number.  Loopback only.
+
+``tests/test_interop.py`` mixes in real node-discover processes (``examples/js/peer.js``,
+which prints the same JSON events): ``spawn(weight, lang="js")``.  With ``unicast=N`` every
+node binds its own port on 127.0.0.1 and unicasts to all N (with ``SO_REUSEADDR`` a
+unicast datagram to a shared port reaches one socket only).
 """
 
 from __future__ import annotations
@@ -13,26 +18,66 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_PY = ROOT / "examples" / "node.py"
+JS_PEER = ROOT / "examples" / "js" / "peer.js"
 LOOPBACK_BROADCAST = "127.255.255.255"
+#: The node-discover release the interop tests run against, installed by ``scripts/test``.
+NODE_DISCOVER_VERSION = "1.2.1"
+NODE_MODULES = ROOT / ".cache" / "node" / "node_modules"
+INSTALL_NODE_DISCOVER = (
+    f"npm install --prefix .cache/node --no-audit --no-fund --save-exact node-discover@{NODE_DISCOVER_VERSION}"
+)
 #: Every node stops itself after this long, and when its stdin closes (``--exit-on-eof``),
 #: so none outlives a parent that dies without cleaning up.
 SAFETY_LIFETIME = 60.0
 
 T = TypeVar("T")
 Event = dict[str, Any]
+
+
+def node_missing_reason() -> str | None:
+    """Why node-discover processes cannot run at all (no Node.js), else ``None``."""
+    if shutil.which("node") is None:
+        return "Node.js is not installed (no 'node' on PATH): the node-discover interop tests need it"
+    return None
+
+
+def node_discover_problem() -> str | None:
+    """Why the installed node-discover is not the one to test against, else ``None``."""
+    manifest = NODE_MODULES / "node-discover" / "package.json"
+    try:
+        version = json.loads(manifest.read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return f"node-discover is not installed in {NODE_MODULES}; run ./scripts/test once, or: {INSTALL_NODE_DISCOVER}"
+    if version != NODE_DISCOVER_VERSION:
+        return f"{manifest} is version {version}, not {NODE_DISCOVER_VERSION}; run: {INSTALL_NODE_DISCOVER}"
+    return None
+
+
+def node_has_legacy_cipher() -> bool:
+    """Whether this Node.js still has ``crypto.createCipher`` (gone in Node 22), which node-discover's key needs."""
+    probe = "process.exit(typeof require('crypto').createCipher === 'function' ? 0 : 1)"
+    return subprocess.run(["node", "-e", probe], capture_output=True, timeout=30).returncode == 0
+
+
+def message_text(data: Any) -> Any:
+    """The text of a chat message: node.py sends the line itself, peer.js sends ``{"text": line}``."""
+    if isinstance(data, dict) and set(data) == {"text"}:
+        return data["text"]
+    return data
 
 
 def free_udp_port(low: int = 40000, high: int = 49999, attempts: int = 50) -> int:
@@ -49,12 +94,27 @@ def free_udp_port(low: int = 40000, high: int = 49999, attempts: int = 50) -> in
     raise RuntimeError(f"no free UDP port in {low}-{high} after {attempts} tries")
 
 
+def free_udp_ports(count: int) -> list[int]:
+    """``count`` distinct free ports."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_udp_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @dataclass(eq=False)  # identity: used as a dict key
 class NodeProc:
     """One node process and everything it has reported so far."""
 
     weight: float
     popen: subprocess.Popen[bytes]
+    #: ``"py"`` (examples/node.py) or ``"js"`` (examples/js/peer.js, real node-discover).
+    lang: str = "py"
+    #: The UDP port it binds.
+    port: int | None = None
+    advertisement: Any = None
     events: list[Event] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     id: str | None = None
@@ -84,8 +144,20 @@ class NodeProc:
                 return ev
         return None
 
+    def message(self, text: str, sender: NodeProc, after: float = float("-inf")) -> Event | None:
+        """The first chat message ``text`` from ``sender`` (either language's shape) after ``after``."""
+        for ev in self.events:
+            if (
+                ev["event"] == "message"
+                and ev.get("t", 0.0) > after
+                and ev.get("from") == sender.id
+                and message_text(ev.get("data")) == text
+            ):
+                return ev
+        return None
+
     def __str__(self) -> str:
-        return f"node(weight={self.weight:g}, pid={self.pid})"
+        return f"{self.lang}(weight={self.weight:g}, pid={self.pid})"
 
 
 class Cluster:
@@ -99,12 +171,24 @@ class Cluster:
         node_timeout: float = 2.0,
         master_timeout: float = 2.0,
         channel: str = "chat",
+        check_interval: float | None = None,
+        unicast: int = 0,
+        key: str | None = None,
+        encryption: str | None = None,
     ) -> None:
+        """``unicast=N``: up to N nodes, each on its own port, each unicasting to all N ports.
+
+        ``key``/``encryption`` go to every node (peer.js accepts only ``"node-discover"``).
+        """
         self.port = port if port is not None else free_udp_port()
         self.hello_interval = hello_interval
         self.node_timeout = node_timeout
         self.master_timeout = master_timeout
+        self.check_interval = check_interval
         self.channel = channel
+        self.key = key
+        self.encryption = encryption
+        self.unicast_ports = free_udp_ports(unicast) if unicast else []
         self.procs: list[NodeProc] = []
         self._queue: queue.Queue[tuple[NodeProc, Event]] = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -116,21 +200,67 @@ class Cluster:
         self.close()
 
     # -------------------------------------------------------------- processes
-    def spawn(self, weight: float) -> NodeProc:
-        cmd = [
-            sys.executable, str(NODE_PY), "--json",
-            "--port", str(self.port), "--broadcast", LOOPBACK_BROADCAST,
+    def spawn(
+        self,
+        weight: float,
+        lang: str = "py",
+        advertise: Any = None,
+        check_interval: float | None = None,
+        key: str | None = None,
+        encryption: str | None = None,
+    ) -> NodeProc:
+        """Start one node: ``lang="py"`` runs examples/node.py, ``"js"`` real node-discover (peer.js).
+
+        Both print the same JSON events; peer.js exits when its stdin closes, node.py
+        is told to (``--exit-on-eof``), and both stop after ``SAFETY_LIFETIME``.
+        ``check_interval``, ``key`` and ``encryption`` override the cluster's for this node.
+        """
+        if self.unicast_ports:
+            taken = {p.port for p in self.procs}
+            free = [p for p in self.unicast_ports if p not in taken]
+            if not free:
+                raise RuntimeError(f"all {len(self.unicast_ports)} unicast ports are taken")
+            port = free[0]
+            where = ["--port", str(port), "--unicast", ",".join(f"127.0.0.1:{p}" for p in self.unicast_ports)]
+        else:
+            port = self.port
+            where = ["--port", str(port), "--broadcast", LOOPBACK_BROADCAST]
+        common = [
+            "--json", *where,
             "--weight", str(weight), "--channel", self.channel,
             "--hello-interval", str(self.hello_interval),
             "--node-timeout", str(self.node_timeout),
             "--master-timeout", str(self.master_timeout),
-            "--lifetime", str(SAFETY_LIFETIME), "--exit-on-eof",
+            "--lifetime", str(SAFETY_LIFETIME),
         ]  # fmt: skip
-        popen = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-        proc = NodeProc(weight=weight, popen=popen)
+        if check_interval is None:
+            check_interval = self.check_interval
+        if check_interval is not None:
+            common += ["--check-interval", str(check_interval)]
+        if key is None:
+            key, encryption = self.key, encryption or self.encryption
+        if key is not None:
+            common += ["--key", key]
+            if encryption is not None:
+                common += ["--encryption", encryption]
+        if advertise is not None:
+            common += ["--advertise", json.dumps(advertise)]
+        env = None
+        if lang == "py":
+            cmd = [sys.executable, str(NODE_PY), *common, "--exit-on-eof"]
+        elif lang == "js":
+            cmd = ["node", str(JS_PEER), *common]
+            env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+        else:
+            raise ValueError(f"lang must be 'py' or 'js', not {lang!r}")
+        popen = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env
+        )
+        proc = NodeProc(weight=weight, popen=popen, lang=lang, port=port, advertisement=advertise)
         self.procs.append(proc)
         for target in (self._read_stdout, self._read_stderr):
-            thread = threading.Thread(target=target, args=(proc,), daemon=True, name=f"{target.__name__}-{weight:g}")
+            name = f"{target.__name__}-{lang}-{weight:g}"
+            thread = threading.Thread(target=target, args=(proc,), daemon=True, name=name)
             thread.start()
             self._threads.append(thread)
         return proc
@@ -212,14 +342,22 @@ class Cluster:
         return [p for p in self.procs if p.alive]
 
     # ------------------------------------------------------------ scenario steps
-    def start(self, weights: list[float], timeout: float = 15.0) -> float:
+    def start(self, weights: Sequence[float | tuple[str, float]], timeout: float = 15.0) -> float:
         """Start one node per weight, all at once; return mutual-view latency after the last start.
 
-        That is max(time each node first saw all others) - max(each node's "started"),
-        both stamped by the nodes themselves.
+        A weight may be ``(lang, weight)`` to choose the implementation (default ``"py"``).
+        The latency is max(time each node first saw all others) - max(each node's
+        "started"), both stamped by the nodes themselves.
         """
-        for weight in weights:
-            self.spawn(weight)
+        for spec in weights:
+            if isinstance(spec, tuple):
+                self.spawn(spec[1], lang=spec[0])
+            else:
+                self.spawn(spec)
+        return self.await_view(timeout)
+
+    def await_view(self, timeout: float = 15.0) -> float:
+        """Wait until every spawned node has started and seen all the others; return :meth:`start`'s latency."""
         self.wait(lambda: all(p.started_at is not None for p in self.procs), timeout, "every node started")
         self.wait(lambda: all(p.full_view_at is not None for p in self.procs), timeout, "full mutual view")
         last_start = max(p.started_at for p in self.procs if p.started_at is not None)
@@ -262,7 +400,7 @@ class Cluster:
         sender.send_line(text)
 
         def delivered() -> list[float] | None:
-            got = [p.first("message", sent, data=text, **{"from": sender.id}) for p in self.live() if p is not sender]
+            got = [p.message(text, sender, sent) for p in self.live() if p is not sender]
             return [float(ev["t"]) for ev in got if ev] if all(got) else None
 
         return max(self.wait(delivered, timeout, f"message {text!r} from {sender} at every node")) - sent
