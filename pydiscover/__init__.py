@@ -9,7 +9,18 @@ from __future__ import annotations
 from .discovery import AsyncDiscovery, Discovery
 from .errors import BindError, PacketTooLarge
 from .node import Node, Packet
+from .services import AsyncServiceDiscovery, ServiceDiscovery
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncDiscovery", "BindError", "Discovery", "Node", "Packet", "PacketTooLarge", "__version__"]
+__all__ = [
+    "AsyncDiscovery",
+    "AsyncServiceDiscovery",
+    "BindError",
+    "Discovery",
+    "Node",
+    "Packet",
+    "PacketTooLarge",
+    "ServiceDiscovery",
+    "__version__",
+]

@@ -365,6 +365,9 @@ class Discovery:
     after which the process still dies of the signal.
     """
 
+    #: The engine this facade runs on its thread (a subclass may swap in a richer one).
+    _async_class: type[AsyncDiscovery] = AsyncDiscovery
+
     def __init__(
         self, *, start: bool = True, stop_on_sigterm: bool = True, transport: Any = None, **options: Any
     ) -> None:
@@ -373,7 +376,7 @@ class Discovery:
         if not isinstance(stop_on_sigterm, bool):
             raise TypeError("stop_on_sigterm must be True or False")
         self._stop_on_sigterm = stop_on_sigterm
-        self._async = AsyncDiscovery(transport=transport, **options)
+        self._async = self._async_class(transport=transport, **options)
         self._async._facade = self
         self.options = self._async.options
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,0 +1,71 @@
+"""A web node that serves only once ``service.db`` and ``service.cache`` are up.
+
+    python examples/service_readiness.py            # loopback only; exits by itself
+
+Three nodes in one process on loopback broadcast: ``web`` needs ``service.db`` (with a
+setup hook that "connects" to it) and ``service.cache``.  The db node starts first: the
+hook runs, but ``web`` is not ready.  The cache node starts: ``ready`` fires with both.
+The cache node stops gracefully: ``notready("service.cache")`` fires at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+from pydiscover import Node, ServiceDiscovery
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=41235, help="UDP port (default 41235)")
+    parser.add_argument("--broadcast", default="127.255.255.255", help="loopback broadcast address")
+    args = parser.parse_args()
+    if not args.broadcast.startswith("127."):
+        parser.error("this example only sends on loopback (127.0.0.0/8)")
+    t0 = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{(time.monotonic() - t0) * 1000:7.1f} ms] {text}", flush=True)
+
+    opts = {"port": args.port, "broadcast": args.broadcast, "hello_interval": 0.5, "node_timeout": 1.5,
+            "check_interval": 1.0, "ignore_process": False}  # ignore_process: three nodes in one process
+    web = ServiceDiscovery(start=False, advertisement={"name": "service.web", "port": 8080}, **opts)
+
+    def connect_db(db: Node) -> None:  # runs in a worker thread: blocking I/O is fine here
+        say(f"web: connecting to the database at {db.advertisement['host']}:{db.advertisement['port']}")
+        time.sleep(0.1)
+        say("web: database connection ready")
+
+    ready = threading.Event()
+    web.setup("service.db", connect_db)
+    web.need("service.cache")
+    web.on("service", lambda name, node: say(f"web: {name} available on {node.hostname}"))
+    web.on("ready", lambda services: (say(f"web: READY, needs met: {sorted(services)}; start serving"), ready.set()))
+    web.on("notready", lambda name: say(f"web: NOT READY, lost the last {name}; stop serving"))
+    web.start()
+    nodes = [web]
+    try:
+        say("starting a db node")
+        nodes.append(ServiceDiscovery(advertisement={"name": "service.db", "host": "10.0.0.5", "port": 5432},
+                                      hostname="db-1", **opts))
+        time.sleep(0.5)
+        say(f"web ready? {web.is_ready} (cache still missing)")
+        say("starting a cache node")
+        cache = ServiceDiscovery(advertisement={"name": "service.cache", "port": 6379}, hostname="cache-1", **opts)
+        nodes.append(cache)
+        if not ready.wait(5):
+            say("never became ready")
+            return 1
+        say("stopping the cache node gracefully")
+        cache.stop()
+        time.sleep(0.2)
+        return 0
+    finally:
+        for d in nodes:
+            d.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
