@@ -110,7 +110,7 @@ class ServiceState:
         return out + self.need(name)
 
     def start(self) -> list[Emit | RunHook]:
-        """Evaluate once at start, so a process with nothing to wait for is ready at once."""
+        """Evaluate once at start: needs already met by then (rare) fire ``ready``."""
         return self._evaluate()
 
     def node_seen(self, node: Node) -> list[Emit | RunHook]:
@@ -177,7 +177,7 @@ class ServiceState:
     def _evaluate(self) -> list[Emit | RunHook]:
         met = self.is_ready
         was, self._met = self._met, met
-        if met and not was:
+        if met and not was and self.needs:  # nothing needed: never unmet, so no transition
             return [Emit("ready", ({name: self.available(name) for name in sorted(self.needs)},))]
         return []
 

@@ -64,8 +64,12 @@ def test_need_after_discovery_is_ready_at_once() -> None:
     assert emitted(s.need("db")) == []  # the same needs again: nothing new
 
 
-def test_no_needs_is_ready_at_start() -> None:
-    assert emitted(ServiceState().start()) == [("ready", {})]
+def test_no_needs_is_ready_without_an_event() -> None:
+    s = ServiceState()
+    assert emitted(s.start()) == [] and s.is_ready
+    s.node_seen(node("d1", "db"))
+    assert emitted(s.need("cache")) == []  # unmet
+    assert emitted(s.node_seen(node("c1", "cache")))[-1] == ("ready", {"cache": ["c1"]})
 
 
 def test_unwanted_services_do_not_emit_notready() -> None:
