@@ -225,3 +225,48 @@ def test_real_sockets_setup_ready_and_notready_on_a_graceful_stop(port: int) -> 
         for d in (web, db, cache):
             if d is not None:
                 d.stop()
+
+
+PROVIDER = """
+import sys, time
+from pydiscover import ServiceDiscovery
+d = ServiceDiscovery(port=int(sys.argv[1]), broadcast="127.255.255.255", advertisement={"name": sys.argv[2]},
+                     hello_interval=0.5, node_timeout=2)
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+def test_providers_in_other_processes_and_sigterm(port: int) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    web = ServiceDiscovery(start=False, port=port, broadcast=LOOPBACK_BROADCAST, hello_interval=0.5, node_timeout=2)
+    hooked: list[str] = []
+    events: list[tuple[str, Any, float]] = []
+    web.setup("db", lambda n: hooked.append(n.advertisement["name"]))
+    web.need("cache")
+    web.on("ready", lambda s: events.append(("ready", sorted(s), time.monotonic())))
+    web.on("notready", lambda name: events.append(("notready", name, time.monotonic())))
+    web.start()
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for name in ("db", "cache"):
+            command = [sys.executable, "-c", PROVIDER, str(port), name]
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            procs.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+            if name == "db":
+                eventually(lambda: hooked == ["db"], 3, "db hook")
+                assert events == []
+        eventually(lambda: [e[:2] for e in events] == [("ready", ["cache", "db"])], 3, "ready")
+        stopped = time.monotonic()
+        procs[1].send_signal(signal.SIGTERM)  # graceful: the library says goodbye on SIGTERM
+        eventually(lambda: len(events) == 2, 1.5, "notready")
+        assert events[1][:2] == ("notready", "cache") and events[1][2] - stopped < 1
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        web.stop()
