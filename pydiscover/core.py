@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import wire
@@ -73,6 +73,9 @@ class DiscoveryCore:
         self._hello_seq: dict[str, int] = {}
         self._codec = options.codec
         self._wall_offset = 0.0
+        # While our own link to the cluster is down (a broker transport lost its server),
+        # peers' silence is not evidence they died: no removals, no elections.
+        self._link_down_since: float | None = None
         self._channels: set[str] = set()
         # Peers obey the same budget; an IPv6 node still takes an IPv4-sized datagram.
         self._receive_limit = self._receive_limit_for(options.codec)
@@ -138,7 +141,7 @@ class DiscoveryCore:
             if t is not None and t < best:
                 best = t
         for ids in self._by_age.values():
-            if ids:
+            if ids and self._link_down_since is None:
                 expiry = self._expiry(self._nodes[next(iter(ids))])
                 if expiry < best:
                     best = expiry
@@ -263,6 +266,26 @@ class DiscoveryCore:
     def _receive_limit_for(self, codec: Codec) -> int:
         # Peers keep our budget; node-discover has none, and its cipher doubles some bytes.
         return max(self.options.max_datagram, codec.max_sealed_size(wire.DEFAULT_MAX_DATAGRAM))
+
+    def link_lost(self, now: float) -> list[Action]:
+        """Our transport lost the cluster (not the cluster us): freeze removals and elections."""
+        if self._link_down_since is None:
+            self._link_down_since = now
+        return []
+
+    def link_restored(self, now: float) -> list[Action]:
+        """Back: every peer gets back the time it had left before the outage, and we say hello."""
+        if self._link_down_since is None or not self._running:
+            self._link_down_since = None
+            return []
+        outage = now - self._link_down_since
+        self._link_down_since = None
+        for iid, node in list(self._nodes.items()):
+            self._nodes[iid] = replace(node, last_seen=node.last_seen + outage)
+        out: list[Action] = []
+        if not self.options.client:
+            self._hello(now, out)
+        return out
 
     def sync_wall_clock(self, now: float, wall_time: float) -> None:
         """Re-read the epoch clock (NTP steps, suspend/resume): sealed packets carry it."""
@@ -492,6 +515,8 @@ class DiscoveryCore:
         out.append(Emit("removed", (node,)))
 
     def _expire(self, now: float, out: list[Action]) -> bool:
+        if self._link_down_since is not None:
+            return False
         removed = False
         for ids in self._by_age.values():
             while ids:
@@ -525,7 +550,7 @@ class DiscoveryCore:
         self._reply_at = at
 
     def _elect(self, now: float, out: list[Action]) -> None:
-        if not self._running or now < self._settle_at:
+        if not self._running or now < self._settle_at or self._link_down_since is not None:
             return
         decision = decide(
             my_rank=(self.options.weight, 0, self.iid),

@@ -97,6 +97,7 @@ class AsyncDiscovery:
             return False
         loop = asyncio.get_running_loop()
         self._emitter._loop = loop
+        self._transport.set_link_listener(self._link_changed)
         await self._transport.open(self._datagram_received)
         self._loop = loop
         self._apply(self._core.start(loop.time(), time.time()))
@@ -286,6 +287,11 @@ class AsyncDiscovery:
             self._core.dropped["internal_error"] += 1
             return
         self._apply(actions)
+
+    def _link_changed(self, up: bool) -> None:
+        now = self._now()
+        log.warning("transport link %s", "restored" if up else "lost; pausing removals and elections")
+        self._apply(self._core.link_restored(now) if up else self._core.link_lost(now))
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -496,3 +496,17 @@ def test_weights_still_rule_between_languages() -> None:
     core.datagram_received(0.1, js_hello("js", 4), ("127.0.0.1", 9))
     core.tick(2.0)
     assert core.is_master
+
+
+def test_our_own_link_outage_removes_nobody_and_elects_nothing() -> None:
+    core = lone_core()
+    core.start(0.0)
+    core.datagram_received(0.5, hello("boss", master=True, seq=1), ("10.0.0.2", 1))
+    core.datagram_received(0.5, hello("peer", seq=1), ("10.0.0.3", 1))
+    core.link_lost(1.0)
+    assert core.next_deadline() is not None and not events(core.tick(30.0), "removed")
+    assert not core.is_master  # the master's silence while we were cut off proves nothing
+    out = core.link_restored(31.0)
+    assert [a for a in out if isinstance(a, Transmit)]  # hello at once
+    assert not events(core.tick(32.49), "removed")  # each keeps the 1.5 s it had left
+    assert {e.args[0].id for e in events(core.tick(32.5), "removed")} == {"boss", "peer"}

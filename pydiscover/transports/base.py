@@ -23,6 +23,18 @@ class Transport(abc.ABC):
 
     def __init__(self) -> None:
         self.errors = {}
+        self._link_listener: Callable[[bool], None] | None = None
+
+    def set_link_listener(self, listener: Callable[[bool], None] | None) -> None:
+        """Called with ``False`` when the transport loses the cluster and ``True`` when it is back.
+
+        Only broker transports (Redis) have such a notion; for UDP the link is always up.
+        """
+        self._link_listener = listener
+
+    def _link_changed(self, up: bool) -> None:
+        if self._link_listener is not None:
+            self._link_listener(up)
 
     @abc.abstractmethod
     async def open(self, receive: Receiver) -> None:
