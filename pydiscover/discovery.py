@@ -467,11 +467,11 @@ class Discovery:
     def _in_loop_thread(self) -> bool:
         return self._thread is not None and threading.current_thread() is self._thread
 
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 10.0) -> T:
         assert self._loop is not None
         if self._in_loop_thread():
             coro.close()
-            raise RuntimeError("start()/stop() cannot be called from a handler; use a thread")
+            raise RuntimeError("this call waits on the discovery thread, so it cannot be made from a handler")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:

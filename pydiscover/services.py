@@ -13,6 +13,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from .node import Node
 log = logging.getLogger("pydiscover.services")
 
 Hook = Callable[[Node], Any]
+_USABLE = ("available", "checking")
 
 
 def service_name(advertisement: Any) -> str | None:
@@ -58,7 +60,8 @@ class RunHook:
 class _Provider:
     node: Node
     name: str
-    #: "setting_up", "available" or "failed"
+    #: "setting_up" (hook running, not usable yet), "available", "checking" (usable, and a
+    #: hook set after it was found is running for it) or "failed" (its hook raised)
     status: str
     generation: int
     #: Whether ``service`` was emitted for it (so ``serviceRemoved`` is owed when it goes).
@@ -78,10 +81,10 @@ class ServiceState:
     # ---------------------------------------------------------------- views
     def available(self, name: str) -> list[Node]:
         """Nodes of ``name`` that are ready to use (their setup hook, if any, succeeded)."""
-        return [p.node for p in self._providers.values() if p.name == name and p.status == "available"]
+        return [p.node for p in self._providers.values() if p.name == name and p.status in _USABLE]
 
     def services(self) -> dict[str, list[Node]]:
-        names = sorted({p.name for p in self._providers.values() if p.status == "available"})
+        names = sorted({p.name for p in self._providers.values() if p.status in _USABLE})
         return {name: self.available(name) for name in names}
 
     @property
@@ -99,15 +102,27 @@ class ServiceState:
         return self._evaluate()
 
     def set_hook(self, name: str) -> list[Emit | RunHook]:
-        """``name`` now has a setup hook; providers already seen are set up now, before use."""
-        self.hooks.add(name)
+        """``name`` now has a setup hook.
+
+        Providers found from now on are set up before they count.  Providers already
+        usable stay usable while the hook runs for them (readiness does not flicker);
+        if it raises they are excluded like any other.  Setting a hook again for the
+        same name only changes what runs for providers found later.
+        """
         out: list[Emit | RunHook] = []
-        for provider in list(self._providers.values()):
-            if provider.name == name and provider.status == "available":
-                self._generation += 1
-                provider.status, provider.generation = "setting_up", self._generation
-                out.append(RunHook(name, provider.node, self._generation))
+        if name not in self.hooks:
+            self.hooks.add(name)
+            for provider in list(self._providers.values()):
+                if provider.name == name and provider.status == "available":
+                    self._generation += 1
+                    provider.status, provider.generation = "checking", self._generation
+                    out.append(RunHook(name, provider.node, self._generation))
         return out + self.need(name)
+
+    def reset(self) -> None:
+        """This node stopped: it knows no providers any more (silently; ``stopped`` says it)."""
+        self._providers.clear()
+        self._met = None
 
     def start(self) -> list[Emit | RunHook]:
         """Evaluate once at start: needs already met by then (rare) fire ``ready``."""
@@ -139,7 +154,7 @@ class ServiceState:
     def hook_done(self, node_id: str, generation: int, error: BaseException | None) -> list[Emit | RunHook]:
         """A setup hook finished; stale results (the node changed or left meanwhile) are ignored."""
         current = self._providers.get(node_id)
-        if current is None or current.generation != generation or current.status != "setting_up":
+        if current is None or current.generation != generation or current.status not in ("setting_up", "checking"):
             return []
         if error is not None:
             current.status = "failed"
@@ -182,6 +197,31 @@ class ServiceState:
         return []
 
 
+def _in_daemon_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Run a blocking hook on its own daemon thread: it can neither stall the loop nor hold up
+    interpreter exit (the default executor's threads are joined at exit, before the goodbye)."""
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:
+            result, error = None, exc
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="pydiscover-setup-hook", daemon=True).start()
+    return future
+
+
 class AsyncServiceDiscovery(AsyncDiscovery):
     """:class:`AsyncDiscovery` plus needs, setup hooks and readiness (asyncio).
 
@@ -217,10 +257,20 @@ class AsyncServiceDiscovery(AsyncDiscovery):
         raises, that node is left out and ``error`` is emitted; it is tried again when it
         re-advertises or restarts.
         """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"service names are non-empty strings, got {name!r}")
         if not callable(hook):
             raise TypeError("setup hook must be callable")
         self._setup_hooks[name] = hook
         self._apply_service(self._state.set_hook(name))
+
+    async def stop(self) -> bool:
+        """Stop; running setup hooks are abandoned and all service knowledge is dropped."""
+        for task in list(self._hook_tasks):
+            task.cancel()
+        stopped = await super().stop()
+        self._state.reset()
+        return stopped
 
     @property
     def services(self) -> dict[str, list[Node]]:
@@ -232,11 +282,32 @@ class AsyncServiceDiscovery(AsyncDiscovery):
         return self._state.is_ready
 
     async def ready(self, timeout: float | None = None) -> dict[str, list[Node]]:
-        """Wait until every need is met (at once if it already is); the needed services."""
+        """Wait until every need is met (at once if it already is); the needed services.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds and ``RuntimeError`` if the
+        node is stopped meanwhile (or is not running).
+        """
+        if not self.running:
+            raise RuntimeError("not running: start() first")
         if self._state.is_ready:
             return {name: self._state.available(name) for name in sorted(self._state.needs)}
-        (services,) = await self.wait_for("ready", timeout=timeout if timeout is not None else 1e9)
-        return services  # type: ignore[no-any-return]
+        future: asyncio.Future[dict[str, list[Node]]] = asyncio.get_running_loop().create_future()
+
+        def on_ready(services: dict[str, list[Node]]) -> None:
+            if not future.done():
+                future.set_result(services)
+
+        def on_stopped(_: object) -> None:
+            if not future.done():
+                future.set_exception(RuntimeError("stopped while waiting to be ready"))
+
+        self.on("ready", on_ready)
+        self.on("stopped", on_stopped)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.remove_listener("ready", on_ready)
+            self.remove_listener("stopped", on_stopped)
 
     def _apply_service(self, actions: list[Emit | RunHook]) -> None:
         for action in actions:
@@ -247,7 +318,9 @@ class AsyncServiceDiscovery(AsyncDiscovery):
 
     def _run_hook(self, request: RunHook) -> None:
         hook = self._setup_hooks[request.name]
-        loop = asyncio.get_running_loop()
+        if not self.running or self._loop is None:
+            return  # stopped: the state was reset, providers will be found (and set up) anew
+        loop = self._loop
 
         async def run() -> None:
             error: BaseException | None = None
@@ -255,12 +328,15 @@ class AsyncServiceDiscovery(AsyncDiscovery):
                 if inspect.iscoroutinefunction(hook):
                     await hook(request.node)
                 else:
-                    result = await loop.run_in_executor(None, functools.partial(hook, request.node))
+                    result = await _in_daemon_thread(loop, functools.partial(hook, request.node))
                     if inspect.isawaitable(result):
                         await result
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise  # stop(): abandoned, not failed
+            except BaseException as exc:  # SystemExit in a hook must not kill the discovery loop
                 error = exc
-            self._apply_service(self._state.hook_done(request.node.id, request.generation, error))
+            if self.running:
+                self._apply_service(self._state.hook_done(request.node.id, request.generation, error))
 
         task = asyncio.ensure_future(run())
         self._hook_tasks.add(task)
@@ -288,11 +364,14 @@ class ServiceDiscovery(Discovery):
     def is_ready(self) -> bool:
         return self._call(lambda: self._async.is_ready)
 
-    def wait_ready(self, timeout: float = 10.0) -> dict[str, list[Node]]:
-        """Block until every need is met; ``TimeoutError`` after ``timeout`` seconds."""
+    def wait_ready(self, timeout: float | None = 10.0) -> dict[str, list[Node]]:
+        """Block until every need is met; ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).
+
+        Raises ``RuntimeError`` if not running or stopped meanwhile.  Not from a handler.
+        """
         if self._loop is None:
-            raise RuntimeError("not running")
-        return self._run(self._async.ready(timeout), timeout + 1)
+            raise RuntimeError("not running: start() first")
+        return self._run(self._async.ready(timeout), None if timeout is None else timeout + 1)
 
 
 __all__ = ["AsyncServiceDiscovery", "ServiceDiscovery", "ServiceState", "service_name"]

@@ -137,12 +137,29 @@ def test_a_first_hello_without_a_name_is_not_the_end() -> None:
     assert emitted(s.node_seen(node("n", "db")))[-1] == ("ready", {"db": ["n"]})
 
 
-def test_a_hook_set_late_runs_for_providers_already_seen() -> None:
+def test_a_hook_set_late_runs_for_providers_already_seen_without_flicker() -> None:
     s = ServiceState()
     s.start()
     s.node_seen(node("d1", "db"))
-    out = emitted(s.set_hook("db"))
-    assert out == [("hook", "db", "d1")] and not s.is_ready
+    s.node_seen(node("d2", "db"))
+    out = s.set_hook("db")
+    assert emitted(out) == [("hook", "db", "d1"), ("hook", "db", "d2"), ("ready", {"db": ["d1", "d2"]})]
+    assert s.is_ready  # still usable while the late hook runs
+    first, second = (a for a in out if isinstance(a, RunHook))
+    assert emitted(s.hook_done("d1", first.generation, None)) == []  # no second "service" or "ready"
+    assert emitted(s.hook_done("d2", second.generation, OSError("down"))) == [
+        ("error", "OSError"), ("serviceRemoved", "db", "d2")]
+    assert emitted(s.set_hook("db")) == []  # a second setup() does not re-run the hook
+
+
+def test_reset_forgets_providers() -> None:
+    s = ServiceState()
+    s.need("db")
+    s.start()
+    s.node_seen(node("d1", "db"))
+    s.reset()
+    assert not s.is_ready and s.services() == {}
+    assert emitted(s.node_seen(node("d1", "db")))[-1] == ("ready", {"db": ["d1"]})
 
 
 def test_advertisement_must_name_a_service() -> None:
@@ -270,3 +287,50 @@ def test_providers_in_other_processes_and_sigterm(port: int) -> None:
             proc.kill()
             proc.wait()
         web.stop()
+
+
+def test_stop_resets_services_and_wakes_waiters(port: int) -> None:
+    opts = {"port": port, "broadcast": LOOPBACK_BROADCAST, **QUICK}
+    web = ServiceDiscovery(**opts)
+    db = ServiceDiscovery(advertisement={"name": "db"}, **opts)
+    try:
+        web.need("db", "cache")
+        eventually(lambda: "db" in web.services, 2, "db seen")
+        errors: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                web.wait_ready(30)
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        web.stop()
+        waiter.join(5)
+        assert errors and time.monotonic() - started < 2  # woken by the stop, not the timeout
+        assert web.services == {} and not web.is_ready
+        with pytest.raises(RuntimeError, match="not running"):
+            web.wait_ready(1)
+    finally:
+        web.stop()
+        db.stop()
+
+
+async def test_a_hook_raising_system_exit_is_a_failure_not_a_crash() -> None:
+    bus = MemoryBus()
+    web = AsyncServiceDiscovery(transport=MemoryTransport(bus), **QUICK)
+    errors: list[BaseException] = []
+    web.on("error", errors.append)
+
+    def bad(_: Node) -> None:
+        raise SystemExit(3)
+
+    web.setup("db", bad)
+    with pytest.raises(ValueError):
+        web.setup("", bad)
+    async with web, AsyncServiceDiscovery(transport=MemoryTransport(bus), advertisement={"name": "db"}, **QUICK):
+        await async_eventually(lambda: bool(errors), 2, "hook failure reported")
+        assert isinstance(errors[0], SystemExit) and web.running and not web.is_ready
