@@ -5,6 +5,11 @@ Start a few in separate terminals (loopback only, nothing leaves this host)::
     python examples/node.py --port 44444 --weight 1
     python examples/node.py --port 44444 --weight 2
 
+Where broadcast does not reach, run them over Redis instead (``pip install
+pydiscover-lan[redis]``)::
+
+    python examples/node.py --transport redis://127.0.0.1:6379/0 --namespace demo --weight 1
+
 Every line typed on stdin is sent on ``--channel``; the line ``state`` prints this
 node's view instead.  ``--json`` prints one JSON object per event (with ``t`` =
 ``time.time()``), which is what ``tests/test_processes.py`` and
@@ -27,7 +32,7 @@ import threading
 import time
 from typing import Any
 
-from pydiscover import BindError, Discovery, Node, Packet
+from pydiscover import Discovery, Node, Packet
 
 LOOPBACK_BROADCAST = "127.255.255.255"
 
@@ -85,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multicast", help="multicast group instead of broadcast, e.g. 239.255.0.1")
     p.add_argument("--interface", help="with --multicast: local IPv4 address (or IPv6 interface) to use")
     p.add_argument("--unicast", help="comma-separated host[:port] list instead of broadcast")
+    p.add_argument(
+        "--transport", help="a redis:// or rediss:// URL: run over Redis pub/sub instead of UDP (needs the redis extra)"
+    )
+    p.add_argument("--namespace", help="with --transport: the cluster's name on that Redis (default 'default')")
     p.add_argument("--weight", type=float, help="election weight; highest wins (default: older process wins)")
     p.add_argument("--hello-interval", type=float, default=1.0, help="seconds between hellos (default 1)")
     p.add_argument("--node-timeout", type=float, default=2.0, help="seconds before a silent node is dropped")
@@ -111,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def discovery_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Map CLI flags to Discovery options; multicast/unicast replace the default broadcast."""
+    """Map CLI flags to Discovery options; a transport URL, multicast or unicast replace the default broadcast."""
     opts: dict[str, Any] = {
         "port": args.port,
         "hello_interval": args.hello_interval,
@@ -130,7 +139,13 @@ def discovery_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["advertisement"] = json.loads(args.advertise)
     if args.weight is not None:
         opts["weight"] = args.weight
-    if args.unicast:
+    if args.transport:
+        opts["transport"] = args.transport
+        if args.namespace:
+            opts["namespace"] = args.namespace
+    elif args.namespace:
+        opts["namespace"] = args.namespace  # rejected with a clear message: UDP has no namespace
+    elif args.unicast:
         opts["unicast"] = args.unicast
     elif args.multicast:
         opts["multicast"] = args.multicast
@@ -231,12 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         d = Discovery(start=False, **discovery_options(args))
     except (TypeError, ValueError) as exc:  # option errors name the option: show them as usage errors
         parser.error(str(exc))
+    except ImportError as exc:  # --transport redis:// without the redis package
+        parser.error(str(exc))
     # Registered before start() so even the fastest replies are printed.
     d.on("started", lambda _d: out("started", pid=os.getpid(), **_node(d.me)))
     wire_events(d, out, args.channel)
     try:
         d.start()
-    except BindError as exc:
+    except OSError as exc:  # BindError, or TransportUnavailable (Redis unreachable): both name what failed
         out("error", error=str(exc))
         return 1
     reason = serve(d, out, args.channel, args.lifetime, args.exit_on_eof, wake_r, reasons)

@@ -7,7 +7,7 @@ A Python port of node-discover that speaks its wire format.  Start with
 from __future__ import annotations
 
 from .discovery import AsyncDiscovery, Discovery
-from .errors import BindError, PacketTooLarge
+from .errors import BindError, PacketTooLarge, TransportUnavailable
 from .node import Node, Packet
 from .services import AsyncServiceDiscovery, ServiceDiscovery
 
@@ -22,5 +22,6 @@ __all__ = [
     "Packet",
     "PacketTooLarge",
     "ServiceDiscovery",
+    "TransportUnavailable",
     "__version__",
 ]

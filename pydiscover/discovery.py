@@ -19,6 +19,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .core import Action, DiscoveryCore, Emit, Transmit
@@ -53,9 +54,24 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _make_transport(options: Options, transport: Any) -> Transport:
+def _broker_timing(options: Options) -> float:
+    """How fast a broker transport notices an outage and comes back, from the cluster's timing.
+
+    Every peer entry has at least ``node_timeout - hello_interval`` left when our link
+    fails.  A silent failure must be noticed within that (``ping_timeout`` plus one
+    ``ping_interval``), or peers would be removed first; and after the outage nodes come
+    back up to one backoff step apart, which must fit in it too.  Half of it for each,
+    within 0.25-2 s: the result is both the backoff cap and the ping timeout.
+    """
+    return min(2.0, max(0.25, (options.node_timeout - options.hello_interval) / 2))
+
+
+def _make_transport(options: Options, transport: Any) -> tuple[Transport, Options]:
+    """The transport for ``transport`` (``None``: UDP; a URL; an object), and the options in effect."""
     if transport is None:
-        return UdpTransport(
+        if options.namespace is not None:
+            raise ValueError("namespace applies only to a Redis transport (transport='redis://host:port/0')")
+        udp = UdpTransport(
             address=options.address,
             port=options.port,
             broadcast=options.broadcast,
@@ -65,11 +81,35 @@ def _make_transport(options: Options, transport: Any) -> Transport:
             unicast=options.unicast,
             reuse_addr=options.reuse_addr,
         )
+        return udp, options
     if isinstance(transport, Transport):
-        return transport
+        if options.namespace is not None and getattr(transport, "namespace", None) != options.namespace:
+            raise ValueError(
+                "namespace does not apply to a transport object: give it to the transport itself, "
+                "e.g. RedisTransport(url, namespace=...)"
+            )
+        return transport, options
     if isinstance(transport, str):
-        raise NotImplementedError(f"transport URL {transport!r}: only UDP and transport objects are supported yet")
-    raise TypeError(f"transport must be a Transport instance, got {type(transport).__name__}")
+        scheme = transport.partition(":")[0].lower()
+        if scheme in ("redis", "rediss"):
+            from .transports.redis import RedisTransport  # imports the redis package: only when used
+
+            budget = _broker_timing(options)
+            redis = RedisTransport(
+                transport,
+                namespace=options.namespace,
+                max_backoff=budget,
+                ping_timeout=budget,
+                ping_interval=budget / 4,
+            )
+            return redis, replace(options, namespace=redis.namespace)
+        from .transports.redis import redact
+
+        raise ValueError(
+            f"transport URL {redact(transport)!r}: unsupported scheme {scheme!r}; "
+            "use redis://host:port/db or rediss://host:port/db (or a Transport object)"
+        )
+    raise TypeError(f"transport must be a Transport instance or a redis:// URL, got {type(transport).__name__}")
 
 
 class AsyncDiscovery:
@@ -80,8 +120,7 @@ class AsyncDiscovery:
     """
 
     def __init__(self, *, transport: Any = None, **options: Any) -> None:
-        self.options = build_options(**options)
-        self._transport = _make_transport(self.options, transport)
+        self._transport, self.options = _make_transport(build_options(**options), transport)
         self._core = DiscoveryCore(self.options, pid=_process_id, iid=str(uuid.uuid4()))
         self._emitter = SafeEmitter()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,7 +131,11 @@ class AsyncDiscovery:
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> bool:
-        """Bind and say hello.  ``False`` if already running; raises :class:`BindError` on bind failure."""
+        """Bind (or connect) and say hello.  ``False`` if already running.
+
+        Raises :class:`BindError` when the UDP port cannot be bound, and
+        :class:`TransportUnavailable` when a Redis server cannot be reached.
+        """
         if self._core.running:
             return False
         loop = asyncio.get_running_loop()
@@ -393,7 +436,7 @@ class Discovery:
 
     # ----------------------------------------------------------- lifecycle
     def start(self) -> bool:
-        """Bind and start the background thread; raises :class:`BindError` on bind failure."""
+        """Bind (or connect) and start the background thread; raises like :meth:`AsyncDiscovery.start`."""
         if self._in_loop_thread():
             raise RuntimeError("start() cannot be called from an event handler")
         with self._lock:

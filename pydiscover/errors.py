@@ -25,3 +25,11 @@ class PacketTooLarge(ValueError):
 
 class BindError(OSError):
     """The UDP socket could not be bound; names the address and port that failed."""
+
+
+class TransportUnavailable(ConnectionError):
+    """A broker transport (Redis) could not be reached at ``start()``; names the server.
+
+    Only at start: once running, a lost connection is retried with backoff, logged and
+    counted, never raised into user code.
+    """

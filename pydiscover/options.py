@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from .wire import DEFAULT_MAX_DATAGRAM, DEFAULT_MAX_DATAGRAM_V6, check_json
 
 DEFAULT_PORT = 12345
 DEFAULT_BROADCAST = "255.255.255.255"
+#: The cluster name on a broker transport when neither the option nor the URL names one.
+DEFAULT_NAMESPACE = "default"
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 Endpoint = tuple[str, int]
 
@@ -59,6 +63,17 @@ def _ip(name: str, value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(value.split("%", 1)[0])
     except ValueError:
         raise ValueError(f"{name} must be an IP address, got {value!r}") from None
+
+
+def check_namespace(value: Any, where: str = "namespace") -> str:
+    """A cluster name for a broker transport: 1-128 of ``A-Z a-z 0-9 . _ : / -``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a string, got {type(value).__name__}")
+    if not _NAMESPACE_RE.fullmatch(value):
+        raise ValueError(
+            f"{where} must be 1-128 characters from A-Z, a-z, 0-9 and . _ : / -, got {value!r}"
+        )
+    return value
 
 
 def parse_endpoint(text: str, default_port: int) -> Endpoint:
@@ -140,6 +155,9 @@ class Options:
     codec: Codec = field(default_factory=PlainCodec, repr=False, compare=False)
     #: Seconds a sealed packet's timestamp may differ from our clock (0: no time check).
     replay_window: float = 30.0
+    #: The cluster's name on a broker transport (Redis); ``None`` when unset.  After a
+    #: Discovery is built on Redis it holds the namespace in effect (option, URL or default).
+    namespace: str | None = None
 
     @property
     def destination_mode(self) -> str:
@@ -174,6 +192,7 @@ def build_options(
     hostname: str | None = None,
     advertisement: Any = None,
     max_datagram: int | None = None,
+    namespace: str | None = None,
 ) -> Options:
     """Validate user options; raises ``TypeError``/``ValueError`` naming the bad option."""
     hello = _number("hello_interval", hello_interval)
@@ -281,4 +300,5 @@ def build_options(
         max_datagram=max_dgram,
         codec=codec,
         replay_window=float(replay_window),
+        namespace=None if namespace is None else check_namespace(namespace),
     )

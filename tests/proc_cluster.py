@@ -175,10 +175,13 @@ class Cluster:
         unicast: int = 0,
         key: str | None = None,
         encryption: str | None = None,
+        transport: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         """``unicast=N``: up to N nodes, each on its own port, each unicasting to all N ports.
 
         ``key``/``encryption`` go to every node (peer.js accepts only ``"node-discover"``).
+        ``transport`` (a ``redis://`` URL) and ``namespace`` run the Python nodes over Redis.
         """
         self.port = port if port is not None else free_udp_port()
         self.hello_interval = hello_interval
@@ -189,6 +192,8 @@ class Cluster:
         self.key = key
         self.encryption = encryption
         self.unicast_ports = free_udp_ports(unicast) if unicast else []
+        self.transport = transport
+        self.namespace = namespace
         self.procs: list[NodeProc] = []
         self._queue: queue.Queue[tuple[NodeProc, Event]] = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -215,7 +220,12 @@ class Cluster:
         is told to (``--exit-on-eof``), and both stop after ``SAFETY_LIFETIME``.
         ``check_interval``, ``key`` and ``encryption`` override the cluster's for this node.
         """
-        if self.unicast_ports:
+        if self.transport is not None:
+            port = self.port
+            where = ["--port", str(port), "--transport", self.transport]
+            if self.namespace is not None:
+                where += ["--namespace", self.namespace]
+        elif self.unicast_ports:
             taken = {p.port for p in self.procs}
             free = [p for p in self.unicast_ports if p not in taken]
             if not free:

@@ -48,6 +48,10 @@ LOOP = {"broadcast": "127.255.255.255"}
         ({"address": "127.0.0.1", "multicast": "239.1.2.3"}, ValueError, "receive no multicast"),
         ({"address": "::"}, ValueError, "IPv6 has no broadcast"),
         ({"address": "::", "multicast": "239.1.2.3"}, ValueError, "is IPv4"),
+        ({"namespace": 7}, TypeError, "namespace"),
+        ({"namespace": ""}, ValueError, "namespace"),
+        ({"namespace": "a b"}, ValueError, "namespace"),
+        ({"namespace": "x" * 129}, ValueError, "namespace"),
     ],
 )
 def test_bad_option_is_rejected_by_name(options: dict[str, object], error: type[Exception], names: str) -> None:

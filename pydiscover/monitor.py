@@ -1,0 +1,217 @@
+"""``python -m pydiscover.monitor``: watch a cluster without taking part in it.
+
+The monitor is a passive listener (a ``client=True`` node): it sends nothing, never
+joins the election, and shows every node it hears: a live table (with ``rich`` if it
+is installed, plain text otherwise), ``--watch`` event lines for logs, or
+``--once --json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .discovery import Discovery
+from .errors import BindError
+from .node import Node
+
+_COLUMNS = ("id", "hostname", "address", "master", "weight", "advertisement", "seen")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pydiscover.monitor",
+        description="Show the live nodes of a pydiscover or node-discover cluster. Sends nothing.",
+    )
+    p.add_argument("--port", type=int, default=12345, help="the cluster's UDP port (default 12345)")
+    p.add_argument("--address", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--broadcast", help="broadcast address the cluster uses (default 255.255.255.255)")
+    p.add_argument("--multicast", help="multicast group the cluster uses")
+    p.add_argument("--interface", help="with --multicast: local IPv4 address, or IPv6 interface name")
+    p.add_argument("--unicast", help="comma-separated host[:port] list (only nodes sending to us are seen)")
+    p.add_argument("--key", action="append", help="cluster key; repeat for a key ring")
+    p.add_argument("--encryption", choices=["aead", "node-discover"], help="with --key (default aead)")
+    p.add_argument("--transport", help="a transport URL, e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--namespace", help="with --transport redis://: the cluster's namespace")
+    p.add_argument("--hello-interval", type=float, default=1.0, help="the cluster's hello interval (s)")
+    p.add_argument("--node-timeout", type=float, default=2.0, help="drop a node unheard this long (s)")
+    p.add_argument("--master-timeout", type=float, help="drop a master unheard this long (s)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="listen --timeout seconds, print once, exit")
+    mode.add_argument("--watch", action="store_true", help="print added/removed/master events as lines")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (--once: default 3)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON; one object per line)")
+    p.add_argument("--plain", action="store_true", help="plain text even if rich is installed")
+    args = p.parse_args(argv)
+    if args.timeout is not None and args.timeout <= 0:
+        p.error("--timeout must be > 0")
+    if args.once and args.timeout is None:
+        args.timeout = 3.0
+    return args
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "client": True,  # passive: no hellos, no replies, never a candidate
+        "port": args.port,
+        "address": args.address,
+        "hello_interval": args.hello_interval,
+        "node_timeout": args.node_timeout,
+        "check_interval": min(args.node_timeout, 2.0),
+        "ignore_process": False,
+        "stop_on_sigterm": True,
+        "start": False,
+    }
+    for name in ("broadcast", "multicast", "interface", "unicast", "encryption", "transport", "namespace"):
+        if getattr(args, name) is not None:
+            opts[name] = getattr(args, name)
+    if args.master_timeout is not None:
+        opts["master_timeout"] = args.master_timeout
+    if args.key:
+        opts["key"] = args.key if len(args.key) > 1 else args.key[0]
+    return opts
+
+
+def node_record(node: Node, now: float, wall_now: float) -> dict[str, Any]:
+    """A node as JSON: ``last_seen`` in epoch seconds, ``last_seen_ago`` in seconds."""
+    ago = max(0.0, now - node.last_seen)
+    return {
+        "id": node.id,
+        "hostname": node.hostname,
+        "address": node.address,
+        "port": node.port,
+        "is_master": node.is_master,
+        "is_master_eligible": node.is_master_eligible,
+        "weight": node.weight,
+        "advertisement": node.advertisement,
+        "last_seen": round(wall_now - ago, 3),
+        "last_seen_ago": round(ago, 3),
+        "node_discover": node.legacy,
+    }
+
+
+def snapshot(d: Discovery) -> dict[str, Any]:
+    """Everything the monitor shows, as one JSON-ready object."""
+    now, wall_now = time.monotonic(), time.time()
+    nodes = sorted(d.nodes.values(), key=lambda n: (not n.is_master, -n.weight, n.id))
+    stats = d.stats
+    return {
+        "nodes": [node_record(n, now, wall_now) for n in nodes],
+        "totals": {"nodes": len(nodes), "masters": sum(n.is_master for n in nodes)},
+        "stats": stats,
+    }
+
+
+def _row(record: dict[str, Any]) -> list[str]:
+    advert = json.dumps(record["advertisement"], separators=(",", ":")) if record["advertisement"] is not None else ""
+    return [
+        record["id"][:8],
+        record["hostname"],
+        f"{record['address']}:{record['port']}",
+        "MASTER" if record["is_master"] else ("" if record["is_master_eligible"] else "-"),
+        f"{record['weight']:g}",
+        advert if len(advert) <= 40 else advert[:39] + "…",
+        f"{record['last_seen_ago']:.1f}s",
+    ]
+
+
+def render_plain(snap: dict[str, Any]) -> str:
+    rows = [list(_COLUMNS)] + [_row(r) for r in snap["nodes"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    dropped = ", ".join(f"{k}={v}" for k, v in sorted(snap["stats"]["dropped"].items())) or "none"
+    lines.append(
+        f"{snap['totals']['nodes']} node(s), {snap['totals']['masters']} master(s); "
+        f"packets in {snap['stats']['packets_in']}; dropped: {dropped}"
+    )
+    return "\n".join(lines)
+
+
+def _render_rich(snap: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="pydiscover cluster", caption=render_plain(snap).splitlines()[-1])
+    for column in _COLUMNS:
+        table.add_column(column)
+    for record in snap["nodes"]:
+        table.add_row(*_row(record), style="bold" if record["is_master"] else None)
+    return table
+
+
+def _watch(d: Discovery, as_json: bool, until: float | None) -> None:
+    lock = threading.Lock()
+
+    def line(event: str, node: Node) -> None:
+        rec = node_record(node, time.monotonic(), time.time())
+        with lock:
+            if as_json:
+                print(json.dumps({"event": event, "t": round(time.time(), 3), "node": rec}), flush=True)
+            else:
+                print(f"{time.strftime('%H:%M:%S')} {event:<8} {rec['id'][:8]} {rec['hostname']} "
+                      f"{rec['address']}:{rec['port']} weight={rec['weight']:g}", flush=True)
+
+    for event in ("added", "removed", "master"):
+        d.on(event, lambda node, event=event: line(event, node))
+    _sleep_until(until)
+
+
+def _sleep_until(until: float | None) -> None:
+    while until is None or time.monotonic() < until:
+        time.sleep(0.1 if until is None else min(0.1, max(0.0, until - time.monotonic())))
+
+
+def _live(d: Discovery, plain: bool, until: float | None) -> None:
+    try:
+        if plain:
+            raise ImportError
+        from rich.live import Live
+    except ImportError:
+        while until is None or time.monotonic() < until:
+            print(render_plain(snapshot(d)) + "\n", flush=True)
+            _sleep_until(min(until, time.monotonic() + 2) if until is not None else time.monotonic() + 2)
+        return
+    with Live(_render_rich(snapshot(d)), refresh_per_second=4) as live:
+        while until is None or time.monotonic() < until:
+            time.sleep(0.25)
+            live.update(_render_rich(snapshot(d)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        d = Discovery(**_options(args))
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 2
+    try:
+        d.start()
+    except BindError as exc:
+        print(f"monitor: {exc} (is another program using the port without SO_REUSEADDR?)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 2
+    until = None if args.timeout is None else time.monotonic() + args.timeout
+    try:
+        if args.once:
+            _sleep_until(until)
+            snap = snapshot(d)
+            print(json.dumps(snap) if args.json else render_plain(snap), flush=True)
+        elif args.watch or args.json:
+            _watch(d, args.json, until)
+        else:
+            _live(d, args.plain, until)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        d.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
