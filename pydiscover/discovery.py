@@ -128,6 +128,8 @@ class AsyncDiscovery:
         self._timer_at: float | None = None
         #: What ``started``/``stopped`` handlers receive: the object the user holds.
         self._facade: AsyncDiscovery | Discovery = self
+        #: Awaited at the start of stop(), before the goodbye (layers such as the balancer).
+        self._before_stop: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> bool:
@@ -151,6 +153,11 @@ class AsyncDiscovery:
         """Say goodbye (peers drop this node at once), close the socket.  ``False`` if not running."""
         if not self._core.running or self._loop is None:
             return False
+        for cleanup in list(self._before_stop):
+            try:
+                await cleanup()  # e.g. release resources *before* peers hear the goodbye
+            except Exception:
+                log.exception("cleanup before stop failed")
         self._apply(self._core.stop(self._loop.time()))
         self._cancel_timer()
         await self._transport.close()
@@ -183,9 +190,11 @@ class AsyncDiscovery:
         return self._emitter.on(event, handler) if handler is not None else self._emitter.on(event)
 
     def once(self, event: str, handler: Handler | None = None) -> Any:
+        """Register ``handler`` for the next ``event`` only."""
         return self._emitter.once(event, handler)
 
     def remove_listener(self, event: str, handler: Handler) -> None:
+        """Unregister ``handler`` from ``event``."""
         self._emitter.remove_listener(event, handler)
 
     async def wait_for(
@@ -271,18 +280,22 @@ class AsyncDiscovery:
 
     @property
     def me(self) -> Node:
+        """This node as its peers see it."""
         return self._core.me(self._now())
 
     @property
     def is_master(self) -> bool:
+        """Whether this node is master now."""
         return self._core.is_master
 
     @property
     def running(self) -> bool:
+        """Between a successful ``start()`` and ``stop()``."""
         return self._core.running
 
     @property
     def channels(self) -> frozenset[str]:
+        """The channels joined."""
         return self._core.channels
 
     @property
@@ -539,9 +552,11 @@ class Discovery:
         return self._async.on(event, handler)
 
     def once(self, event: str, handler: Handler | None = None) -> Any:
+        """Register ``handler`` for the next ``event`` only."""
         return self._async.once(event, handler)
 
     def remove_listener(self, event: str, handler: Handler) -> None:
+        """Unregister ``handler`` from ``event``."""
         self._async.remove_listener(event, handler)
 
     def wait_for(
@@ -558,6 +573,7 @@ class Discovery:
         return self._call(self._async.join, channel, handler)
 
     def leave(self, channel: str) -> bool:
+        """See :meth:`AsyncDiscovery.leave`."""
         return self._call(self._async.leave, channel)
 
     def send(self, channel: str, data: Any = None) -> bool:
@@ -565,6 +581,7 @@ class Discovery:
         return self._call(self._async.send, channel, data)
 
     def advertise(self, advertisement: Any) -> None:
+        """See :meth:`AsyncDiscovery.advertise`."""
         self._call(self._async.advertise, advertisement)
 
     def set_key(self, key: Secret | list[Secret], encryption: str | None = None) -> None:
@@ -573,38 +590,47 @@ class Discovery:
         self._call(self._async._core.set_codec, codec)
 
     def promote(self) -> None:
+        """See :meth:`AsyncDiscovery.promote`."""
         self._call(self._async.promote)
 
     def demote(self, permanent: bool = False) -> None:
+        """See :meth:`AsyncDiscovery.demote`."""
         self._call(self._async.demote, permanent)
 
     # -------------------------------------------------------------- views
     @property
     def nodes(self) -> dict[str, Node]:
+        """Live peers by instance id (a snapshot; this instance is not included)."""
         return self._call(lambda: self._async.nodes)
 
     @property
     def me(self) -> Node:
+        """This node as its peers see it."""
         return self._call(lambda: self._async.me)
 
     @property
     def is_master(self) -> bool:
+        """Whether this node is master now."""
         return self._async.is_master
 
     @property
     def running(self) -> bool:
+        """Between a successful ``start()`` and ``stop()``."""
         return self._async.running
 
     @property
     def channels(self) -> frozenset[str]:
+        """The channels joined."""
         return self._async.channels
 
     @property
     def local_address(self) -> Address | None:
+        """See :attr:`AsyncDiscovery.local_address`."""
         return self._async.local_address
 
     @property
     def unicast(self) -> list[str]:
+        """See :attr:`AsyncDiscovery.unicast`; assignable on a node created in unicast mode."""
         return self._async.unicast
 
     @unicast.setter
@@ -613,6 +639,7 @@ class Discovery:
 
     @property
     def stats(self) -> dict[str, Any]:
+        """See :attr:`AsyncDiscovery.stats`."""
         return self._call(lambda: self._async.stats)
 
 

@@ -1,0 +1,451 @@
+"""ResourceManager: every resource owned by exactly one live node, spread evenly.
+
+Protocol, over one discovery channel (``resources`` by default):
+
+* Every node announces itself with ``{"t": "ack", "e": epoch, "m": master}``: the
+  latest plan it has *applied* (stopped everything that plan does not give it).  Sent
+  at once after applying, and every ``hello_interval`` as presence.
+* The master computes a plan when the set of live managers or resources changes:
+  ``assignment.rebalance(current, resources, members)`` (sticky, even, minimal
+  moves), numbered ``(epoch, master id)``, and broadcasts it in parts
+  ``{"t": "plan", "e", "m", "k": part, "c": parts, "n": node, "r": [ids]}``, repeated
+  every ``hello_interval`` so lost datagrams and newcomers catch up.
+* A node adopts the highest complete plan, stops what it no longer owns, acks, and
+  starts a newly assigned resource only once its previous owner has acked this plan
+  (so it released it) or has left the cluster: a resource is never started on a new
+  owner while the old one may still run it.
+* A new master continues from the plan it already holds, so failover moves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from ..discovery import AsyncDiscovery, Discovery
+from ..node import Packet
+from ..services import _in_daemon_thread
+from .assignment import rebalance
+
+log = logging.getLogger("pydiscover.balancer.resources")
+
+Resource = dict[str, Any]
+PlanKey = tuple[int, str]
+_NO_PLAN: PlanKey = (-1, "")
+
+
+def validate_resources(items: Any) -> dict[str, Resource]:
+    """``{id: resource}``; raises on anything but a list of dicts with unique non-empty string ``id``."""
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"resources must be a list of dicts (or a callable returning one), got {type(items).__name__}")
+    out: dict[str, Resource] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            raise ValueError(f"each resource must be a dict with a non-empty string 'id', got {item!r}")
+        if item["id"] in out:
+            raise ValueError(f"duplicate resource id {item['id']!r}")
+        out[item["id"]] = item
+    return out
+
+
+class ResourceManager:
+    """Run this on every node; each resource is started by exactly one of them.
+
+    ``start(resource) -> handle``, ``stop(handle)`` and ``healthcheck(handle)`` (raising
+    means unhealthy) may be plain functions (run on a daemon thread of their own) or
+    coroutine functions.  ``resources`` is a list of dicts with a unique string ``id``,
+    or a callable (sync or async) returning one, re-read every ``refresh_interval``.
+    Events, on the discovery object: ``resourceStarted(resource, handle)``,
+    ``resourceStopped(resource)``, ``resourceFailed(resource, error)``.
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery | AsyncDiscovery,
+        *,
+        resources: list[Resource] | Callable[[], Any],
+        start: Callable[[Resource], Any],
+        stop: Callable[[Any], Any] | None = None,
+        healthcheck: Callable[[Any], Any] | None = None,
+        health_interval: float = 5.0,
+        retry_delay: float = 1.0,
+        refresh_interval: float | None = None,
+        channel: str = "resources",
+    ) -> None:
+        if isinstance(discovery, Discovery):
+            self._engine: AsyncDiscovery = discovery._async
+            self._facade: Discovery | None = discovery
+        elif isinstance(discovery, AsyncDiscovery):
+            self._engine, self._facade = discovery, None
+        else:
+            raise TypeError("discovery must be a Discovery or an AsyncDiscovery")
+        for name, fn in (("start", start), ("stop", stop), ("healthcheck", healthcheck)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable")
+        for name, value in (("health_interval", health_interval), ("retry_delay", retry_delay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if refresh_interval is not None and (not isinstance(refresh_interval, (int, float)) or refresh_interval <= 0):
+            raise ValueError(f"refresh_interval must be > 0 seconds or None, got {refresh_interval!r}")
+        self._source = resources
+        self._defs: dict[str, Resource] = {} if callable(resources) else validate_resources(resources)
+        self._start_fn, self._stop_fn, self._health_fn = start, stop, healthcheck
+        self.health_interval, self.retry_delay, self.refresh_interval = health_interval, retry_delay, refresh_interval
+        self.channel = channel
+        self._running: dict[str, Any] = {}
+        self._busy: set[str] = set()  # starting or stopping
+        self._retry_at: dict[str, float] = {}
+        self._parts: dict[PlanKey, dict[int, tuple[str, list[str]]]] = {}
+        self._part_counts: dict[PlanKey, int] = {}
+        self._plan: PlanKey = _NO_PLAN
+        self._assignment: dict[str, str] = {}
+        self._iid = self._engine._core.iid
+        self._mine_cache: frozenset[str] = frozenset()  # my share of the adopted plan
+        self._plan_members: frozenset[str] = frozenset()
+        self._previous: dict[str, str] | None = None  # the plan before the current one, if we held it
+        self._applied: PlanKey = _NO_PLAN
+        self._acks: dict[str, PlanKey] = {}
+        self._presence: dict[str, float] = {}
+        self._published_inputs: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._highest_epoch = -1
+        self._replan_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._closed = False
+        self.stats: dict[str, int] = {"plans_published": 0, "plans_adopted": 0, "starts": 0, "stops": 0,
+                                      "failures": 0}
+        self._run_on_loop(self._attach)
+
+    # --------------------------------------------------------------- public
+    @property
+    def owned(self) -> frozenset[str]:
+        """Ids of the resources running on this node."""
+        return frozenset(self._running)
+
+    @property
+    def assignment(self) -> dict[str, str]:
+        """The adopted plan: resource id -> node id."""
+        return dict(self._assignment)
+
+    @property
+    def epoch(self) -> int:
+        return self._plan[0]
+
+    def on(self, event: str, handler: Callable[..., Any] | None = None) -> Any:
+        return self._engine.on(event, handler)
+
+    def close(self) -> None:
+        """Stop every resource this node runs and leave the channel (sync ``Discovery``: blocks)."""
+        if self._facade is not None and self._facade._loop is not None:
+            self._facade._run(self._aclose(), 30)
+        else:
+            self._closed = True
+
+    async def aclose(self) -> None:
+        """:meth:`close` for ``AsyncDiscovery``."""
+        await self._aclose()
+
+    # ------------------------------------------------------------ internals
+    def _run_on_loop(self, fn: Callable[[], Any]) -> None:
+        if self._facade is not None:
+            self._facade._call(fn)
+        else:
+            fn()
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._engine._loop
+        if loop is None:
+            raise RuntimeError("start the discovery before creating a ResourceManager")
+        return loop
+
+    def _attach(self) -> None:
+        if not self._engine.join(self.channel, self._on_message):
+            raise ValueError(f"channel {self.channel!r} is reserved or already joined")
+        self._engine.on("removed", self._on_removed)
+        self._engine._before_stop.append(self._aclose)  # release everything before the goodbye
+        self._engine.on("promotion", lambda _me: self._replan())
+        self._spawn(self._periodic())
+        self._spawn(self._health_loop())
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro, loop=self._loop)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call_user(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        result = await _in_daemon_thread(self._loop, lambda: fn(*args))
+        return await result if inspect.isawaitable(result) else result
+
+    def _now(self) -> float:
+        return self._loop.time()
+
+    @property
+    def _me(self) -> str:
+        return self._iid
+
+    def _emit(self, event: str, *args: Any) -> None:
+        self._engine._emitter.emit(event, *args)
+
+    def _send(self, data: dict[str, Any]) -> None:
+        if self._engine.running:
+            self._engine.send(self.channel, data)
+
+    # ------------------------------------------------------------- periodic
+    async def _periodic(self) -> None:
+        next_refresh = 0.0
+        while not self._closed:
+            if callable(self._source) and (not self._defs or (
+                    self.refresh_interval is not None and self._now() >= next_refresh)):
+                await self._refresh()
+                next_refresh = self._now() + (self.refresh_interval or 0)
+            self._send_ack()
+            if self._engine.is_master:
+                self._replan_now()
+                self._broadcast_plan()
+            self._reconcile()
+            await asyncio.sleep(self._engine.options.hello_interval)
+
+    async def _refresh(self) -> None:
+        source = self._source
+        assert callable(source)
+        try:
+            items = source()
+            if inspect.isawaitable(items):
+                items = await items
+            self._defs = validate_resources(items)
+        except Exception as exc:
+            log.warning("resources() failed: %r", exc)
+            self._emit("error", exc)
+
+    def _send_ack(self) -> None:
+        self._send({"t": "ack", "e": self._applied[0], "m": self._applied[1]})
+
+    # ---------------------------------------------------------------- master
+    def _members(self) -> list[str]:
+        now, timeout = self._now(), self._engine.options.node_timeout
+        live = self._engine._core.nodes
+        return sorted({self._me} | {n for n, t in self._presence.items() if n in live and now - t <= timeout})
+
+    def _replan(self) -> None:
+        """Plan soon: a burst of joins or leaves (a cluster starting) becomes one plan, not one each."""
+        if self._replan_handle is None and not self._closed:
+            delay = self._engine.options.hello_interval / 4
+            self._replan_handle = self._loop.call_later(delay, self._replan_now)
+
+    def _replan_now(self) -> None:
+        """Issue a plan when the live managers or the resources changed (or we just took over)."""
+        self._replan_handle = None
+        if not self._engine.is_master or self._closed:
+            return
+        inputs = (tuple(self._members()), tuple(sorted(self._defs)))
+        if inputs == self._published_inputs:
+            return
+        # Sticky: starting from the plan we hold, a new master with the same members moves nothing.
+        self._issue(rebalance(self._assignment, inputs[1], inputs[0]), *inputs)
+
+    def _issue(self, assignment: dict[str, str], members: tuple[str, ...], ids: tuple[str, ...]) -> None:
+        self._highest_epoch = max(self._highest_epoch, self._plan[0]) + 1
+        key: PlanKey = (self._highest_epoch, self._me)
+        self._published_inputs = (members, ids)
+        parts = self._split(assignment, members)
+        self._parts[key] = dict(enumerate(parts))
+        self._part_counts[key] = len(parts)
+        self.stats["plans_published"] += 1
+        log.info("plan %s: %d resources over %d members", key, len(assignment), len(members))
+        self._adopt(key)
+        self._broadcast_plan()
+
+    def _split(self, assignment: dict[str, str], members: Iterable[str]) -> list[tuple[str, list[str]]]:
+        """One part per member, cut further so each fits the datagram budget."""
+        budget = self._engine.options.max_datagram - 200  # envelope, seal and part header
+        parts: list[tuple[str, list[str]]] = []
+        for member in members:
+            ids = sorted(r for r, m in assignment.items() if m == member)
+            chunk: list[str] = []
+            size = 0
+            for rid in ids:
+                cost = len(rid.encode()) + 4
+                if chunk and size + cost > budget - len(member):
+                    parts.append((member, chunk))
+                    chunk, size = [], 0
+                chunk.append(rid)
+                size += cost
+            parts.append((member, chunk))
+        return parts
+
+    def _broadcast_plan(self) -> None:
+        key = self._plan
+        if key[1] != self._me or key not in self._parts:
+            return
+        count = self._part_counts[key]
+        for k, (node, ids) in self._parts[key].items():
+            self._send({"t": "plan", "e": key[0], "m": key[1], "k": k, "c": count, "n": node, "r": ids})
+
+    # --------------------------------------------------------------- inputs
+    def _on_message(self, data: Any, packet: Packet) -> None:
+        if not isinstance(data, dict) or self._closed:
+            return
+        sender = packet.iid
+        self._presence[sender] = self._now()
+        kind = data.get("t")
+        try:
+            key: PlanKey = (int(data["e"]), str(data["m"]))
+        except (KeyError, TypeError, ValueError):
+            return
+        self._highest_epoch = max(self._highest_epoch, key[0])
+        if kind == "ack":
+            fresh = sender not in self._acks
+            self._acks[sender] = key
+            if fresh and self._engine.is_master:
+                self._replan()
+            self._reconcile()
+        elif kind == "plan":
+            self._on_part(key, data)
+
+    def _on_part(self, key: PlanKey, data: dict[str, Any]) -> None:
+        if key <= self._plan:
+            return
+        try:
+            k, count, node, ids = int(data["k"]), int(data["c"]), str(data["n"]), [str(r) for r in data["r"]]
+        except (KeyError, TypeError, ValueError):
+            return
+        if not 0 <= k < count <= 100_000:
+            return
+        self._parts.setdefault(key, {})[k] = (node, ids)
+        self._part_counts[key] = count
+        if len(self._parts[key]) == count:
+            self._adopt(key)
+
+    def _adopt(self, key: PlanKey) -> None:
+        assignment = {rid: node for node, ids in self._parts[key].values() for rid in ids}
+        self._previous = self._assignment if self._plan != _NO_PLAN else None
+        self._plan, self._assignment = key, assignment
+        self._mine_cache = frozenset(rid for rid, node in assignment.items() if node == self._iid)
+        self._plan_members = frozenset(assignment.values())
+        for old in [k for k in self._parts if k < key]:
+            del self._parts[old]
+            self._part_counts.pop(old, None)
+        self.stats["plans_adopted"] += 1
+        self._reconcile()
+
+    def _on_removed(self, node: Any) -> None:
+        self._presence.pop(node.id, None)
+        self._acks.pop(node.id, None)
+        if self._engine.is_master:
+            self._replan()
+        self._reconcile()
+
+    # ------------------------------------------------------------ reconcile
+    def _mine(self) -> frozenset[str]:
+        return self._mine_cache
+
+    def _reconcile(self) -> None:
+        """Converge what runs here on the adopted plan: stop first, ack, then start what is safe."""
+        if self._closed:
+            return
+        mine = self._mine()
+        for rid in [r for r in self._running if r not in mine and r not in self._busy]:
+            self._busy.add(rid)  # now, not when the task first runs: a second reconcile must not repeat it
+            self._spawn(self._stop(rid))
+        released = not any(r not in mine for r in self._running) and not any(r not in mine for r in self._busy)
+        if released and self._applied != self._plan:
+            self._applied = self._plan
+            self._send_ack()
+        if self._applied != self._plan:
+            return
+        now = self._now()
+        for rid in sorted(mine):
+            if rid in self._running or rid in self._busy or self._retry_at.get(rid, 0) > now:
+                continue
+            if rid in self._defs and self._safe_to_start(rid):
+                self._busy.add(rid)
+                self._spawn(self._start(rid))
+
+    def _safe_to_start(self, rid: str) -> bool:
+        live = self._engine._core.nodes
+        if self._previous is not None:
+            owner = self._previous.get(rid)
+            holders = [] if owner in (None, self._me) else [owner]
+        else:  # we do not know who had it: everyone in the plan must have applied it
+            holders = [n for n in self._plan_members if n != self._me]
+        return all(h not in live or self._acks.get(h, _NO_PLAN) >= self._plan for h in holders)
+
+    async def _start(self, rid: str) -> None:
+        resource = self._defs[rid]
+        try:
+            handle = await self._call_user(self._start_fn, resource)
+        except Exception as exc:
+            self._busy.discard(rid)
+            self._failed(rid, resource, exc)
+            return
+        self._busy.discard(rid)
+        self._running[rid] = handle
+        self.stats["starts"] += 1
+        self._emit("resourceStarted", resource, handle)
+        self._reconcile()  # unassigned meanwhile? stop it now
+
+    async def _stop(self, rid: str) -> None:
+        handle = self._running.get(rid)
+        resource = self._defs.get(rid, {"id": rid})
+        self._busy.add(rid)  # (already set by reconcile; the health loop calls this directly)
+        try:
+            if self._stop_fn is not None:
+                await self._call_user(self._stop_fn, handle)
+        except Exception as exc:
+            log.warning("stop(%s) raised %r; treating it as stopped", rid, exc)
+        finally:
+            self._busy.discard(rid)
+            self._running.pop(rid, None)
+        self.stats["stops"] += 1
+        self._emit("resourceStopped", resource)
+        self._reconcile()
+
+    def _failed(self, rid: str, resource: Resource, exc: BaseException) -> None:
+        self.stats["failures"] += 1
+        self._retry_at[rid] = self._now() + self.retry_delay
+        log.warning("resource %s failed: %r (retry in %.1fs)", rid, exc, self.retry_delay)
+        self._emit("resourceFailed", resource, exc)
+        self._loop.call_later(self.retry_delay, self._reconcile)
+
+    async def _health_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.health_interval)
+            if self._health_fn is None:
+                continue
+            for rid, handle in list(self._running.items()):
+                if rid in self._busy:
+                    continue
+                try:
+                    await self._call_user(self._health_fn, handle)
+                except Exception as exc:
+                    resource = self._defs.get(rid, {"id": rid})
+                    await self._stop(rid)
+                    self._failed(rid, resource, exc)
+
+    async def _aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._replan_handle is not None:
+            self._replan_handle.cancel()
+        if self._aclose in self._engine._before_stop:
+            self._engine._before_stop.remove(self._aclose)
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        for rid in list(self._running):
+            handle = self._running.pop(rid)
+            try:
+                if self._stop_fn is not None:
+                    await self._call_user(self._stop_fn, handle)
+            except Exception as exc:
+                log.warning("stop(%s) raised %r during close", rid, exc)
+            self._emit("resourceStopped", self._defs.get(rid, {"id": rid}))
+        self._engine.leave(self.channel)
+
+

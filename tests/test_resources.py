@@ -1,0 +1,222 @@
+"""ResourceManager: balanced sticky assignment, exactly-one ownership through churn, health, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from conftest import async_eventually
+
+from pydiscover import AsyncDiscovery
+from pydiscover.balancer.assignment import moved, rebalance
+from pydiscover.balancer.resources import ResourceManager, validate_resources
+from pydiscover.transports.memory import MemoryBus, MemoryTransport
+
+# ------------------------------------------------------------ assignment (pure)
+
+
+def loads(assignment: dict[str, str], members: list[str]) -> list[int]:
+    return [sum(1 for m in assignment.values() if m == member) for member in members]
+
+
+@pytest.mark.parametrize(("count", "size"), [(30, 3), (31, 3), (7, 5), (1, 4), (100, 7), (0, 3)])
+def test_even_spread_and_every_resource_owned(count: int, size: int) -> None:
+    ids = [f"r{i}" for i in range(count)]
+    members = [f"n{i}" for i in range(size)]
+    a = rebalance({}, ids, members)
+    assert sorted(a) == sorted(ids) and set(a.values()) <= set(members)
+    spread = loads(a, members)
+    assert max(spread) - min(spread) <= 1
+
+
+def test_minimal_movement_on_join_and_leave() -> None:
+    ids = [f"res-{i}" for i in range(3000)]
+    members = [f"node-{i}" for i in range(30)]
+    a = rebalance({}, ids, members)
+    joined = rebalance(a, ids, [*members, "node-new"])
+    assert moved(a, joined) == loads(joined, [*members, "node-new"])[-1]  # only what the newcomer takes
+    assert moved(a, joined) / len(ids) <= 1 / 31 + 0.01
+    left = rebalance(a, ids, members[1:])
+    assert moved(a, left) == loads(a, members)[0]  # only the leaver's share
+    assert rebalance(a, ids, members) == a  # unchanged inputs: nothing moves
+    assert rebalance(a, list(reversed(ids)), list(reversed(members))) == a  # order does not matter
+
+
+def test_thirty_over_three_then_two_then_three() -> None:
+    ids = [f"r{i}" for i in range(30)]
+    a = rebalance({}, ids, ["a", "b", "c"])
+    assert loads(a, ["a", "b", "c"]) == [10, 10, 10]
+    b = rebalance(a, ids, ["b", "c"])
+    assert loads(b, ["b", "c"]) == [15, 15]
+    c = rebalance(b, ids, ["b", "c", "d"])
+    assert loads(c, ["b", "c", "d"]) == [10, 10, 10] and moved(b, c) == 10
+
+
+def test_resource_validation() -> None:
+    assert set(validate_resources([{"id": "a"}, {"id": "b", "x": 1}])) == {"a", "b"}
+    for bad, error in (([{"id": "a"}, {"id": "a"}], "duplicate"), ([{"name": "a"}], "id"), ([{"id": 3}], "id"),
+                       ("nope", "list")):
+        with pytest.raises((ValueError, TypeError), match=error):
+            validate_resources(bad)
+
+
+# ------------------------------------------------------- runtime, in memory
+QUICK = {"hello_interval": 0.05, "check_interval": 0.1, "node_timeout": 0.3, "ignore_process": False}
+
+
+class Cluster:
+    """Managers on one memory bus, with a global registry that catches double ownership."""
+
+    def __init__(self, resources: list[dict[str, Any]], **rm: Any) -> None:
+        self.bus = MemoryBus()
+        self.resources = resources
+        self.rm_options = rm
+        self.registry: dict[str, str] = {}
+        self.violations: list[str] = []
+        self.nodes: list[tuple[AsyncDiscovery, ResourceManager, MemoryTransport]] = []
+
+    async def add(self, weight: float) -> ResourceManager:
+        transport = MemoryTransport(self.bus)
+        d = AsyncDiscovery(transport=transport, weight=weight, **QUICK)
+        await d.start()
+        me = d.me.id
+
+        def start(resource: dict[str, Any]) -> str:
+            rid = resource["id"]
+            if rid in self.registry:
+                self.violations.append(f"{rid} started on {me} while {self.registry[rid]} runs it")
+            self.registry[rid] = me
+            return rid
+
+        def stop(handle: str) -> None:
+            if self.registry.get(handle) == me:
+                del self.registry[handle]
+
+        rm = ResourceManager(d, resources=self.resources, start=start, stop=stop, **self.rm_options)
+        self.nodes.append((d, rm, transport))
+        return rm
+
+    async def crash(self, index: int) -> None:
+        """The process dies: peers hear no goodbye; what it ran dies with it."""
+        d, _, transport = self.nodes.pop(index)
+        await transport.close()
+        await d.stop()
+
+    async def graceful(self, index: int) -> None:
+        d, _, _ = self.nodes.pop(index)
+        await d.stop()
+
+    def converged(self) -> bool:
+        owned = [rm.owned for _, rm, _ in self.nodes]
+        total = sum(len(o) for o in owned)
+        every = set().union(*owned) if owned else set()
+        return (total == len(self.resources) and len(every) == total
+                and max(map(len, owned)) - min(map(len, owned)) <= 1)
+
+    async def close(self) -> None:
+        for d, _, _ in self.nodes:
+            await d.stop()
+
+
+@pytest.mark.parametrize("seed", [5, 11, 23, 42])
+async def test_churn_never_runs_a_resource_twice_and_always_converges(seed: int) -> None:
+    rng = random.Random(seed)
+    cluster = Cluster([{"id": f"r{i}"} for i in range(24)])
+    try:
+        for w in range(3):
+            await cluster.add(w)
+        await async_eventually(cluster.converged, 5, "initial convergence")
+        weight = 10
+        for step in range(8):
+            action = rng.choice(["crash", "graceful", "join"]) if len(cluster.nodes) > 2 else "join"
+            if action == "join":
+                weight += 1
+                await cluster.add(weight)
+            elif action == "crash":
+                await cluster.crash(rng.randrange(len(cluster.nodes)))
+            else:
+                await cluster.graceful(rng.randrange(len(cluster.nodes)))
+            await async_eventually(cluster.converged, 5, f"convergence after step {step} ({action})")
+            assert cluster.violations == []
+        assert sorted(cluster.registry) == sorted(r["id"] for r in cluster.resources)
+    finally:
+        await cluster.close()
+
+
+async def test_master_failover_moves_nothing() -> None:
+    cluster = Cluster([{"id": f"r{i}"} for i in range(12)])
+    try:
+        for w in (1, 2, 3):
+            await cluster.add(w)
+        await async_eventually(cluster.converged, 5, "convergence")
+        survivors = {d.me.id: set(rm.owned) for d, rm, _ in cluster.nodes[:2]}
+        master_share = set(cluster.nodes[2][1].owned)
+        await cluster.graceful(2)  # the weight-3 master leaves
+        await async_eventually(cluster.converged, 5, "after the master left")
+        for d, rm, _ in cluster.nodes:
+            assert survivors[d.me.id] <= rm.owned  # kept everything, only took the leaver's share
+        assert set().union(*(rm.owned for _, rm, _ in cluster.nodes)) >= master_share
+        assert cluster.violations == []
+    finally:
+        await cluster.close()
+
+
+async def test_failed_start_and_healthcheck_are_retried_visibly() -> None:
+    bus = MemoryBus()
+    d = AsyncDiscovery(transport=MemoryTransport(bus), **QUICK)
+    await d.start()
+    attempts: dict[str, int] = {}
+    failed: list[str] = []
+    sick = {"r1"}
+
+    async def start(resource: dict[str, Any]) -> str:
+        attempts[resource["id"]] = attempts.get(resource["id"], 0) + 1
+        if resource["id"] == "r0" and attempts["r0"] == 1:
+            raise RuntimeError("first start fails")
+        return str(resource["id"])
+
+    def healthcheck(handle: str) -> None:
+        if handle in sick:
+            sick.discard(handle)
+            raise RuntimeError("unhealthy once")
+
+    d.on("resourceFailed", lambda resource, exc: failed.append(resource["id"]))
+    rm = ResourceManager(d, resources=[{"id": "r0"}, {"id": "r1"}], start=start, healthcheck=healthcheck,
+                         health_interval=0.05, retry_delay=0.05)
+    try:
+        await async_eventually(lambda: rm.owned == {"r0", "r1"} and "r1" in failed and attempts.get("r1", 0) >= 2,
+                               5, "both running after a failed start and a failed healthcheck")
+        assert failed.count("r0") == 1 and attempts["r0"] == 2
+    finally:
+        await d.stop()
+    assert rm.owned == frozenset()  # stopped before the goodbye
+
+
+async def test_resources_from_an_async_callable() -> None:
+    bus = MemoryBus()
+    d = AsyncDiscovery(transport=MemoryTransport(bus), **QUICK)
+    await d.start()
+
+    async def fetch() -> list[dict[str, Any]]:
+        return [{"id": "a"}, {"id": "b"}]
+
+    rm = ResourceManager(d, resources=fetch, start=lambda r: r["id"])
+    try:
+        await async_eventually(lambda: rm.owned == {"a", "b"}, 5, "callable resources started")
+    finally:
+        await d.stop()
+
+
+async def test_bad_arguments() -> None:
+    d = AsyncDiscovery(transport=MemoryTransport(MemoryBus()), **QUICK)
+    with pytest.raises(ValueError, match="duplicate"):
+        ResourceManager(d, resources=[{"id": "x"}, {"id": "x"}], start=lambda r: r)
+    with pytest.raises(TypeError, match="start"):
+        ResourceManager(d, resources=[], start=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="health_interval"):
+        ResourceManager(d, resources=[], start=lambda r: r, health_interval=0)
+    with pytest.raises(TypeError, match="Discovery"):
+        ResourceManager(object(), resources=[], start=lambda r: r)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
