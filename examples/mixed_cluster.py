@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--hello-interval", type=float, default=0.5, help="seconds between hellos (default 0.5)")
     p.add_argument("--timeout", type=float, default=2.0, help="node and master timeout in seconds (default 2)")
-    p.add_argument("--wait", type=float, default=20.0, help="give up after this many seconds (default 20)")
+    p.add_argument(
+        "--wait", "--duration", type=float, default=20.0, help="give up after this many seconds (default 20)"
+    )
     args = p.parse_args(argv)
     if args.timeout < 2.0:
         p.error("--timeout: node-discover needs nodeTimeout >= its checkInterval (2 s)")

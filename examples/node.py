@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", help="a JSON value to advertise with every hello")
     p.add_argument("--channel", default="chat", help="channel to join and send stdin lines on (default 'chat')")
     p.add_argument("--json", action="store_true", help="print one JSON object per event, with t=time.time()")
-    p.add_argument("--lifetime", type=float, default=None, help="stop (cleanly) after this many seconds")
+    p.add_argument(
+        "--lifetime", "--duration", type=float, default=None, help="stop (cleanly) after this many seconds"
+    )
     p.add_argument(
         "--exit-on-eof", action="store_true", help="stop (cleanly) when stdin closes, e.g. when a driving parent dies"
     )

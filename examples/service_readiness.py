@@ -1,6 +1,7 @@
 """A web node that serves only once ``service.db`` and ``service.cache`` are up.
 
     python examples/service_readiness.py            # loopback only; exits by itself
+    python examples/service_readiness.py --multicast 239.255.0.1 --duration 10
 
 Three nodes in one process on loopback broadcast: ``web`` needs ``service.db`` (with a
 setup hook that "connects" to it) and ``service.cache``.  The db node starts first: the
@@ -11,6 +12,7 @@ The cache node stops gracefully: ``notready("service.cache")`` fires at once.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import threading
 import time
 
@@ -21,15 +23,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=41235, help="UDP port (default 41235)")
     parser.add_argument("--broadcast", default="127.255.255.255", help="loopback broadcast address")
+    parser.add_argument("--multicast", metavar="GROUP", help="use this multicast group on interface 127.0.0.1 instead")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="give up if web is not ready after this many seconds (default 5)")
     args = parser.parse_args()
-    if not args.broadcast.startswith("127."):
+    try:
+        loopback = ipaddress.ip_address(args.broadcast).is_loopback
+    except ValueError:
+        loopback = False
+    if not args.multicast and not loopback:
         parser.error("this example only sends on loopback (127.0.0.0/8)")
+    if not 0 < args.duration <= 600:
+        parser.error("--duration must be > 0 and at most 600 seconds")
+    where = {"multicast": args.multicast, "interface": "127.0.0.1"} if args.multicast else {"broadcast": args.broadcast}
     t0 = time.monotonic()
 
     def say(text: str) -> None:
         print(f"[{(time.monotonic() - t0) * 1000:7.1f} ms] {text}", flush=True)
 
-    opts = {"port": args.port, "broadcast": args.broadcast, "hello_interval": 0.5, "node_timeout": 1.5,
+    opts = {"port": args.port, **where, "hello_interval": 0.5, "node_timeout": 1.75,
             "check_interval": 1.0, "ignore_process": False}  # ignore_process: three nodes in one process
     web = ServiceDiscovery(start=False, advertisement={"name": "service.web", "port": 8080}, **opts)
 
@@ -55,8 +67,8 @@ def main() -> int:
         say("starting a cache node")
         cache = ServiceDiscovery(advertisement={"name": "service.cache", "port": 6379}, hostname="cache-1", **opts)
         nodes.append(cache)
-        if not ready.wait(5):
-            say("never became ready")
+        if not ready.wait(args.duration):
+            say(f"not ready after {args.duration:g} s")
             return 1
         say("stopping the cache node gracefully")
         cache.stop()

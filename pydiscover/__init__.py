@@ -6,6 +6,7 @@ A Python port of node-discover that speaks its wire format.  Start with
 
 from __future__ import annotations
 
+from .balancer import TaskBalancer, TaskError
 from .discovery import AsyncDiscovery, Discovery
 from .errors import BindError, PacketTooLarge, TransportUnavailable
 from .node import Node, Packet
@@ -22,6 +23,8 @@ __all__ = [
     "Packet",
     "PacketTooLarge",
     "ServiceDiscovery",
+    "TaskBalancer",
+    "TaskError",
     "TransportUnavailable",
     "__version__",
 ]

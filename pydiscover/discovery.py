@@ -163,6 +163,10 @@ class AsyncDiscovery:
         await self._transport.close()
         self._emitter.emit("stopped", self._facade)
         await self._drain_handlers()
+        for _ in range(3):
+            # Let waiters woken by "stopped" (wait_for, ready) finish and hand their result
+            # to other threads before the sync facade stops this loop.
+            await asyncio.sleep(0)
         return True
 
     async def _drain_handlers(self, grace: float = 5.0) -> None:

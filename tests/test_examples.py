@@ -1,0 +1,226 @@
+"""Every program in ``examples/`` runs briefly on loopback and prints what its docstring promises.
+
+Loopback only: broadcast to 127.255.255.255, multicast on interface 127.0.0.1, unicast
+to 127.0.0.1.  Every run is bounded (a duration option, and a subprocess timeout).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import eventually, free_udp_port
+from proc_cluster import node_discover_problem, node_has_legacy_cipher, node_missing_reason
+
+from pydiscover import Discovery
+from pydiscover.transports.memory import MemoryBus, MemoryTransport
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False, cwd=EXAMPLES.parent)
+
+
+def load(script: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), EXAMPLES / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------ distributed_event_emitter.py
+
+
+def test_event_emitter_nodes_in_one_process_hear_each_other() -> None:
+    result = run("distributed_event_emitter.py", "--port", str(free_udp_port()), "--nodes", "3",
+                 "--duration", "2.5", "--interval", "0.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for me in ("node-1", "node-2", "node-3"):
+        others = sorted({"node-1", "node-2", "node-3"} - {me})
+        assert f"{me} heard greet from 2 other node(s): {', '.join(others)}" in out
+        for sender in ("node-1", "node-2", "node-3"):  # every node hears every node, itself included
+            assert f"{me} heard greet from {sender}" in out
+            assert f"{me} heard tick 1 from {sender}" in out
+    assert out.rstrip().endswith("done")
+
+
+def test_event_emitter_nodes_in_separate_processes() -> None:
+    port = str(free_udp_port())
+    common = ["--port", port, "--nodes", "1", "--expect", "2", "--duration", "3", "--interval", "0.5"]
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def one(name: str) -> None:
+        results[name] = run("distributed_event_emitter.py", *common, "--name", name)
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in ("alice", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for me, other in (("alice", "bob"), ("bob", "alice")):
+        result = results[me]
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"{me}-1 sees {other}-1; emitting greet" in result.stdout
+        assert f"{me}-1 heard greet from {other}-1" in result.stdout
+        assert f"{me}-1 heard tick 1 from {other}-1" in result.stdout
+        assert f"{me}-1 heard greet from 1 other node(s): {other}-1" in result.stdout
+
+
+def test_event_emitter_over_loopback_multicast() -> None:
+    result = run("distributed_event_emitter.py", "--port", str(free_udp_port()), "--nodes", "2",
+                 "--multicast", "239.255.81.7", "--duration", "1.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "node-1 heard greet from 1 other node(s): node-2" in result.stdout
+
+
+def test_event_emitter_reports_a_missing_node_and_refuses_other_networks() -> None:
+    alone = run("distributed_event_emitter.py", "--port", str(free_udp_port()), "--nodes", "1", "--expect", "2",
+                "--duration", "1")
+    assert alone.returncode == 1
+    assert "node-1 heard greet from 0 other node(s): none (expected 1)" in alone.stdout
+    for args in (["--broadcast", "255.255.255.255"], ["--broadcast", "192.168.1.255"], ["--nodes", "0"]):
+        refused = run("distributed_event_emitter.py", *args)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "loopback" in run("distributed_event_emitter.py", "--broadcast", "10.255.255.255").stderr
+    assert "--duration" in run("distributed_event_emitter.py", "--help").stdout
+
+
+def test_distributed_emitter_class() -> None:
+    """The wrapper itself: remote and local delivery, malformed events ignored, a raising listener isolated."""
+    module = load("distributed_event_emitter.py")
+    bus = MemoryBus()
+    quick: dict[str, Any] = {"hello_interval": 0.1, "node_timeout": 0.35, "check_interval": 0.3,
+                             "ignore_process": False}
+    a = Discovery(transport=MemoryTransport(bus), hostname="a", start=False, **quick)
+    b = Discovery(transport=MemoryTransport(bus), hostname="b", start=False, **quick)
+    ea, eb = module.DistributedEmitter(a), module.DistributedEmitter(b)
+    heard: list[tuple[str, tuple[Any, ...]]] = []
+    eb.on("boom", lambda *args: 1 / 0)
+    eb.on("boom", lambda *args: heard.append(("b", args)))
+    ea.on("boom", lambda *args: heard.append(("a", args)))
+    gone = eb.on("other", lambda *args: heard.append(("other", args)))
+    eb.off("other", gone)
+    try:
+        a.start()
+        b.start()
+        eventually(lambda: len(a.nodes) == 1 and len(b.nodes) == 1, 5, "a and b see each other")
+        a.send("events", "not an event")  # ignored by the wrapper
+        a.send("events", {"no": "event"})
+        assert ea.emit("boom", 1, {"x": [2]}) is True
+        assert ea.emit("other") is True
+        eventually(lambda: ("b", (1, {"x": [2]})) in heard, 5, "b hears a's event")
+        assert ("a", (1, {"x": [2]})) in heard  # the emitter's own listeners run too
+        time.sleep(0.2)  # nothing else arrives: not the malformed sends, not "other" (no listener left)
+        assert sorted(heard, key=repr) == [("a", (1, {"x": [2]})), ("b", (1, {"x": [2]}))]
+        with pytest.raises(ValueError):
+            module.DistributedEmitter(a)  # the channel is taken
+    finally:
+        a.stop()
+        b.stop()
+    assert ea.emit("boom") is False  # stopped: not sent
+
+
+# ------------------------------------------------------------------ service_readiness.py
+
+
+@pytest.mark.parametrize("where", [[], ["--multicast", "239.255.81.8"]], ids=["broadcast", "multicast"])
+def test_service_readiness_example(where: list[str]) -> None:
+    result = run("service_readiness.py", "--port", str(free_udp_port()), "--duration", "5", *where)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    order = [next(i for i, line in enumerate(lines) if marker in line)
+             for marker in ("database connection ready", "web ready? False", "READY, needs met", "NOT READY")]
+    assert order == sorted(order)
+    assert "needs met: ['service.cache', 'service.db']" in result.stdout
+
+
+def test_service_readiness_refuses_other_networks() -> None:
+    refused = run("service_readiness.py", "--broadcast", "255.255.255.255")
+    assert refused.returncode == 2 and "loopback" in refused.stderr
+    assert "--duration" in run("service_readiness.py", "--help").stdout
+
+
+# --------------------------------------------------------------------------- node.py
+
+
+def test_node_example_two_processes_elect_message_and_stop_by_themselves() -> None:
+    port = str(free_udp_port())
+    procs = [
+        subprocess.Popen([sys.executable, str(EXAMPLES / "node.py"), "--json", "--port", port, "--weight", str(w),
+                          "--hello-interval", "0.5", "--node-timeout", "1.75", "--check-interval", "1",
+                          "--lifetime", "3"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for w in (1, 2)
+    ]
+    try:
+        time.sleep(1.5)  # both started; the election waits max(check_interval, hello_interval)
+        assert procs[0].stdin is not None
+        procs[0].stdin.write("hello from one\n")
+        procs[0].stdin.flush()
+        outs = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    events = [[json.loads(line) for line in out.splitlines()] for out, _ in outs]
+    for (out, err), proc in zip(outs, procs, strict=True):
+        assert proc.returncode == 0, out + err
+    ids = [next(e["id"] for e in evs if e["event"] == "started") for evs in events]
+    for mine, other in ((0, 1), (1, 0)):
+        kinds = [e["event"] for e in events[mine]]
+        assert kinds[0] == "started" and kinds[-1] == "stopped"
+        assert events[mine][-1]["reason"] == "lifetime"
+        assert any(e["event"] == "added" and e["id"] == ids[other] for e in events[mine])
+    assert [e["id"] for e in events[1] if e["event"] == "promotion"] == [ids[1]]
+    # the lighter node is promoted only once the heavier one has stopped (its lifetime may end first)
+    kinds0 = [(e["event"], e.get("id")) for e in events[0]]
+    if ("promotion", ids[0]) in kinds0:
+        assert kinds0.index(("removed", ids[1])) < kinds0.index(("promotion", ids[0]))
+    assert any(e["event"] == "master" and e["id"] == ids[1] for e in events[0])
+    assert any(e["event"] == "sent" and e["ok"] for e in events[0])
+    assert any(e["event"] == "message" and e["data"] == "hello from one" and e["from"] == ids[0] for e in events[1])
+
+
+def test_node_example_rejects_bad_options() -> None:
+    result = run("node.py", "--hello-interval", "2", "--node-timeout", "1", "--lifetime", "1")
+    assert result.returncode == 2
+    assert "node_timeout" in result.stderr
+    assert "--duration" in run("node.py", "--help").stdout
+
+
+# -------------------------------------------------------------------- mixed_cluster.py
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("key", [None, "sekrit"], ids=["plaintext", "legacy-key"])
+def test_mixed_cluster_example(key: str | None) -> None:
+    reason = node_missing_reason() or node_discover_problem()
+    if reason:
+        pytest.skip(reason)
+    if key and not node_has_legacy_cipher():
+        pytest.skip("this Node.js has no crypto.createCipher (removed in Node.js 22): node-discover cannot use a key")
+    result = run("mixed_cluster.py", "--duration", "30", *(["--key", key] if key else []), timeout=80)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for name in ("js-4", "js-1", "py-3", "py-2"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(name))
+        assert len(re.findall(r"(?:js|py)-\d", line)) == 4, line  # itself and the three others
+    assert "master: js-4 (promoted: js-4)" in out
+    assert "final views: masters ['js-4']; peers seen by each process [3, 3, 3, 3]" in out
+    assert len(re.findall(r"<- ", out)) == 12  # every process heard every other process's line
+    assert out.rstrip().endswith("all seen")
