@@ -77,7 +77,7 @@ class Cluster:
         self.violations: list[str] = []
         self.nodes: list[tuple[AsyncDiscovery, ResourceManager, MemoryTransport]] = []
 
-    async def add(self, weight: float) -> ResourceManager:
+    async def add(self, weight: float, stop_delay: float = 0.0, **options: Any) -> ResourceManager:
         transport = MemoryTransport(self.bus)
         d = AsyncDiscovery(transport=transport, weight=weight, **QUICK)
         await d.start()
@@ -91,10 +91,14 @@ class Cluster:
             return rid
 
         def stop(handle: str) -> None:
+            if stop_delay:
+                import time
+
+                time.sleep(stop_delay)  # a slow release, on the handler's own thread
             if self.registry.get(handle) == me:
                 del self.registry[handle]
 
-        rm = ResourceManager(d, resources=self.resources, start=start, stop=stop, **self.rm_options)
+        rm = ResourceManager(d, resources=self.resources, start=start, stop=stop, **{**self.rm_options, **options})
         self.nodes.append((d, rm, transport))
         return rm
 
@@ -220,3 +224,52 @@ async def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="Discovery"):
         ResourceManager(object(), resources=[], start=lambda r: r)  # type: ignore[arg-type]
     await asyncio.sleep(0)
+
+
+async def test_a_slow_release_is_waited_for_even_if_the_new_owner_dies() -> None:
+    """Review case: a join moves resources off a slow stopper, the newcomer crashes, the
+    resources move on: nobody may start them while the slow node is still stopping them."""
+    cluster = Cluster([{"id": f"r{i:02d}"} for i in range(30)])
+    try:
+        await cluster.add(10)
+        await cluster.add(1, stop_delay=1.0)
+        await cluster.add(1)
+        await async_eventually(cluster.converged, 5, "three nodes")
+        newcomer = await cluster.add(1)
+        me = cluster.nodes[-1][0].me.id
+        await async_eventually(lambda: me in newcomer.assignment.values(), 5, "plan with the newcomer")
+        await cluster.crash(len(cluster.nodes) - 1)
+        await async_eventually(cluster.converged, 10, "after the newcomer crashed")
+        assert cluster.violations == []
+    finally:
+        await cluster.close()
+
+
+async def test_closing_a_manager_hands_its_resources_over() -> None:
+    cluster = Cluster([{"id": f"r{i}"} for i in range(12)])
+    try:
+        for w in (1, 2, 3):
+            await cluster.add(w)
+        await async_eventually(cluster.converged, 5, "convergence")
+        d, rm, _ = cluster.nodes.pop(0)  # its discovery stays up; only the manager closes
+        await rm.aclose()
+        await async_eventually(cluster.converged, 5, "the others took its share")
+        assert rm.owned == frozenset() and cluster.violations == []
+        await d.stop()
+    finally:
+        await cluster.close()
+
+
+async def test_plans_fit_the_budget_under_the_legacy_cipher() -> None:
+    bus = MemoryBus()
+    ds = [AsyncDiscovery(transport=MemoryTransport(bus), weight=w, key="k", encryption="node-discover", **QUICK)
+          for w in (1, 2)]
+    for d in ds:
+        await d.start()
+    managers = [ResourceManager(d, resources=[{"id": f"resource-{i:04d}"} for i in range(300)], start=lambda r: r)
+                for d in ds]
+    try:
+        await async_eventually(lambda: [len(m.owned) for m in managers] == [150, 150], 10, "300 over two nodes")
+    finally:
+        for d in ds:
+            await d.stop()

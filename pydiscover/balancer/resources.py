@@ -105,14 +105,18 @@ class ResourceManager:
         self._iid = self._engine._core.iid
         self._mine_cache: frozenset[str] = frozenset()  # my share of the adopted plan
         self._plan_members: frozenset[str] = frozenset()
+        self._previous_members: frozenset[str] = frozenset()
         self._previous: dict[str, str] | None = None  # the plan before the current one, if we held it
         self._applied: PlanKey = _NO_PLAN
         self._acks: dict[str, PlanKey] = {}
         self._presence: dict[str, float] = {}
+        self._gone: set[str] = set()  # managers that closed (their node may live on)
+        self._removed: set[str] = set()  # nodes discovery saw leave (goodbye or timeout)
         self._published_inputs: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._highest_epoch = -1
         self._replan_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._loop_tasks: list[asyncio.Future[Any]] = []
         self._closed = False
         self.stats: dict[str, int] = {"plans_published": 0, "plans_adopted": 0, "starts": 0, "stops": 0,
                                       "failures": 0}
@@ -167,11 +171,13 @@ class ResourceManager:
         self._engine.on("removed", self._on_removed)
         self._engine._before_stop.append(self._aclose)  # release everything before the goodbye
         self._engine.on("promotion", lambda _me: self._replan())
-        self._spawn(self._periodic())
-        self._spawn(self._health_loop())
+        self._spawn(self._periodic(), loop_task=True)
+        self._spawn(self._health_loop(), loop_task=True)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any], *, loop_task: bool = False) -> None:
         task = asyncio.ensure_future(coro, loop=self._loop)
+        if loop_task:
+            self._loop_tasks.append(task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -199,24 +205,26 @@ class ResourceManager:
     async def _periodic(self) -> None:
         next_refresh = 0.0
         while not self._closed:
-            if callable(self._source) and (not self._defs or (
-                    self.refresh_interval is not None and self._now() >= next_refresh)):
-                await self._refresh()
-                next_refresh = self._now() + (self.refresh_interval or 0)
-            self._send_ack()
-            if self._engine.is_master:
-                self._replan_now()
-                self._broadcast_plan()
-            self._reconcile()
+            try:
+                if callable(self._source) and (not self._defs or (
+                        self.refresh_interval is not None and self._now() >= next_refresh)):
+                    await self._refresh()
+                    next_refresh = self._now() + (self.refresh_interval or 0)
+                self._send_ack()
+                if self._engine.is_master:
+                    self._replan_now()
+                    self._broadcast_plan()
+                self._reconcile()
+            except Exception as exc:  # never let one bad round end the manager
+                log.exception("resource manager round failed")
+                self._emit("error", exc)
             await asyncio.sleep(self._engine.options.hello_interval)
 
     async def _refresh(self) -> None:
         source = self._source
         assert callable(source)
         try:
-            items = source()
-            if inspect.isawaitable(items):
-                items = await items
+            items = await self._call_user(source)  # a slow plugin must not stall the loop
             self._defs = validate_resources(items)
         except Exception as exc:
             log.warning("resources() failed: %r", exc)
@@ -262,7 +270,7 @@ class ResourceManager:
 
     def _split(self, assignment: dict[str, str], members: Iterable[str]) -> list[tuple[str, list[str]]]:
         """One part per member, cut further so each fits the datagram budget."""
-        budget = self._engine.options.max_datagram - 200  # envelope, seal and part header
+        budget = self._json_budget() - 300  # envelope (ids, hostname) and the part header
         parts: list[tuple[str, list[str]]] = []
         for member in members:
             ids = sorted(r for r, m in assignment.items() if m == member)
@@ -277,6 +285,15 @@ class ResourceManager:
                 size += cost
             parts.append((member, chunk))
         return parts
+
+    def _json_budget(self) -> int:
+        """The largest packet (JSON bytes) whose sealed form still fits one datagram."""
+        codec, limit = self._engine._core.codec, self._engine.options.max_datagram
+        low, high = 0, limit
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if codec.max_sealed_size(mid) <= limit else (low, mid - 1)
+        return low
 
     def _broadcast_plan(self) -> None:
         key = self._plan
@@ -298,6 +315,16 @@ class ResourceManager:
         except (KeyError, TypeError, ValueError):
             return
         self._highest_epoch = max(self._highest_epoch, key[0])
+        if kind == "bye":  # its manager closed: it runs nothing and takes nothing
+            self._presence.pop(sender, None)
+            self._acks.pop(sender, None)
+            self._gone.add(sender)
+            if self._engine.is_master:
+                self._replan()
+            self._reconcile()
+            return
+        self._gone.discard(sender)
+        self._removed.discard(sender)  # heard again: it may hold resources after all
         if kind == "ack":
             fresh = sender not in self._acks
             self._acks[sender] = key
@@ -324,7 +351,11 @@ class ResourceManager:
     def _adopt(self, key: PlanKey) -> None:
         assignment = {rid: node for node, ids in self._parts[key].values() for rid in ids}
         self._previous = self._assignment if self._plan != _NO_PLAN else None
+        self._previous_members = self._plan_members
         self._plan, self._assignment = key, assignment
+        if key[1] != self._me:
+            # Another master's plan: if we are (or become) master, plan afresh from it.
+            self._published_inputs = None
         self._mine_cache = frozenset(rid for rid, node in assignment.items() if node == self._iid)
         self._plan_members = frozenset(assignment.values())
         for old in [k for k in self._parts if k < key]:
@@ -334,6 +365,7 @@ class ResourceManager:
         self._reconcile()
 
     def _on_removed(self, node: Any) -> None:
+        self._removed.add(node.id)
         self._presence.pop(node.id, None)
         self._acks.pop(node.id, None)
         if self._engine.is_master:
@@ -367,13 +399,27 @@ class ResourceManager:
                 self._spawn(self._start(rid))
 
     def _safe_to_start(self, rid: str) -> bool:
-        live = self._engine._core.nodes
-        if self._previous is not None:
-            owner = self._previous.get(rid)
-            holders = [] if owner in (None, self._me) else [owner]
-        else:  # we do not know who had it: everyone in the plan must have applied it
-            holders = [n for n in self._plan_members if n != self._me]
-        return all(h not in live or self._acks.get(h, _NO_PLAN) >= self._plan for h in holders)
+        """Start only once every other manager that may hold resources has applied this plan.
+
+        Checking only the resource's last owner is not enough: an owner from two plans
+        ago may still be stopping it.  So every manager named by this plan or the one
+        before, or heard recently, must have acknowledged this plan, closed, or left.
+        One slow ``stop`` delays others' starts; that is the price of never running a
+        resource twice.
+        """
+        return all(self._released(node) for node in set(self._presence) | self._plan_members | self._previous_members
+                   if node != self._me)
+
+    def _released(self, node: str) -> bool:
+        if node in self._gone or node in self._removed or self._acks.get(node, _NO_PLAN) >= self._plan:
+            return True
+        if node in self._engine._core.nodes:
+            return False
+        # Not in our table: a newcomer may simply not have heard its hello yet, so only a
+        # manager the plan no longer names and that has gone quiet counts as gone.
+        heard = self._presence.get(node)
+        quiet = heard is None or self._now() - heard > self._engine.options.node_timeout
+        return node not in self._plan_members and quiet
 
     async def _start(self, rid: str) -> None:
         resource = self._defs[rid]
@@ -387,6 +433,9 @@ class ResourceManager:
         self._running[rid] = handle
         self.stats["starts"] += 1
         self._emit("resourceStarted", resource, handle)
+        if self._closed:
+            await self._stop(rid)  # closed while it was starting: release it now
+            return
         self._reconcile()  # unassigned meanwhile? stop it now
 
     async def _stop(self, rid: str) -> None:
@@ -423,7 +472,10 @@ class ResourceManager:
                 try:
                     await self._call_user(self._health_fn, handle)
                 except Exception as exc:
+                    if self._running.get(rid) is not handle or rid in self._busy:
+                        continue  # stopped or restarted meanwhile
                     resource = self._defs.get(rid, {"id": rid})
+                    self._retry_at[rid] = self._now() + self.retry_delay  # before the stop's reconcile
                     await self._stop(rid)
                     self._failed(rid, resource, exc)
 
@@ -435,17 +487,19 @@ class ResourceManager:
             self._replan_handle.cancel()
         if self._aclose in self._engine._before_stop:
             self._engine._before_stop.remove(self._aclose)
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
+        for task in self._loop_tasks:
+            task.cancel()  # the periodic and health loops; starts and stops run to the end
+        deadline = self._now() + 30
+        while self._busy and self._now() < deadline:
+            await asyncio.sleep(0.01)
         for rid in list(self._running):
-            handle = self._running.pop(rid)
+            handle = self._running.pop(rid, None)
             try:
                 if self._stop_fn is not None:
                     await self._call_user(self._stop_fn, handle)
             except Exception as exc:
                 log.warning("stop(%s) raised %r during close", rid, exc)
+            self.stats["stops"] += 1
             self._emit("resourceStopped", self._defs.get(rid, {"id": rid}))
+        self._send({"t": "bye", "e": self._applied[0], "m": self._applied[1]})
         self._engine.leave(self.channel)
-
-
