@@ -159,13 +159,6 @@ class Options:
     #: Discovery is built on Redis it holds the namespace in effect (option, URL or default).
     namespace: str | None = None
 
-    @property
-    def destination_mode(self) -> str:
-        """``"unicast"``, ``"multicast"`` or ``"broadcast"`` (node-discover's precedence)."""
-        if self.unicast:
-            return "unicast"
-        return "multicast" if self.multicast else "broadcast"
-
 
 def build_options(
     *,

@@ -13,11 +13,11 @@ import asyncio
 import functools
 import inspect
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._threads import in_daemon_thread
 from .core import Emit
 from .discovery import AsyncDiscovery, Discovery
 from .node import Node
@@ -197,31 +197,6 @@ class ServiceState:
         return []
 
 
-def _in_daemon_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-    """Run a blocking hook on its own daemon thread: it can neither stall the loop nor hold up
-    interpreter exit (the default executor's threads are joined at exit, before the goodbye)."""
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def work() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as exc:
-            result, error = None, exc
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=work, name="pydiscover-setup-hook", daemon=True).start()
-    return future
-
-
 class AsyncServiceDiscovery(AsyncDiscovery):
     """:class:`AsyncDiscovery` plus needs, setup hooks and readiness (asyncio).
 
@@ -328,7 +303,7 @@ class AsyncServiceDiscovery(AsyncDiscovery):
                 if inspect.iscoroutinefunction(hook):
                     await hook(request.node)
                 else:
-                    result = await _in_daemon_thread(loop, functools.partial(hook, request.node))
+                    result = await in_daemon_thread(loop, functools.partial(hook, request.node))
                     if inspect.isawaitable(result):
                         await result
             except asyncio.CancelledError:

@@ -25,9 +25,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from .._threads import in_daemon_thread
 from ..discovery import AsyncDiscovery, Discovery
 from ..node import Packet
-from ..services import _in_daemon_thread
 from .assignment import rebalance
 
 log = logging.getLogger("pydiscover.balancer.resources")
@@ -184,7 +184,7 @@ class ResourceManager:
     async def _call_user(self, fn: Callable[..., Any], *args: Any) -> Any:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
-        result = await _in_daemon_thread(self._loop, lambda: fn(*args))
+        result = await in_daemon_thread(self._loop, lambda: fn(*args))
         return await result if inspect.isawaitable(result) else result
 
     def _now(self) -> float:
