@@ -10,10 +10,10 @@ under a fake clock (see ``tests/sim.py``).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import wire
 from .election import Decision, decide
@@ -28,24 +28,34 @@ log = logging.getLogger("pydiscover.core")
 #: A remote packet named "error" must not reach pyee's "error" (it would raise).
 RESERVED_NAMES = frozenset(
     {
-        wire.HELLO, wire.GOODBYE, "promotion", "demotion", "added", "removed", "master",
-        "helloReceived", "helloEmitted", "check", "started", "stopped", "error",
-        "message", "new_listener",
+        wire.HELLO,
+        wire.GOODBYE,
+        "promotion",
+        "demotion",
+        "added",
+        "removed",
+        "master",
+        "helloReceived",
+        "helloEmitted",
+        "check",
+        "started",
+        "stopped",
+        "error",
+        "message",
+        "new_listener",
     }
 )
 
 Address = tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Transmit:
+class Transmit(NamedTuple):
     """Send this datagram to every destination (broadcast, group or unicast list)."""
 
     datagram: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Emit:
+class Emit(NamedTuple):
     """Fire a local event with these arguments."""
 
     event: str
@@ -53,6 +63,10 @@ class Emit:
 
 
 Action = Transmit | Emit
+
+
+#: Distinct node-discover hellos remembered so a byte-identical repeat is not parsed again.
+REPEAT_CACHE_SIZE = 4096
 
 
 class DiscoveryCore:
@@ -64,13 +78,28 @@ class DiscoveryCore:
         self.iid = iid
         self._rng = rng or random.Random()
         self._nodes: dict[str, Node] = {}
-        # Node ids in last-seen order, one list per timeout, so the next expiry is O(1).
-        self._by_age: dict[bool, OrderedDict[str, None]] = {False: OrderedDict(), True: OrderedDict()}
+        # Node id -> last seen, in that order, one table per timeout, so the next expiry is
+        # O(1).  The time lives here; a hello that changes nothing updates only this, and the
+        # Node records in _nodes are brought up to date when handed out (_current).
+        self._by_age: dict[bool, OrderedDict[str, float]] = {False: OrderedDict(), True: OrderedDict()}
         # Each (instance, seq) counts once, and is remembered past the instance's removal,
         # so a capture replayed after a leave or a timeout changes nothing.
         self._replay = ReplayGuard(retention=self._replay_retention(options.codec))
         # Sequence number of the hello each node's record came from (older ones are stale).
         self._hello_seq: dict[str, int] = {}
+        #: Each node's last valid hello ``data``: an equal one skips validation (the hot path).
+        self._hello_data_of: dict[str, Any] = {}
+        #: Datagram -> envelope for repeating seq-less hellos (see datagram_received).
+        self._repeats: dict[bytes, wire.Envelope] = {}
+        #: Emit ``helloReceived`` for hellos that changed nothing; a runtime with no
+        #: listener for it turns this off (the event is then the costliest part of a hello).
+        self.report_unchanged_hellos = True
+        #: Whether the last datagram was a channel message for us (latency matters to it).
+        self.last_was_message = False
+        #: Past this, we were not run when we should have been (see _resume_after_pause).
+        self._paused_if_after = math.inf
+        #: No node expires before this (a lower bound, exact after each _expire).
+        self._expiry_floor = math.inf
         self._codec = options.codec
         self._wall_offset = 0.0
         # While our own link to the cluster is down (a broker transport lost its server),
@@ -107,7 +136,7 @@ class DiscoveryCore:
     @property
     def nodes(self) -> dict[str, Node]:
         """A copy of the live node table (other instances only), keyed by instance id."""
-        return dict(self._nodes)
+        return {iid: self._current(iid) for iid in self._nodes}
 
     @property
     def channels(self) -> frozenset[str]:
@@ -136,16 +165,13 @@ class DiscoveryCore:
         """The earliest time :meth:`tick` has work to do, or ``None`` when stopped."""
         if not self._running:
             return None
-        best = float("inf")
+        best = math.inf
         for t in (self._next_hello, self._next_check, self._reply_at, self._stepping_down_until):
             if t is not None and t < best:
                 best = t
-        for ids in self._by_age.values():
-            if ids and self._link_down_since is None:
-                expiry = self._expiry(self._nodes[next(iter(ids))])
-                if expiry < best:
-                    best = expiry
-        return best if best != float("inf") else None
+        if self._link_down_since is None and self._expiry_floor < best:
+            best = self._expiry_floor  # may be early: tick() then finds nothing due and re-arms
+        return best if best != math.inf else None
 
     # ------------------------------------------------------------ lifecycle
     def start(self, now: float, wall_time: float | None = None) -> list[Action]:
@@ -167,6 +193,7 @@ class DiscoveryCore:
             self._hello(now, out)
             # A random phase, so nodes started together do not hello in lockstep forever.
             self._next_hello = now + self.options.hello_interval * self._rng.uniform(0.5, 1.0)
+        self._watch_for_pauses()
         return out
 
     def stop(self, now: float) -> list[Action]:
@@ -186,6 +213,9 @@ class DiscoveryCore:
         for ids in self._by_age.values():
             ids.clear()
         self._hello_seq.clear()
+        self._hello_data_of.clear()
+        self._repeats.clear()
+        self._expiry_floor = math.inf
         if self._is_master:
             # Symmetric with "promotion": whatever master-only work a handler started, stop it.
             self._is_master = False
@@ -280,8 +310,9 @@ class DiscoveryCore:
             return []
         outage = now - self._link_down_since
         self._link_down_since = None
-        for iid, node in list(self._nodes.items()):
-            self._nodes[iid] = replace(node, last_seen=node.last_seen + outage)
+        for ids in self._by_age.values():
+            for iid in ids:
+                ids[iid] += outage
         out: list[Action] = []
         if not self.options.client:
             self._hello(now, out)
@@ -301,6 +332,7 @@ class DiscoveryCore:
             raise
         self._receive_limit = self._receive_limit_for(codec)
         self._replay.retention = self._replay_retention(codec)
+        self._repeats.clear()  # what the old keys opened, the new ones may not
 
     def advertise(self, advertisement: Any) -> None:
         """Set what goes out with every hello (the next one included); checked for size now.
@@ -316,6 +348,8 @@ class DiscoveryCore:
         out: list[Action] = []
         if not self._running:
             return out
+        if now > self._paused_if_after:
+            self._resume_after_pause(now)
         elect = self._expire(now, out)
         if self._stepping_down_until is not None and now >= self._stepping_down_until:
             self._stepping_down_until = None
@@ -340,31 +374,81 @@ class DiscoveryCore:
             self._replay.forget_expired(now)
         if elect:
             self._elect(now, out)
+        self._watch_for_pauses()
         return out
 
+    def _watch_for_pauses(self) -> None:
+        """A driver ticks by the next hello and check; a full hello interval later means we were not run."""
+        due = min(t for t in (self._next_hello, self._next_check, math.inf) if t is not None)
+        self._paused_if_after = due + self.options.hello_interval
+
+    def _resume_after_pause(self, now: float) -> None:
+        """We were not run for a while (SIGSTOP, a suspended VM, a blocked loop, a clock jump).
+
+        Nothing was read meanwhile, so silence proves nothing: every peer gets back the
+        time it had left, as after a transport outage (:meth:`link_restored`).  Removing
+        them all at once would make us promote ourselves over the live master and flap.
+        Peers that really died are removed one timeout from now.
+        """
+        paused = now - (self._paused_if_after - self.options.hello_interval)
+        log.warning("not run for %.3f s (paused or clock jump): keeping peers until they miss their timeouts", paused)
+        self.counters["pauses"] += 1
+        for ids in self._by_age.values():
+            for iid in ids:
+                ids[iid] += paused
+        self._expiry_floor += paused
+        self._paused_if_after = now + self.options.hello_interval  # the tick due now re-arms it
+
     def datagram_received(self, now: float, data: bytes, addr: Address) -> list[Action]:
-        """Handle one datagram from ``addr`` (``(host, port, ...)``).  Never raises for any input."""
+        """Handle one datagram from ``addr`` (``(host, port, ...)``).  Never raises for any input.
+
+        Returns no actions only when :meth:`next_deadline` moved no earlier, so a driver
+        may skip re-arming its timer then (the hot path: a hello that changed nothing).
+        """
         out: list[Action] = []
+        self.last_was_message = False
         if not self._running:
             return out
-        self.counters["packets_in"] += 1
-        self.counters["bytes_in"] += len(data)
+        if now > self._paused_if_after:
+            self._resume_after_pause(now)
+        counters = self.counters
+        counters["packets_in"] += 1
+        counters["bytes_in"] += len(data)
         if len(data) > self._receive_limit:
             self._drop("oversized", addr, f"{len(data)} bytes")
             return out
         # Expire first: an election below must not count a node whose deadline has passed.
         if self._expire(now, out):
             self._elect(now, out)
-        try:
-            opened = self._codec.open(data)
-        except OpenError as exc:
-            self._drop(exc.reason, addr, exc)
-            return out
-        try:
-            env = wire.decode(opened.plaintext)
-        except wire.DecodeError as exc:
-            self._drop(exc.reason, addr, exc)
-            return out
+        env = self._repeats.get(data)
+        if env is not None:
+            iid = env.iid
+            if self._hello_data_of.get(iid) is env.data:
+                # The node's record was made from these very bytes: if they come from the
+                # same place again, only the time changes (checks passed the first time).
+                node = self._nodes[iid]
+                if node.port == addr[1] and node.address == addr[0]:
+                    ids = self._by_age[node.is_master]
+                    del ids[iid]
+                    ids[iid] = now
+                    if self.report_unchanged_hellos:
+                        out.append(Emit("helloReceived", (self._current(iid), False)))
+                    return out
+            sent_at = None  # only unsealed-clock, seq-less hellos are remembered
+        else:
+            try:
+                plaintext, sent_at = self._codec.open(data)
+                env = wire.decode(plaintext)
+            except (OpenError, wire.DecodeError) as exc:
+                self._drop(exc.reason, addr, exc)
+                return out
+            if env.seq is None and sent_at is None and env.event == wire.HELLO:
+                # node-discover peers send byte-identical hellos (no seq, deterministic JSON
+                # and cipher); opening and parsing is a pure function of the bytes, so a
+                # repeat skips both.  Bounded; ours carry a seq and are never remembered.
+                if len(self._repeats) >= REPEAT_CACHE_SIZE:
+                    self._repeats.clear()
+                self._repeats[data] = env
         if env.iid == self.iid:
             if env.event in (wire.HELLO, wire.GOODBYE) or self.options.ignore_instance:
                 self.dropped["own_instance"] += 1
@@ -372,19 +456,21 @@ class DiscoveryCore:
         elif env.pid == self.pid and self.options.ignore_process:
             self.dropped["own_process"] += 1
             return out
-        window = self.options.replay_window
-        if opened.sent_at is not None and window and abs(now + self._wall_offset - opened.sent_at) > window:
-            self._drop("outside_window", addr, f"sent at {opened.sent_at}, clock differs by more than {window}s")
-            return out
+        if sent_at is not None:
+            window = self.options.replay_window
+            if window and abs(now + self._wall_offset - sent_at) > window:
+                self._drop("outside_window", addr, f"sent at {sent_at}, clock differs by more than {window}s")
+                return out
         if env.seq is not None and not self._replay.accept(env.iid, env.seq, now):
             self._drop("replayed", addr, f"{env.iid} seq {env.seq}")
             return out
-        host, port = _host_port(addr)
+        host, port = addr if len(addr) == 2 and type(addr[1]) is int else _host_port(addr)
         if env.event == wire.HELLO:
             self._on_hello(now, env, host, port, out)
         elif env.event == wire.GOODBYE:
             self._on_goodbye(now, env, out)
         elif env.event in self._channels:
+            self.last_was_message = True
             packet = Packet(env.event, env.pid, env.iid, env.hostname, env.data, host, port, env.seq)
             out.append(Emit(env.event, (env.data, packet)))
         elif env.event in RESERVED_NAMES:
@@ -405,9 +491,13 @@ class DiscoveryCore:
             raise ValueError("channel must be a non-empty string")
         return channel not in RESERVED_NAMES
 
-    def _expiry(self, node: Node) -> float:
-        timeout = self.options.master_timeout if node.is_master else self.options.node_timeout
-        return node.last_seen + timeout
+    def _current(self, iid: str) -> Node:
+        """The record of ``iid`` with its latest ``last_seen``."""
+        node = self._nodes[iid]
+        seen = self._by_age[node.is_master][iid]
+        if node.last_seen != seen:
+            node = self._nodes[iid] = node.seen_at(seen)
+        return node
 
     def _advertised_eligible(self) -> bool:
         return self._eligible and self._stepping_down_until is None
@@ -451,17 +541,39 @@ class DiscoveryCore:
         out.append(Emit("helloEmitted"))
 
     def _on_hello(self, now: float, env: wire.Envelope, host: str, port: int, out: list[Action]) -> None:
-        try:
-            hello = wire.decode_hello(env.data)
-        except wire.DecodeError as exc:
-            self._drop(exc.reason, (host, port), exc)
-            return
-        if env.seq is not None:
-            if env.seq < self._hello_seq.get(env.iid, -1):
+        iid, seq, data = env.iid, env.seq, env.data
+        old = self._nodes.get(iid)
+        # The steady state of every cluster: a known node repeating itself.  Equal JSON
+        # data from the same place needs no validation and no new record but the time.
+        unchanged = (
+            old is not None
+            and data == self._hello_data_of.get(iid)
+            and old.address == host
+            and old.port == port
+            and old.pid == env.pid
+            and old.hostname == env.hostname
+            and old.legacy is (seq is None)
+        )
+        if not unchanged:
+            try:
+                hello = wire.decode_hello(data)
+            except wire.DecodeError as exc:
+                self._drop(exc.reason, (host, port), exc)
+                return
+        if seq is not None:
+            if seq < self._hello_seq.get(iid, -1):
                 self.dropped["stale"] += 1  # reordered: an older state than the one we hold
                 return
-            self._hello_seq[env.iid] = env.seq
-        old = self._nodes.get(env.iid)
+            self._hello_seq[iid] = seq
+        if unchanged:
+            assert old is not None
+            ids = self._by_age[old.is_master]
+            del ids[iid]
+            ids[iid] = now
+            if self.report_unchanged_hellos:
+                out.append(Emit("helloReceived", (self._current(iid), False)))
+            return
+        self._hello_data_of[iid] = data
         node = Node(
             id=env.iid,
             pid=env.pid,
@@ -478,7 +590,10 @@ class DiscoveryCore:
         self._nodes[env.iid] = node
         if old is not None:
             del self._by_age[old.is_master][env.iid]
-        self._by_age[node.is_master][env.iid] = None
+        self._by_age[node.is_master][env.iid] = now
+        # Refreshes only move expiries later; a new (or re-classed) entry may be the first due.
+        timeout = self.options.master_timeout if node.is_master else self.options.node_timeout
+        self._expiry_floor = min(self._expiry_floor, now + timeout)
         if old is None:
             out.append(Emit("added", (node,)))
             self._schedule_reply(now, just_started=env.seq is not None and env.seq <= 2)
@@ -503,30 +618,36 @@ class DiscoveryCore:
                 return
             # Nothing it sent before the goodbye (a late hello, a replay) may bring it back.
             self._replay.close(env.iid, env.seq, now)
-        node = self._nodes.get(env.iid)
-        if node is not None:
-            self._remove(node, out)
+        if env.iid in self._nodes:
+            self._remove(self._current(env.iid), out)
             self._elect(now, out)
 
     def _remove(self, node: Node, out: list[Action]) -> None:
         del self._nodes[node.id]
         del self._by_age[node.is_master][node.id]
         self._hello_seq.pop(node.id, None)
+        self._hello_data_of.pop(node.id, None)
         out.append(Emit("removed", (node,)))
 
     def _expire(self, now: float, out: list[Action]) -> bool:
-        if self._link_down_since is not None:
-            return False
+        if now < self._expiry_floor or self._link_down_since is not None:
+            return False  # the common case, checked on every datagram: nobody can be due yet
         removed = False
-        for ids in self._by_age.values():
+        floor = math.inf
+        for is_master, ids in self._by_age.items():
+            timeout = self.options.master_timeout if is_master else self.options.node_timeout
             while ids:
-                node = self._nodes[next(iter(ids))]
-                if self._expiry(node) > now:
+                iid, seen = next(iter(ids.items()))
+                expiry = seen + timeout
+                if expiry > now:
+                    floor = min(floor, expiry)
                     break
+                node = self._current(iid)
                 # Timed out: packets of it we never received must not bring it back either.
                 self._replay.close(node.id, None, now)
                 self._remove(node, out)
                 removed = True
+        self._expiry_floor = floor
         return removed
 
     def _schedule_reply(self, now: float, *, just_started: bool) -> None:

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from .core import Action, DiscoveryCore, Emit, Transmit
+from .core import Action, DiscoveryCore, Emit
 from .events import SafeEmitter
 from .node import Node
 from .options import Options, build_options, parse_unicast
@@ -80,6 +80,7 @@ def _make_transport(options: Options, transport: Any) -> tuple[Transport, Option
             interface=options.interface,
             unicast=options.unicast,
             reuse_addr=options.reuse_addr,
+            read_coalesce=options.read_coalesce,
         )
         return udp, options
     if isinstance(transport, Transport):
@@ -339,14 +340,18 @@ class AsyncDiscovery:
     def _now(self) -> float:
         return self._loop.time() if self._loop is not None else 0.0
 
-    def _datagram_received(self, data: bytes, addr: Address) -> None:
+    def _datagram_received(self, data: bytes, addr: Address) -> bool:
+        core = self._core
+        core.report_unchanged_hellos = self._emitter.has_listeners("helloReceived")
         try:
-            actions = self._core.datagram_received(self._now(), data, addr)
+            actions = core.datagram_received(self._now(), data, addr)
         except Exception:  # a bug in the core must not take the socket down
             log.exception("internal error handling a datagram from %s", addr)
-            self._core.dropped["internal_error"] += 1
-            return
-        self._apply(actions)
+            core.dropped["internal_error"] += 1
+            return True
+        if actions:  # the core moves no deadline earlier without an action (see datagram_received)
+            self._apply(actions)
+        return not core.last_was_message
 
     def _link_changed(self, up: bool) -> None:
         now = self._now()
@@ -371,15 +376,20 @@ class AsyncDiscovery:
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Transmit):
-                self._transport.send(action.datagram)
-            elif isinstance(action, Emit):
+            if isinstance(action, Emit):
                 self._emitter.emit(action.event, *action.args)
+            else:
+                self._transport.send(action.datagram)
         self._reschedule()
 
     def _reschedule(self) -> None:
         deadline = self._core.next_deadline()
-        if deadline == self._timer_at or self._loop is None:
+        if self._loop is None or deadline == self._timer_at:
+            return
+        if deadline is not None and self._timer_at is not None and self._timer_at <= deadline:
+            # The armed timer fires no later than needed; tick() then re-arms for the real
+            # deadline.  Re-arming on every hello (which moves the oldest node's expiry)
+            # would cost more than the hello itself.
             return
         self._cancel_timer()
         if deadline is not None:
@@ -462,9 +472,7 @@ class Discovery:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
                 ready = threading.Event()
-                self._thread = threading.Thread(
-                    target=self._run_loop, args=(ready,), name="pydiscover", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="pydiscover", daemon=True)
                 self._thread.start()
                 ready.wait()
             try:

@@ -22,8 +22,15 @@ class SafeEmitter(AsyncIOEventEmitter):
 
     _in_error_event = False
 
+    def has_listeners(self, event: str) -> bool:
+        """Cheaper than ``listeners(event)`` (no copy, no lock): for per-datagram checks."""
+        return bool(self._events.get(event))
+
     def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
         if event != "error":
+            # Fast path: most events (helloReceived on every hello) usually have no listener.
+            if not self._events.get(event):
+                return False
             return super().emit(event, *args, **kwargs)
         outer, self._in_error_event = self._in_error_event, True
         try:

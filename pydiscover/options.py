@@ -70,9 +70,7 @@ def check_namespace(value: Any, where: str = "namespace") -> str:
     if not isinstance(value, str):
         raise TypeError(f"{where} must be a string, got {type(value).__name__}")
     if not _NAMESPACE_RE.fullmatch(value):
-        raise ValueError(
-            f"{where} must be 1-128 characters from A-Z, a-z, 0-9 and . _ : / -, got {value!r}"
-        )
+        raise ValueError(f"{where} must be 1-128 characters from A-Z, a-z, 0-9 and . _ : / -, got {value!r}")
     return value
 
 
@@ -131,10 +129,10 @@ def parse_unicast(value: Any, default_port: int) -> tuple[Endpoint, ...]:
 class Options:
     """Validated settings.  Times are seconds (node-discover uses milliseconds)."""
 
-    hello_interval: float = 1.0
+    hello_interval: float = 0.5
     check_interval: float = 2.0
-    node_timeout: float = 2.0
-    master_timeout: float = 2.0
+    node_timeout: float = 3.25
+    master_timeout: float = 3.25
     address: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     broadcast: str | None = None
@@ -155,6 +153,9 @@ class Options:
     codec: Codec = field(default_factory=PlainCodec, repr=False, compare=False)
     #: Seconds a sealed packet's timestamp may differ from our clock (0: no time check).
     replay_window: float = 30.0
+    #: UDP: while only discovery traffic streams in, read it in batches this many seconds
+    #: apart (0: read every datagram at once).  See :class:`~pydiscover.transports.udp.UdpTransport`.
+    read_coalesce: float = 0.004
     #: The cluster's name on a broker transport (Redis); ``None`` when unset.  After a
     #: Discovery is built on Redis it holds the namespace in effect (option, URL or default).
     namespace: str | None = None
@@ -162,9 +163,9 @@ class Options:
 
 def build_options(
     *,
-    hello_interval: float = 1.0,
+    hello_interval: float = 0.5,
     check_interval: float = 2.0,
-    node_timeout: float = 2.0,
+    node_timeout: float = 3.25,
     master_timeout: float | None = None,
     address: str = "0.0.0.0",
     port: int = DEFAULT_PORT,
@@ -176,6 +177,7 @@ def build_options(
     key: Secret | list[Secret] | tuple[Secret, ...] | None = None,
     encryption: str | None = None,
     replay_window: float = 30.0,
+    read_coalesce: float = 0.004,
     masters_required: int = 1,
     weight: float | None = None,
     client: bool = False,
@@ -249,6 +251,9 @@ def build_options(
         raise TypeError(f"replay_window must be a number of seconds, got {type(replay_window).__name__}")
     if not math.isfinite(replay_window) or replay_window < 0:
         raise ValueError(f"replay_window must be >= 0 seconds (0 disables the time check), got {replay_window!r}")
+    coalesce = _number("read_coalesce", read_coalesce, positive=False)
+    if not 0 <= coalesce <= 0.1:
+        raise ValueError(f"read_coalesce must be between 0 and 0.1 s (0 disables it), got {read_coalesce!r}")
     try:
         codec = make_codec(key, encryption)
     except (TypeError, ValueError) as exc:
@@ -265,8 +270,10 @@ def build_options(
     check_json(advertisement, "advertisement")
     if max_datagram is None:
         # IPv6's header is 20 bytes longer: 1500 - 40 - 8 on Ethernet.
-        uses_v6 = bind.version == 6 or (multicast is not None and _ip("multicast", multicast).version == 6) or any(
-            ":" in host for host, _ in endpoints
+        uses_v6 = (
+            bind.version == 6
+            or (multicast is not None and _ip("multicast", multicast).version == 6)
+            or any(":" in host for host, _ in endpoints)
         )
         max_datagram = DEFAULT_MAX_DATAGRAM_V6 if uses_v6 else DEFAULT_MAX_DATAGRAM
     max_dgram = _int("max_datagram", max_datagram, 256, 65507)
@@ -293,5 +300,6 @@ def build_options(
         max_datagram=max_dgram,
         codec=codec,
         replay_window=float(replay_window),
+        read_coalesce=coalesce,
         namespace=None if namespace is None else check_namespace(namespace),
     )

@@ -23,7 +23,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import padding
@@ -50,8 +50,7 @@ class OpenError(ValueError):
         super().__init__(reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """An opened datagram: the packet's JSON and, for AEAD, the sender's clock in seconds."""
 
     plaintext: bytes
@@ -157,6 +156,9 @@ def evp_bytes_to_key(password: bytes, key_len: int = 32, iv_len: int = 16) -> tu
     return derived[:key_len], derived[key_len : key_len + iv_len]
 
 
+_PKCS7_PADS = [bytes([n]) * n for n in range(17)]
+
+
 class LegacyCodec(Codec):
     """node-discover 1.2.1's ``key``: AES-256-CBC, EVP_BytesToKey-MD5 key and *fixed* IV, PKCS#7.
 
@@ -171,6 +173,10 @@ class LegacyCodec(Codec):
         if not secrets:
             raise ValueError("key: at least one secret is required")
         self._keys = [evp_bytes_to_key(_secret_bytes(s)) for s in secrets]
+        # CBC decryption is block-wise: P[i] = AES_dec(C[i]) XOR C[i-1], with C[-1] = the IV.
+        # One long-lived ECB context per key does the AES part of every datagram, so no
+        # cipher object is built per packet (that cost more than the rest of a hello).
+        self._openers = [(Cipher(algorithms.AES(key), modes.ECB()).decryptor(), iv) for key, iv in self._keys]
 
     def seal(self, plaintext: bytes, wall_time: float) -> bytes:
         key, iv = self._keys[0]
@@ -184,16 +190,17 @@ class LegacyCodec(Codec):
             ciphertext = datagram.decode("utf-8").encode("latin-1")
         except (UnicodeDecodeError, UnicodeEncodeError):
             raise OpenError("malformed") from None
-        if not ciphertext or len(ciphertext) % 16:
+        size = len(ciphertext)
+        if not size or size % 16:
             raise OpenError("plaintext" if datagram[:1] == b"{" else "malformed")
-        for key, iv in self._keys:
-            decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-            padded = decryptor.update(ciphertext) + decryptor.finalize()
-            unpadder = padding.PKCS7(128).unpadder()
-            try:
-                plaintext = unpadder.update(padded) + unpadder.finalize()
-            except ValueError:
+        for decryptor, iv in self._openers:
+            blocks = decryptor.update(ciphertext)
+            chain = iv + ciphertext[:-16]
+            padded = (int.from_bytes(blocks, "big") ^ int.from_bytes(chain, "big")).to_bytes(size, "big")
+            pad = padded[-1]
+            if not 1 <= pad <= 16 or padded[-pad:] != _PKCS7_PADS[pad]:
                 continue
+            plaintext = padded[:-pad]
             # A wrong key still unpads about once in 256; only a JSON object means "this key".
             if plaintext[:1] == b"{" and plaintext[-1:] == b"}":
                 return Opened(plaintext)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import orjson
 
@@ -40,9 +40,8 @@ class DecodeError(ValueError):
         super().__init__(f"{reason}: {detail}")
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """The decoded outer object of any packet."""
+class Envelope(NamedTuple):
+    """The decoded outer object of any packet (a tuple: built for every datagram received)."""
 
     event: str
     pid: str
@@ -129,18 +128,31 @@ def decode(raw: bytes) -> Envelope:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError("not_json", str(exc)) from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise DecodeError("not_object", type(obj).__name__)
-    event = _text(obj, "event")
-    pid = _text(obj, "pid")
-    iid = _text(obj, "iid")
-    hostname = obj.get("hostName", "")
-    if not isinstance(hostname, str):
+    get = obj.get
+    event, pid, iid, hostname, seq = get("event"), get("pid"), get("iid"), get("hostName", ""), get("seq")
+    # One test for the common case; the precise complaint only when it fails.
+    if (
+        type(event) is str
+        and type(pid) is str
+        and type(iid) is str
+        and event
+        and pid
+        and iid
+        and type(hostname) is str
+        and (seq is None or (type(seq) is int and seq >= 0))
+    ):
+        return Envelope(event, pid, iid, hostname, get("data"), seq)
+    _explain_bad_envelope(obj)
+
+
+def _explain_bad_envelope(obj: dict[str, Any]) -> NoReturn:
+    for key in ("event", "pid", "iid"):
+        _text(obj, key)
+    if not isinstance(obj.get("hostName", ""), str):
         raise DecodeError("bad_envelope", "'hostName' must be a string")
-    seq = obj.get("seq")
-    if seq is not None and (type(seq) is not int or seq < 0):
-        raise DecodeError("bad_envelope", "'seq' must be a non-negative integer")
-    return Envelope(event, pid, iid, hostname, obj.get("data"), seq)
+    raise DecodeError("bad_envelope", "'seq' must be a non-negative integer")
 
 
 def decode_hello(data: Any) -> Hello:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,10 @@ class SimNode:
 
 
 class Sim:
-    def __init__(self, *, latency: float = 0.0005, seed: int = 1) -> None:
+    def __init__(self, *, latency: float = 0.0005, seed: int = 1, record_hellos: bool = True) -> None:
         self.now = 0.0
+        #: Record ``helloReceived`` for hellos that changed nothing (off: a big, fast simulation).
+        self.record_hellos = record_hellos
         self.latency = latency
         self.rng = random.Random(seed)
         self.nodes: list[SimNode] = []
@@ -48,6 +50,7 @@ class Sim:
         core = DiscoveryCore(
             build_options(**options), pid=f"p{idx}", iid=f"n{idx:04d}", rng=random.Random(self.rng.random())
         )
+        core.report_unchanged_hellos = self.record_hellos
         self.nodes.append(SimNode(core, ("10.0.0.1", 10000 + idx)))
         if start:
             self.call(idx, core.start)
@@ -63,7 +66,7 @@ class Sim:
         """An attacker's datagram, delivered now to every live node."""
         for dst, node in enumerate(self.nodes):
             if node.alive:
-                self._route(dst, node.core.datagram_received(self.now, datagram, source))
+                self._received(dst, node.core.datagram_received(self.now, datagram, source))
 
     def kill(self, idx: int) -> None:
         """A crash: no goodbye, the node simply goes silent."""
@@ -73,7 +76,7 @@ class Sim:
         self.call(idx, self.nodes[idx].core.stop)
         self.nodes[idx].alive = False
 
-    def _route(self, idx: int, actions: Iterable[Action]) -> None:
+    def _route(self, idx: int, actions: list[Action]) -> None:
         node = self.nodes[idx]
         for action in actions:
             if isinstance(action, Transmit):
@@ -85,6 +88,10 @@ class Sim:
         if deadline is not None and node.alive and self._scheduled.get(idx) != deadline:
             self._scheduled[idx] = deadline
             self._push(deadline, "tick", idx)
+
+    def _received(self, idx: int, actions: list[Action]) -> None:
+        if actions:  # none: the core moved no deadline earlier (DiscoveryCore.datagram_received)
+            self._route(idx, actions)
 
     def _push(self, at: float, kind: str, payload: Any) -> None:
         heapq.heappush(self._queue, (at, next(self._order), kind, payload))
@@ -105,7 +112,7 @@ class Sim:
                 src, datagram = payload
                 for dst, node in enumerate(self.nodes):
                     if node.alive and (node.segment == self.nodes[src].segment) and self.link(src, dst):
-                        self._route(dst, node.core.datagram_received(self.now, datagram, self.nodes[src].address))
+                        self._received(dst, node.core.datagram_received(self.now, datagram, self.nodes[src].address))
         else:
             raise AssertionError("simulation did not settle within max_steps")
         self.now = max(self.now, t)

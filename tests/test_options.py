@@ -88,9 +88,17 @@ def test_key_selects_the_codec() -> None:
     assert build_options(key="s", encryption="node-discover").codec.name == "node-discover"
 
 
-def test_defaults_follow_node_discover() -> None:
+def test_default_timings_survive_loss() -> None:
+    """Hello every 0.5 s, removal after 3.25 s: six hellos in a row must be lost (docs/concepts.rst)."""
     o = build_options()
-    assert (o.hello_interval, o.check_interval, o.node_timeout, o.master_timeout) == (1.0, 2.0, 2.0, 2.0)
+    assert (o.hello_interval, o.check_interval, o.node_timeout, o.master_timeout) == (0.5, 2.0, 3.25, 3.25)
+    hellos_in_window = int(o.node_timeout / o.hello_interval)
+    assert hellos_in_window == 6 and o.node_timeout - hellos_in_window * o.hello_interval == o.hello_interval / 2
+    assert 0.05**hellos_in_window < 2e-8  # 5 % loss: one false removal per ~64 million windows
+
+
+def test_other_defaults_follow_node_discover() -> None:
+    o = build_options()
     assert (o.port, o.broadcast, o.address, o.masters_required) == (12345, "255.255.255.255", "0.0.0.0", 1)
     assert o.ignore_process and o.ignore_instance and o.reuse_addr and not o.client
     assert build_options(node_timeout=3).master_timeout == 3.0  # masterTimeout defaults to nodeTimeout
@@ -132,3 +140,14 @@ def test_unicast_comma_string_and_list_agree() -> None:
     a = build_options(unicast="127.0.0.2:1, 127.0.0.3:2").unicast
     b = build_options(unicast=["127.0.0.2:1", "127.0.0.3:2"]).unicast
     assert a == b == (("127.0.0.2", 1), ("127.0.0.3", 2))
+
+
+def test_read_coalesce_is_validated() -> None:
+    assert build_options().read_coalesce == 0.004
+    assert build_options(read_coalesce=0).read_coalesce == 0.0
+    with pytest.raises(ValueError, match="read_coalesce"):
+        build_options(read_coalesce=0.5)
+    with pytest.raises(ValueError, match="read_coalesce"):
+        build_options(read_coalesce=-1)
+    with pytest.raises(TypeError, match="read_coalesce"):
+        build_options(read_coalesce="1ms")

@@ -12,7 +12,10 @@ from typing import Any
 
 #: ``(host, port, ...)`` as the socket reports it.
 Address = tuple[Any, ...]
-Receiver = Callable[[bytes, Address], None]
+#: Called with each datagram; returns True when it was only discovery traffic (a hello,
+#: a goodbye, a dropped datagram), which a transport may batch, and False for a channel
+#: message, which it should keep delivering at once.
+Receiver = Callable[[bytes, Address], bool]
 
 
 class Transport(abc.ABC):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import socket
 import struct
 import sys
+from collections import deque
 from collections.abc import Sequence
 
 from ..errors import BindError
@@ -50,27 +52,26 @@ def _peer_address(addr: Address) -> Address:
     return (host, port)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: UdpTransport) -> None:
-        self._owner = owner
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        if self._owner._receive is not None:
-            self._owner._receive(data, _peer_address(addr))
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors and failed sends land here; the socket stays usable.
-        self._owner._count_error("send_error")
-        log.warning("UDP error: %s", exc)
+#: Datagrams read per wake-up: amortizes the poll under load, then lets timers and other callbacks run.
+READ_BATCH = 64
+#: Datagrams held while the kernel's send buffer is full; past this, sends are dropped and counted.
+SEND_BACKLOG = 1024
+#: Receive buffer: one byte over the largest UDP/IPv4 payload, so nothing is silently truncated.
+_RECV_SIZE = 65508
 
 
 class UdpTransport(Transport):
-    """One UDP socket; ``send`` goes to every destination."""
+    """One UDP socket; ``send`` goes to every destination.
+
+    Reading: up to :data:`READ_BATCH` datagrams per wake-up.  With ``read_coalesce`` > 0,
+    when a wake-up found only discovery traffic and came less than ``2 * read_coalesce``
+    after the previous such one (a stream: a large cluster, or a flood), reading pauses
+    for ``read_coalesce`` seconds so the next wake-up finds several datagrams.  On a VM a
+    wake-up can cost more than handling a hello, so this bounds the wake-ups to about
+    ``1 / read_coalesce`` a second under load.  A channel message in a batch ends the
+    pause logic for that batch, so request/response traffic is never delayed by it; a
+    message that arrives during a pause waits at most ``read_coalesce``.
+    """
 
     def __init__(
         self,
@@ -83,8 +84,13 @@ class UdpTransport(Transport):
         interface: str | None = None,
         unicast: Sequence[Endpoint] = (),
         reuse_addr: bool = True,
+        read_coalesce: float = 0.0,
     ) -> None:
         super().__init__()
+        #: See the class docstring; 0 reads every datagram as soon as it arrives.
+        self.read_coalesce = read_coalesce
+        self._last_bulk_read = -math.inf
+        self._resume: asyncio.TimerHandle | None = None
         self.address = address
         self.port = port
         self.broadcast = broadcast
@@ -93,9 +99,9 @@ class UdpTransport(Transport):
         self.interface = interface
         self.reuse_addr = reuse_addr
         self._receive: Receiver | None = None
-        self._transport: asyncio.DatagramTransport | None = None
-        self._protocol: _Protocol
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
+        self._backlog: deque[tuple[bytes, Address]] = deque()
         self._family = socket.AF_INET6 if self._needs_v6(unicast) else socket.AF_INET
         if self._family == socket.AF_INET6 and not _is_v6(address):
             if address != "0.0.0.0":
@@ -196,31 +202,112 @@ class UdpTransport(Transport):
         loop = asyncio.get_running_loop()
         sock = self._make_socket()
         self._receive = receive
-        transport, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        self._transport = transport
-        self._protocol = protocol
+        self._loop = loop
         self._sock = sock
+        # Our own reader rather than asyncio's datagram transport: that one reads one
+        # datagram per poll, which costs more than handling the datagram itself.
+        loop.add_reader(sock.fileno(), self._read_ready)
         log.debug("bound %s, sending to %s", sock.getsockname(), self._destinations)
 
+    def _read_ready(self) -> None:
+        sock, receive = self._sock, self._receive
+        if sock is None or receive is None:
+            return
+        v4 = self._family == socket.AF_INET
+        handled = 0
+        bulk_only = True
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # Linux reports an ICMP error for an earlier send (port unreachable) here.
+                self._count_error("send_error")
+                log.debug("UDP error: %s", exc)
+                continue
+            handled += 1
+            if not receive(data, addr if v4 else _peer_address(addr)):
+                bulk_only = False
+            if self._sock is None:  # closed by a handler
+                return
+        else:
+            return  # a full batch: more is waiting, and the loop calls again at once
+        if handled and bulk_only and self.read_coalesce and self._loop is not None:
+            now = self._loop.time()
+            if now - self._last_bulk_read < 2 * self.read_coalesce:
+                self._pause_reading(sock)
+            self._last_bulk_read = now
+
+    def _pause_reading(self, sock: socket.socket) -> None:
+        """A stream of hellos: let them gather for ``read_coalesce`` and read them in one wake-up."""
+        assert self._loop is not None
+        self._loop.remove_reader(sock.fileno())
+        self._resume = self._loop.call_later(self.read_coalesce, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._read_ready)
+            self._read_ready()
+
     def send(self, datagram: bytes) -> None:
-        if self._transport is None or self._transport.is_closing():
+        sock = self._sock
+        if sock is None:
             self._count_error("not_open")
             return
         for dest in self._destinations:
+            if self._backlog:
+                self._hold(datagram, dest)
+                continue
             try:
-                self._transport.sendto(datagram, dest)
+                sock.sendto(datagram, dest)
+            except (BlockingIOError, InterruptedError):
+                self._hold(datagram, dest)
             except OSError as exc:
                 self._count_error("send_error")
                 log.warning("send to %s failed: %s", dest, exc)
 
+    def _hold(self, datagram: bytes, dest: Address) -> None:
+        """Queue a send the kernel refused for now; written when the socket is writable again."""
+        if len(self._backlog) >= SEND_BACKLOG:
+            self._count_error("send_backlog_full")
+            log.warning("send buffer full and %d datagrams queued: dropping one to %s", SEND_BACKLOG, dest)
+            return
+        self._backlog.append((datagram, dest))
+        if len(self._backlog) == 1 and self._loop is not None and self._sock is not None:
+            self._loop.add_writer(self._sock.fileno(), self._write_ready)
+
+    def _write_ready(self) -> None:
+        sock = self._sock
+        while sock is not None and self._backlog:
+            datagram, dest = self._backlog[0]
+            try:
+                sock.sendto(datagram, dest)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._count_error("send_error")
+                log.warning("send to %s failed: %s", dest, exc)
+            self._backlog.popleft()
+        if sock is not None and self._loop is not None:
+            self._loop.remove_writer(sock.fileno())
+
     async def close(self) -> None:
         self._receive = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
-            # asyncio closes the socket a loop iteration later; wait, so a restart can re-bind.
-            await asyncio.wait_for(asyncio.shield(self._protocol.closed), 5)
-        self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock.fileno())
+            self._loop.remove_writer(sock.fileno())
+        if self._backlog:
+            self.errors["unsent_at_close"] = self.errors.get("unsent_at_close", 0) + len(self._backlog)
+            self._backlog.clear()
+        sock.close()
 
     @property
     def local_address(self) -> Address | None:

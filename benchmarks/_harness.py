@@ -1,0 +1,198 @@
+"""Shared pieces of the benchmark suite: figures, the table, node-discover and child processes.
+
+A benchmark module exposes ``run(quick: bool) -> list[Figure]``; ``python -m benchmarks``
+collects the figures, prints one table and writes JSON.  Everything here sends on
+loopback (127.0.0.0/8) or inside network namespaces a benchmark creates itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_MODULES = REPO / ".cache" / "node" / "node_modules"
+NODE_DISCOVER_VERSION = "1.2.1"
+
+
+@dataclass
+class Figure:
+    """One measured figure, for pydiscover and (where it can do the same work) node-discover.
+
+    ``better`` says which way is good ("lower" or "higher"); ``goal`` is the issue's target
+    in words and ``met`` whether pydiscover's value reaches it (None: no goal).
+    """
+
+    benchmark: str
+    name: str
+    unit: str
+    pydiscover: float | None
+    node_discover: float | None = None
+    better: str = "lower"
+    goal: str = ""
+    met: bool | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """pydiscover / node-discover (None when either is missing or node-discover is zero)."""
+        if self.pydiscover is None or not self.node_discover:
+            return None
+        return self.pydiscover / self.node_discover
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ratio"] = self.ratio
+        return out
+
+
+def node_binary() -> str | None:
+    return shutil.which("node")
+
+
+def node_discover_available() -> bool:
+    """True if Node.js and node-discover 1.2.1 (``./scripts/test`` installs it) are here."""
+    package = NODE_MODULES / "node-discover" / "package.json"
+    if node_binary() is None or not package.exists():
+        return False
+    return bool(json.loads(package.read_text()).get("version") == NODE_DISCOVER_VERSION)
+
+
+def node_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["NODE_PATH"] = str(NODE_MODULES)
+    return env
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def node_major() -> int | None:
+    node = node_binary()
+    if node is None:
+        return None
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout
+    try:
+        return int(out.strip().lstrip("v").split(".")[0])
+    except ValueError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import platform
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    node = node_binary()
+    node_version = (
+        subprocess.run([node, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+        if node
+        else None
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "node": node_version,
+        "node_discover": NODE_DISCOVER_VERSION if node_discover_available() else None,
+    }
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def table(figures: list[Figure]) -> str:
+    """A plain-text table: one line per figure."""
+    rows = [("benchmark", "figure", "unit", "pydiscover", "node-discover", "ratio", "goal", "met")]
+    for f in figures:
+        met = "" if f.met is None else ("yes" if f.met else "NO")
+        rows.append(
+            (f.benchmark, f.name, f.unit, fmt(f.pydiscover), fmt(f.node_discover), fmt(f.ratio), f.goal, met)
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def free_udp_port() -> int:
+    """A loopback UDP port nobody has bound right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LineChild:
+    """A child process spoken to in lines: commands on stdin, one JSON object per reply line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], *, startup_timeout: float = 20.0) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+        )
+        self.first = self.read(startup_timeout)
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        import selectors
+
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise TimeoutError(f"{self.argv[:3]} did not answer in {timeout}s")
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"{self.argv[:3]} exited ({self.proc.wait()}): {err[-2000:]}")
+        return dict(json.loads(line))
+
+    def ask(self, command: str, timeout: float = 10.0) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.read(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> LineChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,268 @@
+"""CPU per received hello, and the highest hello rate a node absorbs without loss.
+
+A blaster (this process) sends node-discover-format hellos from 1,000 fake instances,
+round-robin at a fixed rate, to one receiver over loopback: a pydiscover node
+(``benchmarks/hello_receiver.py``) or a node-discover 1.2.1 node
+(``benchmarks/js/hello_receiver.js``), each run in its own process.  Both receive the same
+datagrams.  The receiver reports its own CPU time (all threads) and the hellos it handled;
+the figure is CPU seconds / hellos handled over the blast window, plus the share of the
+blast handled and the node-table size (1,000 fake instances + 0).  Modes: plain, pydiscover's
+AEAD (pydiscover only: node-discover has no such mode; its hellos are sealed per instance
+with sequence numbers), and node-discover's legacy cipher.
+
+Absorption: the rate is doubled from 25k/s until the receiver handles less than 99.9 % of a
+blast, then the last good rate is reported (plain mode).
+
+    .venv/bin/python -m benchmarks.hello_cpu [--quick]
+
+Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from benchmarks._harness import (
+    Figure,
+    LineChild,
+    free_udp_port,
+    node_discover_available,
+    node_env,
+    node_major,
+    python_env,
+    table,
+)
+from pydiscover.security import AeadCodec, LegacyCodec
+
+INSTANCES = 1_000
+KEY = "benchmark-secret"
+NAME = "hello_cpu"
+
+
+def fake_hellos(mode: str) -> list[bytes]:
+    """One sealed hello per fake instance, as node-discover 1.2.1 sends them (no seq) ...
+
+    ... except in ``aead`` mode, where pydiscover requires a sequence number: those carry
+    ``seq`` and are re-sealed per send by :class:`Blaster`.
+    """
+    out = []
+    legacy = LegacyCodec([KEY]) if mode == "legacy" else None
+    for i in range(INSTANCES):
+        envelope: dict[str, Any] = {
+            "event": "hello",
+            "pid": str(uuid.uuid4()),
+            "iid": str(uuid.uuid4()),
+            "hostName": f"blast-{i}",
+            "data": {
+                "isMaster": False,
+                "isMasterEligible": True,
+                "weight": -0.5 - i / 10_000,
+                "address": "127.0.0.1",
+                "advertisement": {"name": "fake", "n": i},
+            },
+        }
+        raw = orjson.dumps(envelope)
+        out.append(legacy.seal(raw, 0.0) if legacy else raw)
+    return out
+
+
+class Blaster:
+    """Sends the fake instances' hellos round-robin at a fixed rate (paced every ~0.5 ms)."""
+
+    def __init__(self, mode: str, port: int) -> None:
+        self.mode = mode
+        self.port = port
+        self.hellos = fake_hellos("plain" if mode == "aead" else mode)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self._aead = AeadCodec([KEY]) if mode == "aead" else None
+        self._seq = 0
+        self._next = 0
+
+    def _datagrams(self, count: int) -> list[bytes]:
+        if self._aead is None:
+            out = [self.hellos[(self._next + k) % INSTANCES] for k in range(count)]
+        else:
+            # pydiscover's AEAD mode refuses replays: every packet carries a fresh seq.
+            self._seq += 1
+            now = time.time()
+            out = []
+            for k in range(count):
+                envelope = orjson.loads(self.hellos[(self._next + k) % INSTANCES])
+                envelope["seq"] = self._seq
+                out.append(self._aead.seal(orjson.dumps(envelope), now))
+        self._next = (self._next + count) % INSTANCES
+        return out
+
+    def send(self, rate: float, seconds: float) -> int:
+        """Send ``rate * seconds`` hellos evenly over ``seconds``; return how many were sent."""
+        total = int(rate * seconds)
+        dest = ("127.0.0.1", self.port)
+        sent = 0
+        start = time.perf_counter()
+        deadline = start + seconds * 3 + 5  # bounded even on a starved machine
+        while sent < total and time.perf_counter() < deadline:
+            due = min(total, int((time.perf_counter() - start) * rate) + 1) - sent
+            if due > 0:
+                for datagram in self._datagrams(due):
+                    self.sock.sendto(datagram, dest)
+                sent += due
+            time.sleep(float(os.environ.get("PACE", "0.0005")))
+        return sent
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def receiver(impl: str, mode: str) -> LineChild:
+    port, sink = free_udp_port(), free_udp_port()
+    keyed = mode != "plain"
+    if impl == "pydiscover":
+        argv = [sys.executable, "-m", "benchmarks.hello_receiver", "--port", str(port), "--sink-port", str(sink)]
+        if keyed:
+            argv += ["--key", KEY, "--encryption", "node-discover" if mode == "legacy" else "aead"]
+        child = LineChild(argv, python_env())
+    else:
+        argv = ["node", "benchmarks/js/hello_receiver.js", "--port", str(port), "--sink-port", str(sink)]
+        if keyed:
+            argv += ["--key", KEY]
+        child = LineChild(argv, node_env())
+    child.port = port  # type: ignore[attr-defined]
+    return child
+
+
+def measure(impl: str, mode: str, rate: float, seconds: float) -> dict[str, Any]:
+    """One blast against a fresh receiver: CPU per hello, share handled, table size."""
+    with receiver(impl, mode) as rx:
+        blaster = Blaster(mode, rx.port)  # type: ignore[attr-defined]
+        try:
+            # Warm up: every fake instance once, then a second of the blast, so tables,
+            # caches and JITs are in their steady state before the window opens.
+            blaster.send(min(rate, 20_000), INSTANCES / min(rate, 20_000))
+            blaster.send(rate, 1.0)
+            time.sleep(0.3)
+            before = rx.ask("mark")
+            sent = blaster.send(rate, seconds)
+            after = _settled(rx, before)
+        finally:
+            blaster.close()
+    received = after["received"] - before["received"]
+    cpu = after["cpu"] - before["cpu"]
+    return {
+        "impl": impl,
+        "mode": mode,
+        "rate": rate,
+        "sent": sent,
+        "received": received,
+        "share": received / sent if sent else 0.0,
+        "cpu_s": cpu,
+        "cpu_per_hello_us": cpu / received * 1e6 if received else None,
+        "nodes": after["nodes"],
+    }
+
+
+def _settled(rx: LineChild, before: dict[str, Any]) -> dict[str, Any]:
+    """Mark once the receiver has stopped handling packets (bounded: 3 s)."""
+    last = rx.ask("mark")
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = rx.ask("mark")
+        if now["received"] == last["received"]:
+            return last
+        last = now
+    return last
+
+
+def impls() -> list[str]:
+    return ["pydiscover", "node-discover"] if node_discover_available() else ["pydiscover"]
+
+
+def cpu_figures(quick: bool, rate: float = 10_000) -> list[Figure]:
+    seconds = 2.0 if quick else 5.0
+    figures = []
+    legacy_ok = node_major() is not None and (node_major() or 0) < 22  # createCipher gone in Node 22
+    for mode in ("plain", "aead", "legacy"):
+        results = {}
+        for impl in impls():
+            if impl == "node-discover" and (mode == "aead" or (mode == "legacy" and not legacy_ok)):
+                continue
+            results[impl] = measure(impl, mode, rate, seconds)
+        py = results["pydiscover"]
+        js = results.get("node-discover")
+        met = py["share"] >= 0.99 and py["nodes"] == INSTANCES
+        if js is not None and py["cpu_per_hello_us"] and js["cpu_per_hello_us"]:
+            met = met and py["cpu_per_hello_us"] <= js["cpu_per_hello_us"]
+        figures.append(
+            Figure(
+                NAME,
+                f"CPU per received hello, {mode}",
+                "µs",
+                py["cpu_per_hello_us"],
+                js["cpu_per_hello_us"] if js else None,
+                goal="<= node-discover, >= 99 % handled, 1,000 in table" if js else ">= 99 % handled",
+                met=met,
+                detail=results,
+            )
+        )
+    return figures
+
+
+def absorption(quick: bool, impl: str = "pydiscover", start: float = 25_000, limit: float = 400_000) -> dict[str, Any]:
+    """Double the rate until less than 99.9 % of a blast is handled; report the last good rate."""
+    seconds = 1.0 if quick else 3.0
+    best: dict[str, Any] | None = None
+    rate = start
+    while rate <= limit:
+        result = measure(impl, "plain", rate, seconds)
+        achieved = result["sent"] / seconds
+        if result["share"] < 0.999 or achieved < 0.95 * rate:
+            break
+        best = result
+        rate *= 2
+    if best is None:
+        return {"rate": 0.0, "tried": rate}
+    return best
+
+
+def absorption_figures(quick: bool) -> list[Figure]:
+    results = {impl: absorption(quick, impl) for impl in impls()}
+    py = results["pydiscover"]
+    js = results.get("node-discover")
+    return [
+        Figure(
+            NAME,
+            "max hellos/s absorbed with no loss, plain",
+            "hellos/s",
+            py["rate"],
+            js["rate"] if js else None,
+            better="higher",
+            goal=">= 100,000",
+            met=py["rate"] >= 100_000,
+            detail=results,
+        )
+    ]
+
+
+def run(quick: bool) -> list[Figure]:
+    return cpu_figures(quick) + absorption_figures(quick)
+
+
+def main(argv: list[str] | None = None, runner: Callable[[bool], list[Figure]] = run) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(table(runner(args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The receiving end of ``benchmarks/hello_cpu.py``: one pydiscover node that reports its costs.
+
+Reads commands on stdin, one per line; ``mark`` prints one JSON line with this process's
+CPU seconds (all threads), the hellos it accepted and its node-table size.  Runs until
+stdin closes.  Loopback only: it binds ``--port`` and sends its own hellos to a sink port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from pydiscover import Discovery
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--sink-port", type=int, required=True)
+    parser.add_argument("--key")
+    parser.add_argument("--encryption")
+    args = parser.parse_args()
+    options = {"key": args.key, "encryption": args.encryption} if args.key else {}
+    d = Discovery(
+        address="127.0.0.1", port=args.port, unicast=[f"127.0.0.1:{args.sink_port}"], weight=1000, **options
+    )
+    d.start()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "mark":
+            stats = d.stats
+            dropped = sum(stats["dropped"].values())
+            accepted = stats["packets_in"] - dropped
+            report = {"cpu": time.process_time(), "received": accepted, "dropped": dropped, "nodes": len(d.nodes)}
+            print(json.dumps(report), flush=True)
+    d.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The UDP transport's reader: batches per wake-up, and read coalescing for hello streams.
+
+Loopback only.  Counts behaviour (every datagram once, in order; pauses only for
+discovery traffic), never times it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import orjson
+from conftest import async_eventually
+
+from pydiscover import AsyncDiscovery
+from pydiscover.transports.base import Address
+from pydiscover.transports.udp import UdpTransport
+
+
+async def stream(port: int, datagrams: list[bytes], bursts: int) -> None:
+    """Send ``datagrams`` in ``bursts`` bursts about a millisecond apart."""
+    per_burst = -(-len(datagrams) // bursts)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        for start in range(0, len(datagrams), per_burst):
+            for datagram in datagrams[start : start + per_burst]:
+                out.sendto(datagram, ("127.0.0.1", port))
+            await asyncio.sleep(0.001)
+
+
+async def read_all(port: int, *, coalesce: float, bulk: bool) -> tuple[list[bytes], int]:
+    transport = UdpTransport(address="127.0.0.1", port=port, unicast=[("127.0.0.1", port)], read_coalesce=coalesce)
+    got: list[bytes] = []
+    pauses = 0
+    pause = transport._pause_reading
+
+    def counting_pause(sock: socket.socket) -> None:
+        nonlocal pauses
+        pauses += 1
+        pause(sock)
+
+    transport._pause_reading = counting_pause  # type: ignore[method-assign]
+
+    def receive(data: bytes, addr: Address) -> bool:
+        got.append(data)
+        return bulk
+
+    await transport.open(receive)
+    try:
+        sent = [str(i).encode() for i in range(600)]
+        await stream(port, sent, bursts=30)
+        await async_eventually(lambda: len(got) == len(sent), what="every datagram")
+        assert got == sent  # once each, in order
+    finally:
+        await transport.close()
+    return got, pauses
+
+
+async def test_a_stream_of_discovery_traffic_is_read_in_coalesced_batches(port: int) -> None:
+    _, pauses = await read_all(port, coalesce=0.004, bulk=True)
+    assert pauses >= 1
+
+
+async def test_channel_messages_never_pause_reading(port: int) -> None:
+    _, pauses = await read_all(port, coalesce=0.004, bulk=False)
+    assert pauses == 0
+
+
+async def test_coalescing_off_never_pauses(port: int) -> None:
+    _, pauses = await read_all(port, coalesce=0.0, bulk=True)
+    assert pauses == 0
+
+
+def node_discover_hello(i: int) -> bytes:
+    data = {"isMaster": False, "isMasterEligible": False, "weight": 0, "address": "127.0.0.1"}
+    return orjson.dumps({"event": "hello", "pid": f"p{i}", "iid": f"i{i}", "hostName": "h", "data": data})
+
+
+async def test_hellos_and_a_message_during_a_coalesced_stream_all_arrive(port: int) -> None:
+    """200 peers x 5 hellos streaming in, one channel message in the middle: nothing lost."""
+    messages: list[object] = []
+    async with AsyncDiscovery(address="127.0.0.1", port=port, unicast=[f"127.0.0.1:{port + 1}"]) as d:
+        d.join("chat", lambda data, packet: messages.append(data))
+        hellos = [node_discover_hello(i) for i in range(200)] * 5
+        message = orjson.dumps({"event": "chat", "pid": "x", "iid": str(uuid.uuid4()), "data": {"n": 1}})
+        before = d.stats["packets_in"]
+        await stream(port, [*hellos[:500], message, *hellos[500:]], bursts=50)
+        await async_eventually(lambda: d.stats["packets_in"] - before == len(hellos) + 1, what="every datagram")
+        assert len(d.nodes) == 200
+        assert messages == [{"n": 1}]
