@@ -391,7 +391,9 @@ class DiscoveryCore:
         Peers that really died are removed one timeout from now.
         """
         paused = now - (self._paused_if_after - self.options.hello_interval)
-        log.warning("not run for %.3f s (paused or clock jump): keeping peers until they miss their timeouts", paused)
+        # A blocked event loop does this too; say it loudly only when peers would have gone.
+        level = logging.WARNING if paused >= self.options.node_timeout / 2 else logging.DEBUG
+        log.log(level, "not run for %.3f s (paused, blocked or a clock jump): peers keep their timeouts", paused)
         self.counters["pauses"] += 1
         for ids in self._by_age.values():
             for iid in ids:

@@ -28,7 +28,7 @@ async def stream(port: int, datagrams: list[bytes], bursts: int) -> None:
             await asyncio.sleep(0.001)
 
 
-async def read_all(port: int, *, coalesce: float, bulk: bool) -> tuple[list[bytes], int]:
+async def read_all(port: int, *, coalesce: float, bulk: bool, bursts: int = 150) -> tuple[list[bytes], int]:
     transport = UdpTransport(address="127.0.0.1", port=port, unicast=[("127.0.0.1", port)], read_coalesce=coalesce)
     got: list[bytes] = []
     pauses = 0
@@ -48,7 +48,7 @@ async def read_all(port: int, *, coalesce: float, bulk: bool) -> tuple[list[byte
     await transport.open(receive)
     try:
         sent = [str(i).encode() for i in range(600)]
-        await stream(port, sent, bursts=30)
+        await stream(port, sent, bursts=bursts)
         await async_eventually(lambda: len(got) == len(sent), what="every datagram")
         assert got == sent  # once each, in order
     finally:
@@ -56,9 +56,15 @@ async def read_all(port: int, *, coalesce: float, bulk: bool) -> tuple[list[byte
     return got, pauses
 
 
-async def test_a_stream_of_discovery_traffic_is_read_in_coalesced_batches(port: int) -> None:
-    _, pauses = await read_all(port, coalesce=0.004, bulk=True)
+async def test_a_sparse_stream_of_discovery_traffic_is_read_in_coalesced_batches(port: int) -> None:
+    _, pauses = await read_all(port, coalesce=0.004, bulk=True)  # 4 datagrams a millisecond
     assert pauses >= 1
+
+
+async def test_a_dense_stream_is_read_at_once(port: int) -> None:
+    """Pausing with dozens waiting per wake-up would overflow the socket buffer."""
+    _, pauses = await read_all(port, coalesce=0.004, bulk=True, bursts=6)  # 100 datagrams a burst
+    assert pauses == 0
 
 
 async def test_channel_messages_never_pause_reading(port: int) -> None:

@@ -54,6 +54,12 @@ def _peer_address(addr: Address) -> Address:
 
 #: Datagrams read per wake-up: amortizes the poll under load, then lets timers and other callbacks run.
 READ_BATCH = 64
+#: Read coalescing only follows wake-ups that found at most this many datagrams: a sparse
+#: stream, where the wake-up costs more than the datagrams.  A dense one is read at once,
+#: or the socket buffer would overflow during the pause.
+COALESCE_BELOW = 8
+#: Receive buffer asked of the kernel (it caps this at net.core.rmem_max): room for bursts.
+RCVBUF = 4 << 20
 #: Datagrams held while the kernel's send buffer is full; past this, sends are dropped and counted.
 SEND_BACKLOG = 1024
 #: Receive buffer: one byte over the largest UDP/IPv4 payload, so nothing is silently truncated.
@@ -64,9 +70,10 @@ class UdpTransport(Transport):
     """One UDP socket; ``send`` goes to every destination.
 
     Reading: up to :data:`READ_BATCH` datagrams per wake-up.  With ``read_coalesce`` > 0,
-    when a wake-up found only discovery traffic and came less than ``2 * read_coalesce``
-    after the previous such one (a stream: a large cluster, or a flood), reading pauses
-    for ``read_coalesce`` seconds so the next wake-up finds several datagrams.  On a VM a
+    when a wake-up found only discovery traffic, at most :data:`COALESCE_BELOW` datagrams,
+    and came less than ``2 * read_coalesce`` after the previous such one (a sparse stream:
+    a large cluster), reading pauses for ``read_coalesce`` seconds so the next wake-up
+    finds several datagrams.  On a VM a
     wake-up can cost more than handling a hello, so this bounds the wake-ups to about
     ``1 / read_coalesce`` a second under load.  A channel message in a batch ends the
     pause logic for that batch, so request/response traffic is never delayed by it; a
@@ -165,6 +172,10 @@ class UdpTransport(Transport):
                 raise BindError(
                     exc.errno, f"cannot bind UDP {self.address}:{self.port}: {exc.strerror or exc}"
                 ) from exc
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            except OSError:
+                log.debug("could not enlarge the receive buffer; keeping the system default")
             if self.multicast:
                 self._join_group(sock)
             elif self.broadcast and self._family == socket.AF_INET:
@@ -233,7 +244,7 @@ class UdpTransport(Transport):
                 return
         else:
             return  # a full batch: more is waiting, and the loop calls again at once
-        if handled and bulk_only and self.read_coalesce and self._loop is not None:
+        if 0 < handled <= COALESCE_BELOW and bulk_only and self.read_coalesce and self._loop is not None:
             now = self._loop.time()
             if now - self._last_bulk_read < 2 * self.read_coalesce:
                 self._pause_reading(sock)
