@@ -67,6 +67,8 @@ Action = Transmit | Emit
 
 #: Distinct node-discover hellos remembered so a byte-identical repeat is not parsed again.
 REPEAT_CACHE_SIZE = 4096
+#: ... and their total size in datagram bytes.
+REPEAT_CACHE_BYTES = 1 << 20
 
 
 class DiscoveryCore:
@@ -89,8 +91,10 @@ class DiscoveryCore:
         self._hello_seq: dict[str, int] = {}
         #: Each node's last valid hello ``data``: an equal one skips validation (the hot path).
         self._hello_data_of: dict[str, Any] = {}
-        #: Datagram -> envelope for repeating seq-less hellos (see datagram_received).
-        self._repeats: dict[bytes, wire.Envelope] = {}
+        self._hello_json_of: dict[str, bytes] = {}
+        #: Datagram -> (envelope, plaintext) of accepted seq-less hellos (see _remember).
+        self._repeats: dict[bytes, tuple[wire.Envelope, bytes]] = {}
+        self._repeats_bytes = 0
         #: Emit ``helloReceived`` for hellos that changed nothing; a runtime with no
         #: listener for it turns this off (the event is then the costliest part of a hello).
         self.report_unchanged_hellos = True
@@ -98,6 +102,8 @@ class DiscoveryCore:
         self.last_was_message = False
         #: Past this, we were not run when we should have been (see _resume_after_pause).
         self._paused_if_after = math.inf
+        #: When tick or datagram_received last ran.
+        self._last_run = 0.0
         #: No node expires before this (a lower bound, exact after each _expire).
         self._expiry_floor = math.inf
         self._codec = options.codec
@@ -184,6 +190,8 @@ class DiscoveryCore:
             return []
         self._wall_offset = 0.0 if wall_time is None else wall_time - now
         self._running = True
+        self._link_down_since = None  # a restart reconnects; an old outage must not freeze removals
+        self._last_run = now
         # Hold the first election until every peer's regular hello must have arrived
         # (the prompt replies usually bring them in milliseconds, but may be lost).
         self._settle_at = now + max(self.options.check_interval, self.options.hello_interval)
@@ -214,7 +222,9 @@ class DiscoveryCore:
             ids.clear()
         self._hello_seq.clear()
         self._hello_data_of.clear()
+        self._hello_json_of.clear()
         self._repeats.clear()
+        self._repeats_bytes = 0
         self._expiry_floor = math.inf
         if self._is_master:
             # Symmetric with "promotion": whatever master-only work a handler started, stop it.
@@ -301,6 +311,7 @@ class DiscoveryCore:
         """Our transport lost the cluster (not the cluster us): freeze removals and elections."""
         if self._link_down_since is None:
             self._link_down_since = now
+        self._last_run = now
         return []
 
     def link_restored(self, now: float) -> list[Action]:
@@ -310,9 +321,8 @@ class DiscoveryCore:
             return []
         outage = now - self._link_down_since
         self._link_down_since = None
-        for ids in self._by_age.values():
-            for iid in ids:
-                ids[iid] += outage
+        self._last_run = now  # the outage is given back below, not again as a pause
+        self._give_time_back(outage, now)
         out: list[Action] = []
         if not self.options.client:
             self._hello(now, out)
@@ -333,6 +343,7 @@ class DiscoveryCore:
         self._receive_limit = self._receive_limit_for(codec)
         self._replay.retention = self._replay_retention(codec)
         self._repeats.clear()  # what the old keys opened, the new ones may not
+        self._repeats_bytes = 0
 
     def advertise(self, advertisement: Any) -> None:
         """Set what goes out with every hello (the next one included); checked for size now.
@@ -350,6 +361,7 @@ class DiscoveryCore:
             return out
         if now > self._paused_if_after:
             self._resume_after_pause(now)
+        self._last_run = now
         elect = self._expire(now, out)
         if self._stepping_down_until is not None and now >= self._stepping_down_until:
             self._stepping_down_until = None
@@ -383,23 +395,34 @@ class DiscoveryCore:
         self._paused_if_after = due + self.options.hello_interval
 
     def _resume_after_pause(self, now: float) -> None:
-        """We were not run for a while (SIGSTOP, a suspended VM, a blocked loop, a clock jump).
+        """Called late: were we not run at all for a while (SIGSTOP, a suspended VM, a clock jump)?
 
-        Nothing was read meanwhile, so silence proves nothing: every peer gets back the
-        time it had left, as after a transport outage (:meth:`link_restored`).  Removing
-        them all at once would make us promote ourselves over the live master and flap.
-        Peers that really died are removed one timeout from now.
+        If nothing ran for over a hello interval, nothing was read either, so the silence
+        proves nothing: every peer gets that time back, as after a transport outage
+        (:meth:`link_restored`).  Removing them all at once would make us promote ourselves
+        over the live master and flap.  A loop that is merely slow still reads, so its
+        peers' silence counts and nothing is given back.
         """
-        paused = now - (self._paused_if_after - self.options.hello_interval)
+        self._paused_if_after = now + self.options.hello_interval  # the tick due now re-arms it
+        paused = now - self._last_run
+        if paused <= self.options.hello_interval or self._link_down_since is not None:
+            return  # running, only late; or an outage, which link_restored accounts for
         # A blocked event loop does this too; say it loudly only when peers would have gone.
         level = logging.WARNING if paused >= self.options.node_timeout / 2 else logging.DEBUG
         log.log(level, "not run for %.3f s (paused, blocked or a clock jump): peers keep their timeouts", paused)
         self.counters["pauses"] += 1
+        self._give_time_back(paused, now)
+
+    def _give_time_back(self, seconds: float, now: float) -> None:
+        """Move every peer's last-seen time ``seconds`` later, never past ``now``.
+
+        Clamping keeps each table in last-seen order (the expiry scan reads only its head)
+        and keeps the expiry floor a lower bound: a hello can then only move an expiry later.
+        """
         for ids in self._by_age.values():
             for iid in ids:
-                ids[iid] += paused
-        self._expiry_floor += paused
-        self._paused_if_after = now + self.options.hello_interval  # the tick due now re-arms it
+                ids[iid] = min(ids[iid] + seconds, now)
+        # Expiries only moved later: the floor stays a valid lower bound.
 
     def datagram_received(self, now: float, data: bytes, addr: Address) -> list[Action]:
         """Handle one datagram from ``addr`` (``(host, port, ...)``).  Never raises for any input.
@@ -413,6 +436,14 @@ class DiscoveryCore:
             return out
         if now > self._paused_if_after:
             self._resume_after_pause(now)
+        self._last_run = now
+        if type(data) is not bytes:  # a custom transport's bytearray or memoryview
+            try:
+                data = bytes(data)
+            except TypeError:
+                self._drop("malformed", addr, f"not bytes: {type(data).__name__}")
+                return out
+        host, port = addr if len(addr) == 2 and type(addr[1]) is int else _host_port(addr)
         counters = self.counters
         counters["packets_in"] += 1
         counters["bytes_in"] += len(data)
@@ -422,21 +453,24 @@ class DiscoveryCore:
         # Expire first: an election below must not count a node whose deadline has passed.
         if self._expire(now, out):
             self._elect(now, out)
-        env = self._repeats.get(data)
-        if env is not None:
+        cached = self._repeats.get(data)
+        if cached is not None:
+            env, plaintext = cached
             iid = env.iid
             if self._hello_data_of.get(iid) is env.data:
                 # The node's record was made from these very bytes: if they come from the
                 # same place again, only the time changes (checks passed the first time).
                 node = self._nodes[iid]
-                if node.port == addr[1] and node.address == addr[0]:
+                if node.port == port and node.address == host:
                     ids = self._by_age[node.is_master]
                     del ids[iid]
                     ids[iid] = now
                     if self.report_unchanged_hellos:
                         out.append(Emit("helloReceived", (self._current(iid), False)))
                     return out
-            sent_at = None  # only unsealed-clock, seq-less hellos are remembered
+            # Anything else builds a record: from fresh objects, never ones handlers could
+            # have been given (and mutated) before.  Only the opening is skipped.
+            env, sent_at = wire.decode(plaintext), None
         else:
             try:
                 plaintext, sent_at = self._codec.open(data)
@@ -444,13 +478,6 @@ class DiscoveryCore:
             except (OpenError, wire.DecodeError) as exc:
                 self._drop(exc.reason, addr, exc)
                 return out
-            if env.seq is None and sent_at is None and env.event == wire.HELLO:
-                # node-discover peers send byte-identical hellos (no seq, deterministic JSON
-                # and cipher); opening and parsing is a pure function of the bytes, so a
-                # repeat skips both.  Bounded; ours carry a seq and are never remembered.
-                if len(self._repeats) >= REPEAT_CACHE_SIZE:
-                    self._repeats.clear()
-                self._repeats[data] = env
         if env.iid == self.iid:
             if env.event in (wire.HELLO, wire.GOODBYE) or self.options.ignore_instance:
                 self.dropped["own_instance"] += 1
@@ -466,9 +493,10 @@ class DiscoveryCore:
         if env.seq is not None and not self._replay.accept(env.iid, env.seq, now):
             self._drop("replayed", addr, f"{env.iid} seq {env.seq}")
             return out
-        host, port = addr if len(addr) == 2 and type(addr[1]) is int else _host_port(addr)
         if env.event == wire.HELLO:
             self._on_hello(now, env, host, port, out)
+            if env.seq is None and sent_at is None and self._hello_data_of.get(env.iid) is env.data:
+                self._remember(data, env, plaintext)
         elif env.event == wire.GOODBYE:
             self._on_goodbye(now, env, out)
         elif env.event in self._channels:
@@ -482,6 +510,21 @@ class DiscoveryCore:
         return out
 
     # -------------------------------------------------------------- internals
+    def _remember(self, data: bytes, env: wire.Envelope, plaintext: bytes) -> None:
+        """Keep an accepted node-discover hello so a byte-identical repeat skips all the work.
+
+        node-discover peers send the same bytes every time (no seq, deterministic JSON and
+        cipher), and opening and parsing are pure functions of the bytes.  Only hellos that
+        made a node's record are kept, in at most REPEAT_CACHE_SIZE entries and
+        REPEAT_CACHE_BYTES of datagrams; ours carry a seq and are never kept.
+        """
+        if len(self._repeats) >= REPEAT_CACHE_SIZE or self._repeats_bytes + len(data) > REPEAT_CACHE_BYTES:
+            self._repeats.clear()
+            self._repeats_bytes = 0
+        if data not in self._repeats:
+            self._repeats_bytes += len(data)
+        self._repeats[data] = (env, plaintext)
+
     def _drop(self, reason: str, addr: Address, detail: object) -> None:
         self.dropped[reason] += 1
         log.debug("dropped datagram from %s: %s", addr, detail)
@@ -547,9 +590,11 @@ class DiscoveryCore:
         old = self._nodes.get(iid)
         # The steady state of every cluster: a known node repeating itself.  Equal JSON
         # data from the same place needs no validation and no new record but the time.
+        # Compared as JSON text: Python's == would take true for 1 and 1 for 1.0.
+        data_json = wire.canonical(data)
         unchanged = (
             old is not None
-            and data == self._hello_data_of.get(iid)
+            and data_json == self._hello_json_of.get(iid)
             and old.address == host
             and old.port == port
             and old.pid == env.pid
@@ -569,6 +614,7 @@ class DiscoveryCore:
             self._hello_seq[iid] = seq
         if unchanged:
             assert old is not None
+            self._hello_data_of[iid] = data  # the bytes just seen now stand for this record
             ids = self._by_age[old.is_master]
             del ids[iid]
             ids[iid] = now
@@ -576,6 +622,7 @@ class DiscoveryCore:
                 out.append(Emit("helloReceived", (self._current(iid), False)))
             return
         self._hello_data_of[iid] = data
+        self._hello_json_of[iid] = data_json
         node = Node(
             id=env.iid,
             pid=env.pid,
@@ -629,6 +676,7 @@ class DiscoveryCore:
         del self._by_age[node.is_master][node.id]
         self._hello_seq.pop(node.id, None)
         self._hello_data_of.pop(node.id, None)
+        self._hello_json_of.pop(node.id, None)
         out.append(Emit("removed", (node,)))
 
     def _expire(self, now: float, out: list[Action]) -> bool:

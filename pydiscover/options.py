@@ -153,9 +153,10 @@ class Options:
     codec: Codec = field(default_factory=PlainCodec, repr=False, compare=False)
     #: Seconds a sealed packet's timestamp may differ from our clock (0: no time check).
     replay_window: float = 30.0
-    #: UDP: while only discovery traffic streams in, read it in batches this many seconds
-    #: apart (0: read every datagram at once).  See :class:`~pydiscover.transports.udp.UdpTransport`.
-    read_coalesce: float = 0.004
+    #: UDP: while a fast stream of only discovery traffic arrives (hundreds of nodes), read
+    #: it in batches this many seconds apart (0: read every datagram at once); see
+    #: :class:`~pydiscover.transports.udp.UdpTransport`.
+    read_coalesce: float = 0.02
     #: The cluster's name on a broker transport (Redis); ``None`` when unset.  After a
     #: Discovery is built on Redis it holds the namespace in effect (option, URL or default).
     namespace: str | None = None
@@ -177,7 +178,7 @@ def build_options(
     key: Secret | list[Secret] | tuple[Secret, ...] | None = None,
     encryption: str | None = None,
     replay_window: float = 30.0,
-    read_coalesce: float = 0.004,
+    read_coalesce: float = 0.02,
     masters_required: int = 1,
     weight: float | None = None,
     client: bool = False,

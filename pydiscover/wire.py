@@ -106,6 +106,11 @@ def check_json(value: Any, what: str) -> None:
     _dumps(value, what)
 
 
+def canonical(value: Any) -> bytes:
+    """A decoded JSON value as bytes, to compare values strictly (``true`` is not ``1``)."""
+    return orjson.dumps(value)
+
+
 def snapshot(value: Any) -> Any:
     """``value`` as peers will see it (a deep, JSON-shaped copy): later mutation cannot leak in."""
     return None if value is None else orjson.loads(_dumps(value, "advertisement"))

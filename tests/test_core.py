@@ -10,7 +10,7 @@ import orjson
 import pytest
 from sim import Sim
 
-from pydiscover.core import Action, DiscoveryCore, Emit, Transmit
+from pydiscover.core import REPEAT_CACHE_BYTES, Action, DiscoveryCore, Emit, Transmit
 from pydiscover.options import build_options
 
 FAST = {"hello_interval": 1.0, "check_interval": 2.0, "node_timeout": 2.0}
@@ -549,3 +549,108 @@ def test_our_own_link_outage_removes_nobody_and_elects_nothing() -> None:
     assert [a for a in out if isinstance(a, Transmit)]  # hello at once
     assert not events(tick_until(core, 32.49), "removed")  # each keeps the 1.5 s it had left
     assert {e.args[0].id for e in events(tick_until(core, 32.5), "removed")} == {"boss", "peer"}
+
+
+# ------------------------------------------- the receive fast paths (review regressions)
+def raw_hello(iid: str, data: dict[str, object]) -> bytes:
+    """A node-discover hello (no seq) with exactly this ``data``."""
+    return orjson.dumps({"event": "hello", "pid": "other", "iid": iid, "hostName": "h", "data": data})
+
+
+BASE = {"isMaster": False, "isMasterEligible": True, "weight": 1, "address": "127.0.0.1"}
+
+
+def test_only_accepted_hellos_are_remembered_and_the_memory_is_bounded() -> None:
+    core = lone_core()
+    core.start(0.0)
+    for i in range(300):  # invalid hellos are dropped, and never remembered
+        core.datagram_received(0.1, raw_hello(f"bad{i}", {**BASE, "weight": "heavy"}), ("10.0.0.2", 1))
+    assert core.dropped["bad_hello"] == 300 and not core._repeats
+    big = {**BASE, "advertisement": "x" * 1000}
+    for i in range(3000):  # 3 MB of distinct valid hellos: at most REPEAT_CACHE_BYTES kept
+        core.datagram_received(0.2, raw_hello(f"n{i}", big), ("10.0.0.2", 1))
+    assert 0 < core._repeats_bytes <= REPEAT_CACHE_BYTES and len(core.nodes) == 3000
+
+
+def test_a_changed_value_is_never_taken_for_an_equal_one() -> None:
+    """JSON true is not 1: Python's == would say the advertisement did not change."""
+    core = lone_core()
+    core.start(0.0)
+    core.datagram_received(0.1, raw_hello("a", {**BASE, "advertisement": {"ready": 1}}), ("10.0.0.2", 1))
+    core.datagram_received(0.2, raw_hello("a", {**BASE, "advertisement": {"ready": True}}), ("10.0.0.2", 1))
+    assert core.nodes["a"].advertisement == {"ready": True}
+    assert type(core.nodes["a"].advertisement["ready"]) is bool
+    core.datagram_received(0.3, raw_hello("a", {**BASE, "isMasterEligible": 1}), ("10.0.0.2", 1))
+    assert core.dropped["bad_hello"] == 1  # refused as a fresh node would refuse it
+
+
+def test_a_record_is_never_built_from_objects_handlers_were_given() -> None:
+    core = lone_core()
+    core.start(0.0)
+    datagram = raw_hello("a", {**BASE, "advertisement": {"role": "web"}})
+    (added,) = events(core.datagram_received(0.1, datagram, ("10.0.0.2", 1)), "added")
+    added.args[0].advertisement["role"] = "mutated by a handler"
+    assert events(tick_until(core, 5.0), "removed")
+    (again,) = events(core.datagram_received(5.1, datagram, ("10.0.0.2", 1)), "added")
+    assert again.args[0].advertisement == {"role": "web"}
+
+
+def test_odd_input_from_a_custom_transport_never_raises() -> None:
+    core = lone_core()
+    core.start(0.0)
+    datagram = raw_hello("a", BASE)
+    core.datagram_received(0.1, datagram, ("10.0.0.2", 1))
+    core.datagram_received(0.2, bytearray(datagram), ("10.0.0.2", 1))  # cached path, bytearray
+    core.datagram_received(0.3, datagram, ("10.0.0.2",))  # no port
+    core.datagram_received(0.4, "not bytes", ("10.0.0.2", 1))  # type: ignore[arg-type]
+    assert core.nodes["a"].last_seen == 0.3 and core.dropped["malformed"] == 1
+
+
+def test_a_pause_during_a_link_outage_is_not_given_back_twice() -> None:
+    core = lone_core()
+    core.start(0.0)
+    tick_until(core, 9.9)
+    core.datagram_received(9.9, hello("p", seq=1), ("10.0.0.2", 1))
+    core.link_lost(10.0)
+    # Frozen from 10 to 21 (no calls at all), the link back at 22: 1.9 s were left.
+    core.link_restored(22.0)
+    assert not events(tick_until(core, 23.89), "removed")
+    assert events(tick_until(core, 23.9), "removed")
+
+
+def test_time_given_back_never_moves_a_node_into_the_future() -> None:
+    """A hello heard during an outage must not leave the peer with a future last-seen."""
+    core = lone_core()
+    core.start(0.0)
+    core.link_lost(1.0)
+    core.datagram_received(2.0, hello("a", seq=1), ("10.0.0.2", 1))
+    core.link_restored(5.0)
+    assert core.nodes["a"].last_seen <= 5.0
+    core.datagram_received(5.5, hello("a", seq=2), ("10.0.0.2", 1))
+    assert not events(tick_until(core, 7.49), "removed")
+    assert events(tick_until(core, 7.5), "removed")  # 5.5 + node_timeout, not later
+
+
+def test_a_restart_forgets_a_link_outage() -> None:
+    core = lone_core()
+    core.start(0.0)
+    core.link_lost(1.0)
+    core.stop(2.0)
+    core.start(3.0)
+    core.datagram_received(3.1, hello("a", seq=1), ("10.0.0.2", 1))
+    assert events(tick_until(core, 5.1), "removed")  # removals run again
+
+
+def test_a_slow_loop_is_not_a_pause() -> None:
+    """Late ticks while datagrams keep arriving: the dead peer's silence still counts."""
+    core = lone_core()
+    core.start(0.0)
+    core.datagram_received(0.1, hello("dead", seq=1), ("10.0.0.2", 1))
+    removed = []
+    for k in range(1, 40):  # traffic every 0.1 s, but a tick only every 1.5 s: late for every hello
+        now = 0.1 + k * 0.1
+        out = core.datagram_received(now, hello("alive", seq=k), ("10.0.0.3", 1))
+        if k % 15 == 0:
+            out += core.tick(now)
+        removed += [e.args[0].id for e in events(out, "removed")]
+    assert "dead" in removed and core.counters["pauses"] == 0

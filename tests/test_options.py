@@ -143,7 +143,7 @@ def test_unicast_comma_string_and_list_agree() -> None:
 
 
 def test_read_coalesce_is_validated() -> None:
-    assert build_options().read_coalesce == 0.004
+    assert build_options().read_coalesce == 0.02
     assert build_options(read_coalesce=0).read_coalesce == 0.0
     with pytest.raises(ValueError, match="read_coalesce"):
         build_options(read_coalesce=0.5)
