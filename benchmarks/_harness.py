@@ -130,11 +130,9 @@ def table(figures: list[Figure]) -> str:
     rows = [("benchmark", "figure", "unit", "pydiscover", "node-discover", "ratio", "goal", "met")]
     for f in figures:
         met = "" if f.met is None else ("yes" if f.met else "NO")
-        rows.append(
-            (f.benchmark, f.name, f.unit, fmt(f.pydiscover), fmt(f.node_discover), fmt(f.ratio), f.goal, met)
-        )
+        rows.append((f.benchmark, f.name, f.unit, fmt(f.pydiscover), fmt(f.node_discover), fmt(f.ratio), f.goal, met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -196,3 +194,17 @@ class LineChild:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def markdown(figures: list[Figure], machine_info: dict[str, Any]) -> str:
+    """The figures as a Markdown table, with the machine they ran on (for RESULTS.md)."""
+    lines = [
+        "| benchmark | figure | unit | pydiscover | node-discover | ratio | goal | met |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for f in figures:
+        met = "" if f.met is None else ("yes" if f.met else "**no**")
+        cells = (f.benchmark, f.name, f.unit, fmt(f.pydiscover), fmt(f.node_discover), fmt(f.ratio), f.goal, met)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    about = ", ".join(f"{k}: {v}" for k, v in machine_info.items())
+    return "\n".join(lines) + f"\n\nMachine: {about}.\n"

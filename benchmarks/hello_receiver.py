@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from pydiscover import Discovery
 
@@ -21,11 +22,12 @@ def main() -> None:
     parser.add_argument("--sink-port", type=int, required=True)
     parser.add_argument("--key")
     parser.add_argument("--encryption")
+    parser.add_argument("--read-coalesce", type=float, help="the option of that name (default: the library's)")
     args = parser.parse_args()
-    options = {"key": args.key, "encryption": args.encryption} if args.key else {}
-    d = Discovery(
-        address="127.0.0.1", port=args.port, unicast=[f"127.0.0.1:{args.sink_port}"], weight=1000, **options
-    )
+    options: dict[str, Any] = {"key": args.key, "encryption": args.encryption} if args.key else {}
+    if args.read_coalesce is not None:
+        options["read_coalesce"] = args.read_coalesce
+    d = Discovery(address="127.0.0.1", port=args.port, unicast=[f"127.0.0.1:{args.sink_port}"], weight=1000, **options)
     d.start()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -58,7 +59,7 @@ def main() -> None:
     port = free_udp_port()
     key = None if args.encryption == "none" else args.key
     encryption = None if args.encryption == "none" else args.encryption
-    opts = {"port": port, "broadcast": BROADCAST, "key": key, "encryption": encryption,
+    opts: dict[str, Any] = {"port": port, "broadcast": BROADCAST, "key": key, "encryption": encryption,
             "hello_interval": 0.5, "node_timeout": 1.5, "check_interval": 1.0, "ignore_process": False}
     node = Discovery(weight=1, **opts)
     # Genuine packets to mutate: a second node's hellos, captured like an eavesdropper would.

@@ -58,46 +58,66 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(args: argparse.Namespace) -> int:
-    port = args.port or free_port()
+def measure(
+    *,
+    workers: int = 3,
+    tasks: int = 5000,
+    window: int = 64,
+    timeout: float = 2.0,
+    strategy: str = "round_robin",
+    in_process: bool = False,
+    port: int = 0,
+) -> dict[str, Any]:
+    """Run the master and the workers; return throughput, round trips and the balancer's counters.
+
+    ``ok`` is False (with ``error``) when the cluster did not form, stalled, or a result
+    was wrong or missing.
+    """
+    port = port or free_port()
+    out: dict[str, Any] = {"workers": workers, "tasks": tasks, "window": window, "strategy": strategy}
+    out["in_process"] = in_process
     master_d = Discovery(weight=100, port=port, broadcast=LOOPBACK_BROADCAST, ignore_process=False, **TIMING)
-    master = TaskBalancer(master_d, strategy=args.strategy)
+    master = TaskBalancer(master_d, strategy=strategy)
     procs: list[subprocess.Popen[str]] = []
     local: list[tuple[Discovery, TaskBalancer[TaskFuture]]] = []
     try:
-        for _ in range(args.workers):
-            if args.in_process:
+        for _ in range(workers):
+            if in_process:
                 d = Discovery(weight=-1, port=port, broadcast=LOOPBACK_BROADCAST, ignore_process=False, **TIMING)
                 balancer = TaskBalancer(d)
                 balancer.worker(lambda x: x * 3)
                 local.append((d, balancer))
             else:
-                proc = subprocess.Popen([sys.executable, "-c", WORKER, str(port)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", WORKER, str(port)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
                 procs.append(proc)
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
         deadline = time.monotonic() + 10
-        while not (master_d.is_master and len(master.workers) == args.workers):
+        while not (master_d.is_master and len(master.workers) == workers):
             if time.monotonic() > deadline:
-                print(f"cluster did not form: master={master_d.is_master}, workers={len(master.workers)}")
-                return 1
+                error = f"cluster did not form: master={master_d.is_master}, workers={len(master.workers)}"
+                return {**out, "ok": False, "error": error}
             time.sleep(0.01)
 
-        window = threading.BoundedSemaphore(args.window)
+        slots = threading.BoundedSemaphore(window)
         latencies: list[float] = []
         futures: list[TaskFuture] = []
 
         def finished(sent: float, _: Any) -> None:
             latencies.append(time.perf_counter() - sent)
-            window.release()
+            slots.release()
 
         started = time.perf_counter()
-        for n in range(args.tasks):
-            if not window.acquire(timeout=30):
-                print("stalled: no result for 30 s")
-                return 1
+        for n in range(tasks):
+            if not slots.acquire(timeout=30):
+                return {**out, "ok": False, "error": "stalled: no result for 30 s"}
             sent = time.perf_counter()
-            future = master.submit(n, timeout=args.timeout)
+            future = master.submit(n, timeout=timeout)
             future.add_done_callback(functools.partial(finished, sent))
             futures.append(future)
         wrong = sum(f.result(60) != n * 3 for n, f in enumerate(futures))
@@ -105,14 +125,18 @@ def run(args: argparse.Namespace) -> int:
         stats = master.stats
         per_worker = collections.Counter(f.worker for f in futures)
         latencies.sort()
-        print(f"{args.tasks} tasks, {args.workers} {'in-process' if args.in_process else 'process'} workers, "
-              f"window {args.window}, strategy {args.strategy}")
-        print(f"  throughput:  {args.tasks / elapsed:,.0f} tasks/s ({elapsed:.2f} s)")
-        print(f"  round trip:  median {statistics.median(latencies) * 1000:.2f} ms, "
-              f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.2f} ms")
-        print(f"  per worker:  {sorted(per_worker.values())}")
-        print(f"  reassigned {stats['reassigned']}, dropped results {stats['dropped_results']}, wrong {wrong}")
-        return 0 if wrong == 0 and stats["completed"] == args.tasks else 1
+        return {
+            **out,
+            "ok": wrong == 0 and stats["completed"] == tasks,
+            "seconds": elapsed,
+            "tasks_per_s": tasks / elapsed,
+            "median_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+            "per_worker": sorted(per_worker.values()),
+            "reassigned": stats["reassigned"],
+            "dropped_results": stats["dropped_results"],
+            "wrong": wrong,
+        }
     finally:
         for proc in procs:
             if proc.stdin is not None:
@@ -128,6 +152,30 @@ def run(args: argparse.Namespace) -> int:
             d.stop()
         master.close()
         master_d.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    r = measure(
+        workers=args.workers,
+        tasks=args.tasks,
+        window=args.window,
+        timeout=args.timeout,
+        strategy=args.strategy,
+        in_process=args.in_process,
+        port=args.port,
+    )
+    if "error" in r:
+        print(r["error"])
+        return 1
+    print(
+        f"{args.tasks} tasks, {args.workers} {'in-process' if args.in_process else 'process'} workers, "
+        f"window {args.window}, strategy {args.strategy}"
+    )
+    print(f"  throughput:  {r['tasks_per_s']:,.0f} tasks/s ({r['seconds']:.2f} s)")
+    print(f"  round trip:  median {r['median_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+    print(f"  per worker:  {r['per_worker']}")
+    print(f"  reassigned {r['reassigned']}, dropped results {r['dropped_results']}, wrong {r['wrong']}")
+    return 0 if r["ok"] else 1
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 NODE_SCRIPT = Path(__file__).with_name("netns_node.py")
 HOST_IF = "eth0"
@@ -195,7 +195,7 @@ class NodeProcess:
         self._thread.start()
 
     def _read(self, out: queue.Queue[tuple[int, dict[str, Any]]]) -> None:
-        stdout: TextIO | None = self.proc.stdout
+        stdout = self.proc.stdout
         assert stdout is not None
         for line in stdout:
             try:

@@ -1,0 +1,110 @@
+"""Scale: the core in a 1,000-node simulation, and one real node among 1,000 peers at 1 Hz.
+
+* Simulation: 1,000 sans-IO cores on one fake clock (``tests/sim.py``), hello 1 s,
+  every hello delivered to every other node (a million deliveries per simulated second):
+  simulated seconds per wall second, and when the full view and the single master formed.
+* One real node: the blaster of ``benchmarks/hello_cpu.py`` plays 1,000 peers, each saying
+  hello once a second (1,000 datagrams/s, spread evenly), to one receiver process; its CPU
+  share of one core over the window.  Both receive node-discover's hellos; pydiscover also
+  pydiscover-format ones (a fresh ``seq`` in each: parsed every time).  Goal: under 3 %.
+
+    .venv/bin/python -m benchmarks.scale [--quick]
+
+Loopback only.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from benchmarks._harness import REPO, Figure
+from benchmarks.hello_cpu import INSTANCES, impls, main, measure
+
+NAME = "scale"
+
+
+def simulate(nodes: int, seconds: float) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO / "tests"))
+    from sim import Sim
+
+    sim = Sim(seed=nodes, record_hellos=False)
+    for _ in range(nodes):
+        sim.add(weight=sim.rng.random(), hello_interval=1.0, check_interval=2.0, node_timeout=3.25)
+    heaviest = max(range(nodes), key=lambda i: sim.nodes[i].core.options.weight)
+    full_view_at = None
+    wall = time.perf_counter()
+    t = 0.0
+    while t < seconds:
+        t = round(t + 0.05, 6)
+        sim.run_until(t)
+        if full_view_at is None and all(len(n.core.nodes) == nodes - 1 for n in sim.nodes):
+            full_view_at = t
+    wall = time.perf_counter() - wall
+    deliveries = sum(n.core.counters["packets_in"] for n in sim.nodes)
+    return {
+        "nodes": nodes,
+        "simulated_s": seconds,
+        "wall_s": wall,
+        "sim_s_per_wall_s": seconds / wall,
+        "deliveries": deliveries,
+        "deliveries_per_wall_s": deliveries / wall,
+        "full_view_at": full_view_at,
+        "masters": sim.masters(),
+        "one_master_is_heaviest": sim.masters() == [heaviest],
+    }
+
+
+def one_among_many(impl: str, mode: str, seconds: float) -> dict[str, Any]:
+    result = measure(impl, mode, rate=INSTANCES, seconds=seconds)
+    result["cpu_share_percent"] = result["cpu_s"] / seconds * 100
+    return result
+
+
+def run(quick: bool) -> list[Figure]:
+    sim = simulate(1_000, 2.0 if quick else 4.0)
+    seconds = 5.0 if quick else 15.0
+    # The same peers for both (node-discover's own hellos), then pydiscover's costlier ones.
+    same = {impl: one_among_many(impl, "plain", seconds) for impl in impls()}
+    ours = one_among_many("pydiscover", "ours", seconds)
+    py, js = same["pydiscover"], same.get("node-discover")
+
+    def ok(r: dict[str, Any]) -> bool:
+        return bool(r["cpu_share_percent"] < 3 and r["share"] >= 0.99 and r["nodes"] == INSTANCES)
+
+    return [
+        Figure(
+            NAME,
+            "1,000-node simulation speed",
+            "sim s / wall s",
+            sim["sim_s_per_wall_s"],
+            better="higher",
+            goal="one master, full view",
+            met=sim["one_master_is_heaviest"] and sim["full_view_at"] is not None,
+            detail=sim,
+        ),
+        Figure(
+            NAME,
+            "CPU of one node among 1,000 node-discover peers at 1 Hz",
+            "% of a core",
+            py["cpu_share_percent"],
+            js["cpu_share_percent"] if js else None,
+            goal="< 3 %",
+            met=ok(py),
+            detail=same,
+        ),
+        Figure(
+            NAME,
+            "CPU of one node among 1,000 pydiscover peers at 1 Hz",
+            "% of a core",
+            ours["cpu_share_percent"],
+            goal="< 3 %",
+            met=ok(ours),
+            detail=ours,
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    main(runner=run)
