@@ -42,12 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs (the test command's smoke form)")
     parser.add_argument("--json", metavar="FILE", type=Path, help="write the figures and details here")
     parser.add_argument("--markdown", metavar="FILE", type=Path, help="write the table as Markdown here")
+    parser.add_argument(
+        "--merge", metavar="FILE", type=Path, help="start from this JSON report: re-run only --only's benchmarks"
+    )
     parser.add_argument("--only", metavar="NAME", action="append", choices=sorted(BENCHMARKS), help="repeatable")
     args = parser.parse_args(argv)
     names = args.only or list(BENCHMARKS)
     figures: list[Figure] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
+    if args.merge:
+        previous = json.loads(args.merge.read_text())
+        keep = [f for f in previous["figures"] if f["benchmark"] not in names]
+        figures += [Figure(**{k: v for k, v in f.items() if k != "ratio"}) for f in keep]
+        timings.update({k: v for k, v in previous["seconds"].items() if k not in names})
     for name in names:
         print(f"== {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name} FAILED: {exc!r}", file=sys.stderr, flush=True)
         timings[name] = time.monotonic() - started
         print(f"== {name} done in {timings[name]:.0f} s", file=sys.stderr, flush=True)
+    order = list(BENCHMARKS)
+    figures.sort(key=lambda f: order.index(f.benchmark) if f.benchmark in order else len(order))
     print(table(figures))
     for name, error in failures.items():
         print(f"\n{name} failed:\n{error}", file=sys.stderr)

@@ -62,6 +62,8 @@ COALESCE_BELOW = 32
 #: traffic: more than ~500 wake-ups a second (e.g. 1,000 peers at 1 Hz).  Smaller
 #: clusters never coalesce, so their channel messages never wait.
 STREAM_GAP = 0.002
+#: ... for this many wake-ups in a row: a burst (a newcomer's replies) is read at once.
+STREAM_WAKES = 8
 #: Receive buffer asked of the kernel (it caps this at net.core.rmem_max): room for bursts.
 RCVBUF = 4 << 20
 #: Datagrams held while the kernel's send buffer is full; past this, sends are dropped and counted.
@@ -75,8 +77,9 @@ class UdpTransport(Transport):
 
     Reading: up to :data:`READ_BATCH` datagrams per wake-up.  With ``read_coalesce`` > 0,
     when a wake-up found only discovery traffic, at most :data:`COALESCE_BELOW` datagrams,
-    and came less than :data:`STREAM_GAP` after the previous such one (a sparse but fast
-    stream: a cluster of many hundreds of nodes), reading pauses for ``read_coalesce``
+    and came less than :data:`STREAM_GAP` after the previous such one, :data:`STREAM_WAKES`
+    times in a row (a sparse but steady stream: a cluster of many hundreds of nodes, not
+    the burst of replies a newcomer gets), reading pauses for ``read_coalesce``
     seconds so the next wake-up finds many datagrams.  On a VM a wake-up can cost ten
     times the handling of a hello, so this cuts a big cluster's CPU by about half or
     more.  A batch holding a channel message never pauses, and smaller clusters never
@@ -102,6 +105,7 @@ class UdpTransport(Transport):
         self.read_coalesce = read_coalesce
         self.stream_gap = STREAM_GAP
         self._last_bulk_read = -math.inf
+        self._stream_wakes = 0
         self._resume: asyncio.TimerHandle | None = None
         self.address = address
         self.port = port
@@ -252,7 +256,11 @@ class UdpTransport(Transport):
         if 0 < handled <= COALESCE_BELOW and bulk_only and self.read_coalesce and self._loop is not None:
             now = self._loop.time()
             if now - self._last_bulk_read < self.stream_gap:
-                self._pause_reading(sock)
+                self._stream_wakes += 1
+                if self._stream_wakes >= STREAM_WAKES:
+                    self._pause_reading(sock)
+            else:
+                self._stream_wakes = 0
             self._last_bulk_read = now
 
     def _pause_reading(self, sock: socket.socket) -> None:
