@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,15 @@ def markdown(figures: list[Figure], machine_info: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     about = ", ".join(f"{k}: {v}" for k, v in machine_info.items())
     return "\n".join(lines) + f"\n\nMachine: {about}.\n"
+
+
+def cli(runner: Callable[[bool], list[Figure]], doc: str | None, argv: list[str] | None = None) -> list[Figure]:
+    """``python -m benchmarks.<name> [--quick]``: run one benchmark and print its table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the short form")
+    args = parser.parse_args(argv)
+    figures = runner(args.quick)
+    print(table(figures))
+    return figures

@@ -21,12 +21,11 @@ Loopback only (and the in-memory bus).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Any
 
 from benchmarks import resources_movement, tasks_throughput
-from benchmarks._harness import Figure, table
+from benchmarks._harness import Figure, cli
 
 NAME = "balancer"
 RESOURCES, NODES = 10_000, 50
@@ -89,12 +88,5 @@ def run(quick: bool) -> list[Figure]:
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(table(run(args.quick)))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, __doc__)

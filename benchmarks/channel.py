@@ -29,7 +29,6 @@ Loopback only.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -38,11 +37,11 @@ from typing import Any
 from benchmarks._harness import (
     Figure,
     LineChild,
+    cli,
     free_udp_port,
     node_discover_available,
     node_env,
     python_env,
-    table,
 )
 
 NAME = "channel"
@@ -294,12 +293,7 @@ def rmem_default() -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    figures = run(args.quick)
-    print(table(figures))
-    for f in figures:
+    for f in cli(run, __doc__, argv):
         if f.name == "max msgs/s with no loss":
             for impl, result in f.detail["results"].items():
                 steps = ", ".join(f"{s['rate']:,.0f}:{s['received']}/{s['sent']}" for s in result["steps"])

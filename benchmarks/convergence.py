@@ -22,13 +22,12 @@ Loopback only; every process is SIGKILLed when a run ends (and stops itself afte
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from typing import Any
 
-from benchmarks._harness import REPO, Figure, node_discover_available, table
+from benchmarks._harness import REPO, Figure, cli, node_discover_available
 from pydiscover.options import build_options
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -120,12 +119,5 @@ def run(quick: bool) -> list[Figure]:
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(table(run(args.quick)))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, __doc__)

@@ -28,7 +28,6 @@ the end of a run and stops itself after 60 s anyway.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import signal
@@ -40,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks._harness import REPO, Figure, node_discover_available, table
+from benchmarks._harness import REPO, Figure, cli, node_discover_available
 
 sys.path.insert(0, str(REPO / "tests"))
 from proc_cluster import Cluster, NodeProc
@@ -225,12 +224,5 @@ def run(quick: bool) -> list[Figure]:
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(table(run(args.quick)))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, __doc__)

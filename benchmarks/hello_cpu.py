@@ -26,13 +26,11 @@ Loopback only.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -40,12 +38,12 @@ import orjson
 from benchmarks._harness import (
     Figure,
     LineChild,
+    cli,
     free_udp_port,
     node_discover_available,
     node_env,
     node_major,
     python_env,
-    table,
 )
 from pydiscover.security import AeadCodec, LegacyCodec
 
@@ -289,12 +287,5 @@ def run(quick: bool) -> list[Figure]:
     return cpu_figures(quick) + absorption_figures(quick)
 
 
-def main(argv: list[str] | None = None, runner: Callable[[bool], list[Figure]] = run) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(table(runner(args.quick)))
-
-
 if __name__ == "__main__":
-    main()
+    cli(run, __doc__)

@@ -19,8 +19,8 @@ import sys
 import time
 from typing import Any
 
-from benchmarks._harness import REPO, Figure
-from benchmarks.hello_cpu import INSTANCES, impls, main, measure
+from benchmarks._harness import REPO, Figure, cli
+from benchmarks.hello_cpu import INSTANCES, impls, measure
 
 NAME = "scale"
 
@@ -107,4 +107,4 @@ def run(quick: bool) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    main(runner=run)
+    cli(run, __doc__)

@@ -76,3 +76,17 @@ def test_hello_blast_fills_the_table_and_counts_every_hello(impl: str) -> None:
     assert result["nodes"] == INSTANCES
     assert result["sent"] == 2_500 and result["share"] >= 0.99
     assert result["cpu_per_hello_us"] is not None and result["cpu_per_hello_us"] > 0
+
+
+def test_merge_reruns_only_the_named_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = fake_benchmark(True), types.ModuleType("other_benchmark")
+    second.run = lambda quick: [Figure("other", "size", "B", 1.0, goal="", met=None)]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_benchmark", first)
+    monkeypatch.setitem(sys.modules, "other_benchmark", second)
+    monkeypatch.setattr(runner, "BENCHMARKS", {"fake": "fake_benchmark", "other": "other_benchmark"})
+    report = tmp_path / "r.json"
+    assert runner.main(["--json", str(report)]) == 0
+    second.run = lambda quick: [Figure("other", "size", "B", 2.0, goal="", met=None)]  # type: ignore[attr-defined]
+    assert runner.main(["--only", "other", "--merge", str(report), "--json", str(report)]) == 0
+    figures = json.loads(report.read_text())["figures"]
+    assert [(f["benchmark"], f["pydiscover"]) for f in figures] == [("fake", 4.0), ("other", 2.0)]
