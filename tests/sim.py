@@ -103,19 +103,26 @@ class Sim:
             at, _, kind, payload = heapq.heappop(self._queue)
             self.now = max(self.now, at)
             if kind == "tick":
-                node = self.nodes[payload]
                 if self._scheduled.get(payload) == at:
                     del self._scheduled[payload]
-                    if node.alive:
-                        self._route(payload, node.core.tick(self.now))
+                    self._tick_due(payload)
             else:
-                src, datagram = payload
-                for dst, node in enumerate(self.nodes):
-                    if node.alive and (node.segment == self.nodes[src].segment) and self.link(src, dst):
-                        self._received(dst, node.core.datagram_received(self.now, datagram, self.nodes[src].address))
+                self._deliver(*payload)
         else:
             raise AssertionError("simulation did not settle within max_steps")
         self.now = max(self.now, t)
+
+    # The two steps a subclass may change (tests/test_chaos.py adds loss, freezes, clocks).
+    def _tick_due(self, idx: int) -> None:
+        node = self.nodes[idx]
+        if node.alive:
+            self._route(idx, node.core.tick(self.now))
+
+    def _deliver(self, src: int, datagram: bytes) -> None:
+        sender = self.nodes[src]
+        for dst, node in enumerate(self.nodes):
+            if node.alive and node.segment == sender.segment and self.link(src, dst):
+                self._received(dst, node.core.datagram_received(self.now, datagram, sender.address))
 
     # --------------------------------------------------------------- queries
     def masters(self) -> list[int]:
