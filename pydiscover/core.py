@@ -528,6 +528,9 @@ class DiscoveryCore:
     def _drop(self, reason: str, addr: Address, detail: object) -> None:
         self.dropped[reason] += 1
         log.debug("dropped datagram from %s: %s", addr, detail)
+        if reason in _MISMATCH_ADVICE and self.dropped[reason] == 1:
+            # Counting alone would leave a split cluster silent: say once what to change.
+            log.warning("dropping packets from %s: %s", addr, _MISMATCH_ADVICE[reason])
 
     def _valid_channel(self, channel: object) -> bool:
         if not isinstance(channel, str):
@@ -740,6 +743,15 @@ class DiscoveryCore:
             self._is_master = False
             out.append(Emit("demotion", (self.me(now),)))
             self._hello(now, out)
+
+
+#: Drops that mean a peer is configured differently, and what to change (logged once).
+_MISMATCH_ADVICE = {
+    "node_discover_cipher": "they look sealed with node-discover's cipher, but this node uses AES-GCM; "
+    'to share a cluster with node-discover peers, set encryption="node-discover" (and the same key)',
+    "plaintext": "they are unencrypted, but this node has a key; give every node the same key and encryption",
+    "encrypted": "they are encrypted, but this node has no key; give every node the same key and encryption",
+}
 
 
 def _host_port(addr: Address) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
 import os
 import signal
@@ -17,15 +18,24 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from .core import Action, DiscoveryCore, Emit
+from .errors import TransportError
 from .events import SafeEmitter
 from .node import Node
-from .options import Options, build_options, parse_unicast
+from .options import (
+    Encryption,
+    Options,
+    build_options,
+    document_options,
+    engine_options,
+    explains_unknown_options,
+    parse_unicast,
+)
 from .security import Codec, Secret, make_codec
 from .transports.base import Address, Transport
 from .transports.udp import UdpTransport
@@ -34,6 +44,7 @@ log = logging.getLogger("pydiscover.discovery")
 
 T = TypeVar("T")
 Handler = Callable[..., Any]
+H = TypeVar("H", bound=Callable[..., Any])
 
 _process_id = str(uuid.uuid4())
 
@@ -51,7 +62,40 @@ def _after_fork_in_child() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere there is no fork to survive
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+#: How long ``Discovery.stop()`` waits for the engine to stop (cleanup before the goodbye included).
+STOP_TIMEOUT = 60.0
+
+#: At most one ``error`` event per transport error reason in this many seconds.
+ERROR_REPORT_INTERVAL = 5.0
+
+
+class _ErrorReports:
+    """Rate-limits transport errors into ``error`` events: one per reason per interval, with a count."""
+
+    def __init__(self, interval: float = ERROR_REPORT_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def due(self, reason: str, now: float) -> int | None:
+        """``None``: stay quiet; else report now, with how many were suppressed since the last report."""
+        last = self._last.get(reason)
+        if last is not None and now - last < self.interval:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return None
+        self._last[reason] = now
+        return self._suppressed.pop(reason, 0)
+
+
+async def wait_with_timeout(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """``asyncio.wait_for`` raising the builtin ``TimeoutError`` (3.10's is ``asyncio.TimeoutError``)."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"timed out after {timeout} s") from None
 
 
 def _broker_timing(options: Options) -> float:
@@ -120,8 +164,42 @@ class AsyncDiscovery:
     functions or coroutines and run on this loop.
     """
 
-    def __init__(self, *, transport: Any = None, **options: Any) -> None:
-        self._transport, self.options = _make_transport(build_options(**options), transport)
+    @explains_unknown_options
+    def __init__(
+        self,
+        *,
+        hello_interval: float = Options.hello_interval,
+        check_interval: float = Options.check_interval,
+        node_timeout: float = Options.node_timeout,
+        master_timeout: float | None = None,
+        address: str = Options.address,
+        port: int = Options.port,
+        broadcast: str | None = None,
+        multicast: str | None = None,
+        multicast_ttl: int = Options.multicast_ttl,
+        interface: str | None = None,
+        unicast: str | Sequence[str] | None = None,
+        key: Secret | Sequence[Secret] | None = None,
+        encryption: Encryption | None = None,
+        replay_window: float = Options.replay_window,
+        read_coalesce: float = Options.read_coalesce,
+        masters_required: int = Options.masters_required,
+        weight: float | None = None,
+        client: bool = Options.client,
+        reuse_addr: bool = Options.reuse_addr,
+        ignore_process: bool = Options.ignore_process,
+        ignore_instance: bool = Options.ignore_instance,
+        hostname: str | None = None,
+        advertisement: Any = None,
+        max_datagram: int | None = None,
+        transport: str | Transport | None = None,
+        namespace: str | None = None,
+        allow_long_intervals: bool = False,
+    ) -> None:
+        settings = engine_options(locals())
+        transport = settings.pop("transport")
+        self._check_advertisement(advertisement)
+        self._transport, self.options = _make_transport(build_options(**settings), transport)
         self._core = DiscoveryCore(self.options, pid=_process_id, iid=str(uuid.uuid4()))
         self._emitter = SafeEmitter()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,6 +209,18 @@ class AsyncDiscovery:
         self._facade: AsyncDiscovery | Discovery = self
         #: Awaited at the start of stop(), before the goodbye (layers such as the balancer).
         self._before_stop: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._transport_errors = _ErrorReports()
+        self._init_layer()
+
+    def _init_layer(self) -> None:
+        """Subclasses (services) set up their own state here, once the engine exists.
+
+        A hook rather than an ``__init__`` override, so the options stay declared in
+        one signature (this class's) for every subclass.
+        """
+
+    def _check_advertisement(self, advertisement: Any) -> None:
+        """Subclasses narrow what may be advertised (a service needs a name); checked at every change."""
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> bool:
@@ -142,8 +232,9 @@ class AsyncDiscovery:
         if self._core.running:
             return False
         loop = asyncio.get_running_loop()
-        self._emitter._loop = loop
+        self._emitter.set_loop(loop)
         self._transport.set_link_listener(self._link_changed)
+        self._transport.set_error_listener(self._transport_error)
         await self._transport.open(self._datagram_received)
         self._loop = loop
         self._apply(self._core.start(loop.time(), time.time()))
@@ -172,7 +263,7 @@ class AsyncDiscovery:
 
     async def _drain_handlers(self, grace: float = 5.0) -> None:
         """Let coroutine handlers (``demotion``, ``stopped``, ...) finish; cancel what outlives ``grace``."""
-        pending = {f for f in self._emitter._waiting if f is not asyncio.current_task()}
+        pending = {f for f in self._emitter.running_handlers() if f is not asyncio.current_task()}
         if not pending:
             return
         _, late = await asyncio.wait(pending, timeout=grace)
@@ -190,13 +281,29 @@ class AsyncDiscovery:
         await self.stop()
 
     # -------------------------------------------------------------- events
-    def on(self, event: str, handler: Handler | None = None) -> Any:
-        """Register ``handler`` for ``event`` (or use as a decorator)."""
-        return self._emitter.on(event, handler) if handler is not None else self._emitter.on(event)
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
 
-    def once(self, event: str, handler: Handler | None = None) -> Any:
-        """Register ``handler`` for the next ``event`` only."""
-        return self._emitter.once(event, handler)
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register ``handler`` for ``event`` and return it (without ``handler``: a decorator)."""
+        if handler is None:
+            return lambda f: self.on(event, f)
+        self._emitter.on(event, handler)
+        return handler
+
+    @overload
+    def once(self, event: str, handler: H) -> H: ...
+    @overload
+    def once(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    def once(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Register ``handler`` for the next ``event`` only and return it (without ``handler``: a decorator)."""
+        if handler is None:
+            return lambda f: self.once(event, f)
+        self._emitter.once(event, handler)
+        return handler
 
     def remove_listener(self, event: str, handler: Handler) -> None:
         """Unregister ``handler`` from ``event``."""
@@ -205,7 +312,10 @@ class AsyncDiscovery:
     async def wait_for(
         self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0
     ) -> tuple[Any, ...]:
-        """Wait until ``event`` fires with arguments that satisfy ``predicate``; for tests and scripts."""
+        """Wait until ``event`` fires with arguments that satisfy ``predicate``; for tests and scripts.
+
+        Raises the builtin ``TimeoutError`` after ``timeout`` seconds (on every Python).
+        """
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
 
         def handler(*args: Any) -> None:
@@ -214,7 +324,7 @@ class AsyncDiscovery:
 
         self._emitter.on(event, handler)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await wait_with_timeout(future, timeout)
         finally:
             self._emitter.remove_listener(event, handler)
 
@@ -252,6 +362,7 @@ class AsyncDiscovery:
 
     def advertise(self, advertisement: Any) -> None:
         """Publish ``advertisement`` with every hello from the next one on; checked for size now."""
+        self._check_advertisement(advertisement)
         self._core.advertise(advertisement)
 
     def set_key(self, key: Secret | list[Secret], encryption: str | None = None) -> None:
@@ -358,6 +469,14 @@ class AsyncDiscovery:
         log.warning("transport link %s", "restored" if up else "lost; pausing removals and elections")
         self._apply(self._core.link_restored(now) if up else self._core.link_lost(now))
 
+    def _transport_error(self, reason: str, detail: str) -> None:
+        """node-discover emits socket errors as ``error``; we do too, at most one per reason every few seconds."""
+        if not self._emitter.has_listeners("error"):
+            return  # the transport logged it and stats counts it; an unheard error event would log it again
+        suppressed = self._transport_errors.due(reason, self._now())
+        if suppressed is not None:
+            self._emitter.emit("error", TransportError(reason, detail, suppressed=suppressed))
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
@@ -444,15 +563,46 @@ class Discovery:
     #: The engine this facade runs on its thread (a subclass may swap in a richer one).
     _async_class: type[AsyncDiscovery] = AsyncDiscovery
 
+    @explains_unknown_options
     def __init__(
-        self, *, start: bool = True, stop_on_sigterm: bool = True, transport: Any = None, **options: Any
+        self,
+        *,
+        start: bool = True,
+        stop_on_sigterm: bool = True,
+        hello_interval: float = Options.hello_interval,
+        check_interval: float = Options.check_interval,
+        node_timeout: float = Options.node_timeout,
+        master_timeout: float | None = None,
+        address: str = Options.address,
+        port: int = Options.port,
+        broadcast: str | None = None,
+        multicast: str | None = None,
+        multicast_ttl: int = Options.multicast_ttl,
+        interface: str | None = None,
+        unicast: str | Sequence[str] | None = None,
+        key: Secret | Sequence[Secret] | None = None,
+        encryption: Encryption | None = None,
+        replay_window: float = Options.replay_window,
+        read_coalesce: float = Options.read_coalesce,
+        masters_required: int = Options.masters_required,
+        weight: float | None = None,
+        client: bool = Options.client,
+        reuse_addr: bool = Options.reuse_addr,
+        ignore_process: bool = Options.ignore_process,
+        ignore_instance: bool = Options.ignore_instance,
+        hostname: str | None = None,
+        advertisement: Any = None,
+        max_datagram: int | None = None,
+        transport: str | Transport | None = None,
+        namespace: str | None = None,
+        allow_long_intervals: bool = False,
     ) -> None:
         if not isinstance(start, bool):
             raise TypeError("start must be True or False")
         if not isinstance(stop_on_sigterm, bool):
             raise TypeError("stop_on_sigterm must be True or False")
         self._stop_on_sigterm = stop_on_sigterm
-        self._async = self._async_class(transport=transport, **options)
+        self._async = self._async_class(**engine_options(locals()))
         self._async._facade = self
         self.options = self._async.options
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -501,7 +651,9 @@ class Discovery:
                 return False
             _running_sync.discard(self)
             try:
-                return self._run(self._async.stop())
+                # Layers release their work before the goodbye (a ResourceManager's stop hooks
+                # may take up to 30 s): wait for that, not the default 10 s.
+                return self._run(self._async.stop(), STOP_TIMEOUT)
             finally:
                 self._shutdown_loop()
 
@@ -540,7 +692,10 @@ class Discovery:
         if self._in_loop_thread():
             coro.close()
             raise RuntimeError("this call waits on the discovery thread, so it cannot be made from a handler")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        except concurrent.futures.TimeoutError:  # not the builtin before 3.11
+            raise TimeoutError(f"the discovery thread did not answer within {timeout} s") from None
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the loop thread (the core is single-threaded) and return its result."""
@@ -559,12 +714,22 @@ class Discovery:
         return future.result(timeout=10.0)
 
     # ------------------------------------------------------- events (pyee)
-    def on(self, event: str, handler: Handler | None = None) -> Any:
-        """Register ``handler`` for ``event`` (or use as a decorator).  Runs on the discovery thread."""
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """See :meth:`AsyncDiscovery.on`.  Handlers run on the discovery thread."""
         return self._async.on(event, handler)
 
-    def once(self, event: str, handler: Handler | None = None) -> Any:
-        """Register ``handler`` for the next ``event`` only."""
+    @overload
+    def once(self, event: str, handler: H) -> H: ...
+    @overload
+    def once(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    def once(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """See :meth:`AsyncDiscovery.once`."""
         return self._async.once(event, handler)
 
     def remove_listener(self, event: str, handler: Handler) -> None:
@@ -654,5 +819,8 @@ class Discovery:
         """See :attr:`AsyncDiscovery.stats`."""
         return self._call(lambda: self._async.stats)
 
+
+document_options(AsyncDiscovery)
+document_options(Discovery)
 
 __all__ = ["AsyncDiscovery", "Discovery"]

@@ -1,8 +1,14 @@
-"""A pyee emitter whose handlers can fail without stopping discovery."""
+"""The event emitter of the runtime: handlers can fail without stopping discovery.
+
+pyee keeps the registry (``on``, ``once``, ``remove_listener``); emitting is ours, so
+that a failing handler is reported with the event it was handling and never raises
+into the network loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -11,63 +17,130 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 log = logging.getLogger("pydiscover.events")
 
+#: The arguments each built-in event passes (channel handlers get ``(data, packet)``),
+#: named in the log when a handler cannot take them.
+EVENT_ARGUMENTS = {
+    "added": "(node)",
+    "removed": "(node)",
+    "master": "(node)",
+    "promotion": "(me)",
+    "demotion": "(me)",
+    "helloReceived": "(node, is_new)",
+    "helloEmitted": "()",
+    "check": "()",
+    "started": "(discovery)",
+    "stopped": "(discovery)",
+    "error": "(exception)",
+}
+
 
 class SafeEmitter(AsyncIOEventEmitter):
     """Runs sync handlers and schedules coroutine handlers on the loop.
 
-    A handler that raises (or a coroutine that fails) is logged and re-emitted as
-    ``error``; a failing ``error`` handler, or an ``error`` with no listener, is only
-    logged.  pyee would raise into the emitter's caller, which here is the network loop.
+    A handler that raises (or a coroutine that fails) is logged, naming the event, and
+    re-emitted as ``error``; a failing ``error`` handler, or an ``error`` with no
+    listener, is only logged.  pyee would raise into the emitter's caller, which here
+    is the network loop.
+
+    Relies on pyee's handler table ``_events`` (the pinned major version is checked in
+    the tests); everything else it keeps itself.
     """
 
-    _in_error_event = False
+    def __init__(self) -> None:
+        super().__init__()
+        self._handler_loop: asyncio.AbstractEventLoop | None = None
+        self._running: set[asyncio.Future[Any]] = set()
+        self._failures: dict[tuple[str, Callable[..., Any]], int] = {}
+        self._in_error_event = False
+
+    def set_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop coroutine handlers are scheduled on (the runtime's, once started)."""
+        self._handler_loop = loop
+
+    def running_handlers(self) -> set[asyncio.Future[Any]]:
+        """Coroutine handlers not finished yet (``stop()`` lets them finish)."""
+        return set(self._running)
 
     def has_listeners(self, event: str) -> bool:
         """Cheaper than ``listeners(event)`` (no copy, no lock): for per-datagram checks."""
         return bool(self._events.get(event))
 
     def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
-        if event != "error":
-            # The hot path (every hello, every channel message): pyee's emit takes a lock
-            # and two more calls per event.  Copying the handlers is one C call, atomic
-            # under the GIL, so handlers added from other threads are safe without it.
-            handlers = self._events.get(event)
-            if not handlers:
-                return False
-            for f in list(handlers.values()):
-                self._emit_run(f, args, kwargs)
-            return True
-        outer, self._in_error_event = self._in_error_event, True
+        # The hot path (every hello, every channel message): pyee's emit takes a lock
+        # and two more calls per event.  Copying the handlers is one C call, atomic
+        # under the GIL, so handlers added from other threads are safe without it.
+        handlers = self._events.get(event)
+        if not handlers:
+            if event == "error":
+                error = args[0] if args else None
+                trace = error if isinstance(error, BaseException) else None
+                log.error("unhandled error event: %r", error, exc_info=trace)
+            return False
+        outer = self._in_error_event
+        self._in_error_event = outer or event == "error"
         try:
-            return super().emit(event, *args, **kwargs)
+            for f in list(handlers.values()):
+                self._run(event, f, args, kwargs)
         finally:
             self._in_error_event = outer
+        return True
 
-    def _emit_run(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _run(self, event: str, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             result = f(*args, **kwargs)
         except Exception as exc:
-            self._handler_failed(f, exc, args)
+            self._handler_failed(event, f, exc, args)
             return
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-            future = asyncio.ensure_future(result, loop=self._loop)
-            self._waiting.add(future)
+            future = asyncio.ensure_future(result, loop=self._handler_loop)
+            self._running.add(future)
+            in_error_event = self._in_error_event
 
             def done(fut: asyncio.Future[Any]) -> None:
-                self._waiting.discard(fut)
+                self._running.discard(fut)
                 if not fut.cancelled() and fut.exception() is not None:
-                    self._handler_failed(f, fut.exception(), args)  # type: ignore[arg-type]
+                    outer, self._in_error_event = self._in_error_event, in_error_event
+                    try:
+                        self._handler_failed(event, f, fut.exception(), args)  # type: ignore[arg-type]
+                    finally:
+                        self._in_error_event = outer
 
             future.add_done_callback(done)
 
-    def _handler_failed(self, f: Callable[..., Any], exc: BaseException, args: tuple[Any, ...]) -> None:
-        if self._in_error_event or not self.listeners("error"):
+    def _handler_failed(self, event: str, f: Callable[..., Any], exc: BaseException, args: tuple[Any, ...]) -> None:
+        if self._in_error_event or not self.has_listeners("error"):
             # Either an "error" handler failed, or nobody listens: logging is all that is safe.
-            log.error("event handler %r raised", f, exc_info=exc)
+            # Logged on the 1st, 10th, 100th... failure of the same handler: a handler that
+            # cannot take its arguments fails on every hello and must not flood the log.
+            key = (event, f)
+            count = self._failures[key] = self._failures.get(key, 0) + 1
+            if count == 10 ** (len(str(count)) - 1):
+                log.error(
+                    "handler %s for event %r raised %s%s", _name(f), event, _describe(exc),
+                    f" ({count} failures so far)" if count > 1 else _arity_hint(event, f, args, exc),
+                    exc_info=exc if count == 1 else None,
+                )
             return
-        log.debug("event handler %r raised", f, exc_info=exc)
+        log.debug("handler %s for event %r raised", _name(f), event, exc_info=exc)
         self.emit("error", exc)
 
-    def _emit_handle_potential_error(self, event: str, error: Any) -> None:
-        if event == "error":
-            log.error("unhandled error event: %r", error, exc_info=error if isinstance(error, BaseException) else None)
+
+def _name(f: Callable[..., Any]) -> str:
+    return getattr(f, "__qualname__", None) or repr(f)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _arity_hint(event: str, f: Callable[..., Any], args: tuple[Any, ...], exc: BaseException) -> str:
+    """When the handler cannot even take the event's arguments, say what they are."""
+    if not isinstance(exc, TypeError):
+        return ""
+    try:
+        inspect.signature(f).bind(*args)
+    except TypeError:
+        return f"; handlers of {event!r} are called with {EVENT_ARGUMENTS.get(event, '(data, packet)')}"
+    except ValueError:  # no signature (a builtin)
+        return ""
+    return ""

@@ -1,7 +1,10 @@
-"""Option validation: every option is checked once, at construction, with a message naming it.
+"""The discovery options: defaults, meanings and validation, each written once.
 
 node-discover accepts anything and fails later (or never); here a typo is a
-``TypeError``/``ValueError`` before any socket is opened.
+``TypeError``/``ValueError`` before any socket is opened, and a name or unit carried
+over from node-discover (``helloInterval``, milliseconds) says what to write instead.
+Defaults live on :class:`Options`, meanings in :data:`OPTION_HELP`; the discovery
+classes spell the parameters out (so type checkers see them) and take both from here.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from .security import Codec, PlainCodec, Secret, make_codec
 from .wire import DEFAULT_MAX_DATAGRAM, DEFAULT_MAX_DATAGRAM_V6, check_json
@@ -25,6 +29,12 @@ DEFAULT_NAMESPACE = "default"
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 Endpoint = tuple[str, int]
+Encryption = Literal["aead", "node-discover"]
+
+#: Interval and timeout options at or above this many seconds are refused unless
+#: ``allow_long_intervals=True``: such values are nearly always node-discover milliseconds.
+LONG_INTERVAL = 60.0
+_TIME_OPTIONS = ("hello_interval", "check_interval", "node_timeout", "master_timeout")
 
 
 def default_weight(now_ms: int | None = None) -> float:
@@ -40,6 +50,15 @@ def _number(name: str, value: Any, *, positive: bool = True) -> float:
     if not math.isfinite(number) or (positive and number <= 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return number
+
+
+def _check_not_milliseconds(name: str, seconds: float, allowed: bool) -> None:
+    if seconds >= LONG_INTERVAL and not allowed:
+        raise ValueError(
+            f"{name}={seconds:g}: options are in seconds, not milliseconds as in node-discover "
+            f"({name}={seconds / 1000:g} for {seconds:g} ms); for intervals of {LONG_INTERVAL:g} s or more "
+            "pass allow_long_intervals=True"
+        )
 
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
@@ -164,33 +183,42 @@ class Options:
 
 def build_options(
     *,
-    hello_interval: float = 0.5,
-    check_interval: float = 2.0,
-    node_timeout: float = 3.25,
+    hello_interval: float = Options.hello_interval,
+    check_interval: float = Options.check_interval,
+    node_timeout: float = Options.node_timeout,
     master_timeout: float | None = None,
-    address: str = "0.0.0.0",
-    port: int = DEFAULT_PORT,
+    address: str = Options.address,
+    port: int = Options.port,
     broadcast: str | None = None,
     multicast: str | None = None,
-    multicast_ttl: int = 1,
+    multicast_ttl: int = Options.multicast_ttl,
     interface: str | None = None,
-    unicast: str | list[str] | tuple[str, ...] | None = None,
-    key: Secret | list[Secret] | tuple[Secret, ...] | None = None,
-    encryption: str | None = None,
-    replay_window: float = 30.0,
-    read_coalesce: float = 0.02,
-    masters_required: int = 1,
+    unicast: str | Sequence[str] | None = None,
+    key: Secret | Sequence[Secret] | None = None,
+    encryption: Encryption | None = None,
+    replay_window: float = Options.replay_window,
+    read_coalesce: float = Options.read_coalesce,
+    masters_required: int = Options.masters_required,
     weight: float | None = None,
-    client: bool = False,
-    reuse_addr: bool = True,
-    ignore_process: bool = True,
-    ignore_instance: bool = True,
+    client: bool = Options.client,
+    reuse_addr: bool = Options.reuse_addr,
+    ignore_process: bool = Options.ignore_process,
+    ignore_instance: bool = Options.ignore_instance,
     hostname: str | None = None,
     advertisement: Any = None,
     max_datagram: int | None = None,
     namespace: str | None = None,
+    allow_long_intervals: bool = False,
 ) -> Options:
-    """Validate user options; raises ``TypeError``/``ValueError`` naming the bad option."""
+    """Validate user options; raises ``TypeError``/``ValueError`` naming the bad option.
+
+    The parameters are those of the discovery classes (see :data:`OPTION_HELP`).
+    """
+    _bool("allow_long_intervals", allow_long_intervals)
+    for name, value in (("hello_interval", hello_interval), ("check_interval", check_interval),
+                        ("node_timeout", node_timeout), ("master_timeout", master_timeout)):
+        if value is not None:
+            _check_not_milliseconds(name, _number(name, value), allow_long_intervals)
     hello = _number("hello_interval", hello_interval)
     if hello < 0.01:
         raise ValueError(f"hello_interval must be at least 0.01 s (100 hellos a second per node), got {hello}")
@@ -304,3 +332,128 @@ def build_options(
         read_coalesce=coalesce,
         namespace=None if namespace is None else check_namespace(namespace),
     )
+
+
+# ------------------------------------------------------------------ documentation
+#: What each option of the discovery classes means; defaults come from the signatures.
+#: Rendered into the classes' docstrings (so ``help(Discovery)`` and the API page list
+#: them) and checked against the signatures by the tests.
+OPTION_HELP: dict[str, str] = {
+    "hello_interval": "Seconds between two hellos of this node (at least 0.01).  Choose it with "
+    "``node_timeout``: see the concepts page (node-discover: 1).",
+    "check_interval": "Seconds between elections; the first waits ``max(check_interval, hello_interval)`` "
+    "after start.  At most ``node_timeout``.",
+    "node_timeout": "A node unheard this long is removed, at that instant.  Must exceed ``hello_interval``; "
+    "the default survives six lost hellos in a row (node-discover: 2).",
+    "master_timeout": "The same for a master; ``None``: ``node_timeout``.  At least ``node_timeout``.",
+    "address": "Address to bind.  With broadcast or multicast only the wildcard (or the group itself) "
+    "receives anything, so another address is refused.",
+    "port": "UDP port, the same on every node (unicast entries may name others).",
+    "broadcast": "Broadcast address; ``None``: ``255.255.255.255`` unless ``multicast`` or ``unicast`` is set. "
+    "Use ``127.255.255.255`` to stay on this host.",
+    "multicast": "Multicast group (IPv4 or IPv6) to send hellos to instead of broadcasting.",
+    "multicast_ttl": "Hops a multicast hello may take.",
+    "interface": "Multicast interface: an IPv4 address, or an IPv6 interface name or index.",
+    "unicast": "Destinations instead of broadcast: ``\"host[:port]\"`` or ``\"[v6addr]:port\"``, a list or "
+    "a comma-separated string; changeable at run time (``d.unicast = [...]``).",
+    "key": "A secret (str or bytes) or a list of them (the first seals, all open): packets are sealed; "
+    "see the security page.",
+    "encryption": "With a key: ``\"aead\"`` (AES-256-GCM, the default) or ``\"node-discover\"`` (its legacy, "
+    "unauthenticated cipher, to share a cluster with node-discover peers).",
+    "replay_window": "Seconds a sealed packet's clock may differ from ours; 0 disables the time check.",
+    "read_coalesce": "UDP: while hellos stream in at hundreds of wake-ups a second, read them in batches this "
+    "many seconds apart (about half the CPU; a channel message waits at most this long); 0 reads every "
+    "datagram at once.",
+    "masters_required": "How many masters the cluster keeps.",
+    "weight": "Higher weight is preferred as master; ``None``: node-discover's ``-(now_ms / 10**digits)``, "
+    "so the older process wins.",
+    "client": "Listen only: send no hellos, never become master.",
+    "reuse_addr": "Share the port with other processes on this host (SO_REUSEADDR).",
+    "ignore_process": "Drop packets from other instances in this process.",
+    "ignore_instance": "Drop this instance's own channel messages.",
+    "hostname": "Name sent in packets; ``None``: ``$DISCOVERY_HOSTNAME`` or the host's name.",
+    "advertisement": "Initial advertisement (any JSON value), sent with every hello.",
+    "max_datagram": "Size budget of one datagram; ``None``: 1472 over IPv4, 1452 over IPv6 (Ethernet). "
+    "Larger incoming datagrams are dropped (``oversized``); raise it on every node together.",
+    "transport": "``None``: UDP.  ``\"redis://host:port/db\"`` or ``\"rediss://...\"`` (TLS) runs over Redis "
+    "pub/sub (see the Redis page); or a ``Transport`` object (``MemoryTransport``, ``RedisTransport``).",
+    "namespace": "Redis only: the cluster's name on that server (also ``?namespace=`` in the URL); ``None``: "
+    "``\"default\"``.  Other namespaces are other clusters.",
+    "allow_long_intervals": f"Accept intervals and timeouts of {LONG_INTERVAL:g} s or more (refused by default: "
+    "they are nearly always node-discover milliseconds).",
+    "start": "``Discovery`` only: start in the constructor (``False``: register handlers, then ``start()``).",
+    "stop_on_sigterm": "``Discovery`` only: if the program has no SIGTERM handler, a SIGTERM stops every "
+    "running ``Discovery`` (peers get the goodbye) and the process then dies of the signal as before.",
+}
+
+
+def document_options(cls: type) -> None:
+    """Append the options of ``cls``'s constructor, with meanings and defaults, to its docstring.
+
+    The defaults are read from the signature, so the rendered text cannot drift from it.
+    """
+    import inspect
+
+    if cls.__doc__ is None:  # python -OO
+        return
+    lines = [inspect.cleandoc(cls.__doc__), "", "Options (keyword-only; times are seconds):", ""]
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if name in OPTION_HELP:
+            lines.append(f":param {name}: {OPTION_HELP[name]}  Default: ``{parameter.default!r}``.")
+    cls.__doc__ = "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------- unknown options
+def _snake(name: str) -> str:
+    """``helloInterval`` -> ``hello_interval``, ``multicastTTL`` -> ``multicast_ttl``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def unknown_option_message(owner: str, name: str, valid: Iterable[str]) -> str:
+    """``TypeError`` text for an option ``owner`` does not take, naming the nearest valid one."""
+    import difflib  # only on this error path
+
+    valid = sorted(valid)
+    guess = _snake(name) if _snake(name) in valid else None
+    if guess is None:
+        close = difflib.get_close_matches(_snake(name), valid, n=1, cutoff=0.75)
+        guess = close[0] if close else None
+    text = f"{owner}() got an unexpected keyword argument {name!r}"
+    if guess is None:
+        return f"{text}; the options are: {', '.join(valid)}"
+    unit = " (in seconds)" if guess in _TIME_OPTIONS else ""
+    return f"{text}; did you mean {guess}{unit}?"
+
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def explains_unknown_options(init: F) -> F:
+    """Decorate an ``__init__`` so an unknown keyword names the class and the nearest valid option.
+
+    Python's own message names ``__init__`` and offers no hint; a node-discover user's
+    ``helloInterval`` deserves ``did you mean hello_interval (in seconds)?``.  The
+    signature (for ``inspect`` and type checkers) stays the decorated function's.
+    """
+    import functools
+    import inspect
+
+    valid = frozenset(inspect.signature(init).parameters) - {"self"}
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        for name in kwargs:
+            if name not in valid:
+                raise TypeError(unknown_option_message(type(self).__name__, name, valid))
+        init(self, *args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+#: Options of the thread-backed facade itself, not of the engine it runs.
+FACADE_OPTIONS = ("start", "stop_on_sigterm")
+
+
+def engine_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine's options among a constructor's ``locals()`` (what a facade hands on)."""
+    return {name: value for name, value in arguments.items() if name in OPTION_HELP and name not in FACADE_OPTIONS}

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from .errors import DiscoveryError
+
 MAGIC = b"\xa7\xd1"
 VERSION = 1
 _HEADER = struct.Struct(">2sB4sQ12s")
@@ -42,7 +44,7 @@ _KDF_SALT = b"pydiscover/aead/v1"
 Secret = str | bytes
 
 
-class OpenError(ValueError):
+class OpenError(DiscoveryError, ValueError):
     """A datagram that cannot be opened; ``reason`` is its drop counter."""
 
     def __init__(self, reason: str) -> None:
@@ -127,11 +129,9 @@ class AeadCodec(Codec):
         return header + self._seal_key.encrypt(header[-12:], plaintext, header)
 
     def open(self, datagram: bytes) -> Opened:
-        if len(datagram) < AEAD_OVERHEAD:
-            raise OpenError("plaintext" if datagram[:1] == b"{" else "malformed")
-        magic, version, key_id, sent_ms, nonce = _HEADER.unpack_from(datagram)
-        if magic != MAGIC:
-            raise OpenError("plaintext" if datagram[:1] == b"{" else "malformed")
+        if len(datagram) < AEAD_OVERHEAD or not datagram.startswith(MAGIC):
+            raise OpenError(_foreign_reason(datagram))
+        _, version, key_id, sent_ms, nonce = _HEADER.unpack_from(datagram)
         if version != VERSION:
             raise OpenError("malformed")
         cipher = self._ring.get(key_id)
@@ -145,6 +145,26 @@ class AeadCodec(Codec):
 
     def max_sealed_size(self, plaintext_size: int) -> int:
         return plaintext_size + AEAD_OVERHEAD
+
+
+def looks_like_legacy_cipher(datagram: bytes) -> bool:
+    """Shaped like node-discover's cipher: whole AES blocks written as latin-1 text in UTF-8.
+
+    Random bytes almost never are (every byte >= 0x80 must be a 0xC2/0xC3 pair), so a
+    keyed node can tell a peer speaking node-discover's cipher from noise.
+    """
+    try:
+        text = datagram.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and len(text) % 16 == 0 and max(text) <= "\xff"
+
+
+def _foreign_reason(datagram: bytes) -> str:
+    """Why a datagram is not ours to open: ``plaintext``, ``node_discover_cipher`` or ``malformed``."""
+    if datagram[:1] == b"{":
+        return "plaintext"
+    return "node_discover_cipher" if looks_like_legacy_cipher(datagram) else "malformed"
 
 
 def evp_bytes_to_key(password: bytes, key_len: int = 32, iv_len: int = 16) -> tuple[bytes, bytes]:

@@ -19,8 +19,9 @@ from typing import Any
 
 from ._threads import in_daemon_thread
 from .core import Emit
-from .discovery import AsyncDiscovery, Discovery
+from .discovery import AsyncDiscovery, Discovery, wait_with_timeout
 from .node import Node
+from .options import document_options
 
 log = logging.getLogger("pydiscover.services")
 
@@ -206,9 +207,7 @@ class AsyncServiceDiscovery(AsyncDiscovery):
     providers, not this process itself.
     """
 
-    def __init__(self, **options: Any) -> None:
-        check_service_advertisement(options.get("advertisement"))
-        super().__init__(**options)
+    def _init_layer(self) -> None:
         self._state = ServiceState()
         self._setup_hooks: dict[str, Hook] = {}
         self._hook_tasks: set[asyncio.Future[Any]] = set()
@@ -218,8 +217,10 @@ class AsyncServiceDiscovery(AsyncDiscovery):
 
     def advertise(self, advertisement: Any) -> None:
         """Advertise a service (``{"name": ..., ...}``) or ``None``; peers follow changes."""
-        check_service_advertisement(advertisement)
         super().advertise(advertisement)
+
+    def _check_advertisement(self, advertisement: Any) -> None:
+        check_service_advertisement(advertisement)
 
     def need(self, *names: str) -> None:
         """Do not be ``ready`` until every one of ``names`` has a live provider."""
@@ -279,7 +280,7 @@ class AsyncServiceDiscovery(AsyncDiscovery):
         self.on("ready", on_ready)
         self.on("stopped", on_stopped)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await wait_with_timeout(future, timeout)
         finally:
             self.remove_listener("ready", on_ready)
             self.remove_listener("stopped", on_stopped)
@@ -348,5 +349,8 @@ class ServiceDiscovery(Discovery):
             raise RuntimeError("not running: start() first")
         return self._run(self._async.ready(timeout), None if timeout is None else timeout + 1)
 
+
+document_options(AsyncServiceDiscovery)
+document_options(ServiceDiscovery)
 
 __all__ = ["AsyncServiceDiscovery", "ServiceDiscovery", "ServiceState", "service_name"]

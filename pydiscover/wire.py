@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import orjson
 
-from .errors import PacketTooLarge
+from .errors import DiscoveryError, PacketTooLarge
 
 HELLO = "hello"
 #: Sent by :meth:`Discovery.stop`.  A node-discover peer has no listener for it and ignores it.
@@ -32,7 +32,7 @@ DEFAULT_MAX_DATAGRAM_V6 = 1452
 MAX_RECEIVE = 65507
 
 
-class DecodeError(ValueError):
+class DecodeError(DiscoveryError, ValueError):
     """A datagram that is not a packet; ``reason`` is the drop counter it belongs to."""
 
     def __init__(self, reason: str, detail: str) -> None:

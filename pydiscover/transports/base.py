@@ -27,6 +27,7 @@ class Transport(abc.ABC):
     def __init__(self) -> None:
         self.errors = {}
         self._link_listener: Callable[[bool], None] | None = None
+        self._error_listener: Callable[[str, str], None] | None = None
 
     def set_link_listener(self, listener: Callable[[bool], None] | None) -> None:
         """Called with ``False`` when the transport loses the cluster and ``True`` when it is back.
@@ -34,6 +35,10 @@ class Transport(abc.ABC):
         Only broker transports (Redis) have such a notion; for UDP the link is always up.
         """
         self._link_listener = listener
+
+    def set_error_listener(self, listener: Callable[[str, str], None] | None) -> None:
+        """Called with ``(reason, detail)`` for each network error counted (the runtime rate-limits them)."""
+        self._error_listener = listener
 
     def _link_changed(self, up: bool) -> None:
         if self._link_listener is not None:
@@ -56,5 +61,11 @@ class Transport(abc.ABC):
         """Where this transport receives, once open (``None`` if it has no such notion)."""
         return None
 
-    def _count_error(self, reason: str) -> None:
-        self.errors[reason] = self.errors.get(reason, 0) + 1
+    def _count_error(self, reason: str, count: int = 1) -> None:
+        self.errors[reason] = self.errors.get(reason, 0) + count
+
+    def _report_error(self, reason: str, detail: str, count: int = 1) -> None:
+        """Count a network error and pass it on (node-discover emits socket errors as ``error``)."""
+        self._count_error(reason, count)
+        if self._error_listener is not None:
+            self._error_listener(reason, detail)

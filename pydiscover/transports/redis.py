@@ -308,7 +308,7 @@ class RedisTransport(Transport):
 
     def _count_and_log(self, reason: str, message: str) -> None:
         """Count; log at warning on the 1st, 10th, 100th, ... occurrence so a flood cannot flood the log."""
-        self._count_error(reason)
+        self._report_error(reason, message)
         count = self.errors[reason]
         if count == 10 ** (len(str(count)) - 1):
             log.warning("%s (%s: %d so far)", message, reason, count)
@@ -317,14 +317,16 @@ class RedisTransport(Transport):
         queue = self._queue
         if queue is None:
             return
+        dropped = 0
         while True:
             try:
                 queue.get_nowait()
             except asyncio.QueueEmpty:
-                return
+                break
             queue.task_done()
-            if reason is not None:
-                self._count_error(reason)
+            dropped += 1
+        if reason is not None and dropped:
+            self._report_error(reason, f"{dropped} queued datagrams dropped: the Redis link is down", dropped)
 
     # ---------------------------------------------------------- connection
     def _connection_options(self) -> dict[str, Any]:
@@ -374,7 +376,7 @@ class RedisTransport(Transport):
                 log.warning("lost the connection to Redis at %s: %s", self.display_url, exc or type(exc).__name__)
             self._up = False
             self._link = None
-            self._count_error("connection_lost")
+            self._report_error("connection_lost", f"lost the connection to Redis at {self.display_url}")
             self._discard_queue("not_connected")
             await link.close()
             self._notify(False)
@@ -396,7 +398,7 @@ class RedisTransport(Transport):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._count_error("connect_failed")
+                self._report_error("connect_failed", f"reconnecting to Redis at {self.display_url} failed: {exc}")
                 (log.warning if attempt == 1 else log.debug)(
                     "reconnecting to Redis at %s failed (attempt %d): %s", self.display_url, attempt, exc
                 )
@@ -467,8 +469,8 @@ class RedisTransport(Transport):
                 # Redis refused this one (an ACL without PUBLISH, a size limit): the
                 # connection is fine, so drop the datagram rather than the link.
                 self._count_and_log("send_error", f"Redis refused a publish on {self.channel}: {exc}")
-            except Exception:
-                self._count_error("send_error")
+            except Exception as exc:
+                self._report_error("send_error", f"publish to Redis at {self.display_url} failed: {exc!r}")
                 raise
             finally:
                 queue.task_done()

@@ -178,9 +178,7 @@ class UdpTransport(Transport):
             try:
                 sock.bind((self.address, self.port))
             except OSError as exc:
-                raise BindError(
-                    exc.errno, f"cannot bind UDP {self.address}:{self.port}: {exc.strerror or exc}"
-                ) from exc
+                raise BindError(exc.errno, self.address, self.port, exc.strerror or str(exc)) from exc
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             except OSError:
@@ -243,7 +241,7 @@ class UdpTransport(Transport):
                 break
             except OSError as exc:
                 # Linux reports an ICMP error for an earlier send (port unreachable) here.
-                self._count_error("send_error")
+                self._report_error("send_error", f"UDP error reported for an earlier send: {exc}")
                 log.debug("UDP error: %s", exc)
                 continue
             handled += 1
@@ -292,13 +290,16 @@ class UdpTransport(Transport):
             except (BlockingIOError, InterruptedError):
                 self._hold(datagram, dest)
             except OSError as exc:
-                self._count_error("send_error")
-                log.warning("send to %s failed: %s", dest, exc)
+                self._send_failed(dest, exc)
+
+    def _send_failed(self, dest: Address, exc: OSError) -> None:
+        self._report_error("send_error", f"send to {dest[0]}:{dest[1]} failed: {exc}")
+        log.warning("send to %s failed: %s", dest, exc)
 
     def _hold(self, datagram: bytes, dest: Address) -> None:
         """Queue a send the kernel refused for now; written when the socket is writable again."""
         if len(self._backlog) >= SEND_BACKLOG:
-            self._count_error("send_backlog_full")
+            self._report_error("send_backlog_full", f"{SEND_BACKLOG} datagrams already queued: dropped one to {dest}")
             log.warning("send buffer full and %d datagrams queued: dropping one to %s", SEND_BACKLOG, dest)
             return
         self._backlog.append((datagram, dest))
@@ -314,8 +315,7 @@ class UdpTransport(Transport):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._count_error("send_error")
-                log.warning("send to %s failed: %s", dest, exc)
+                self._send_failed(dest, exc)
             self._backlog.popleft()
         if sock is not None and self._loop is not None:
             self._loop.remove_writer(sock.fileno())
