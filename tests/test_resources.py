@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import async_eventually
+from conftest import LOOPBACK_BROADCAST, async_eventually, eventually
 
-from pydiscover import AsyncDiscovery
+from pydiscover import AsyncDiscovery, Discovery
 from pydiscover.balancer.assignment import moved, rebalance
 from pydiscover.balancer.resources import ResourceManager, validate_resources
 from pydiscover.transports.memory import MemoryBus, MemoryTransport
@@ -273,3 +276,236 @@ async def test_plans_fit_the_budget_under_the_legacy_cipher() -> None:
     finally:
         for d in ds:
             await d.stop()
+
+
+# ------------------------------------------------ lifecycle, real sockets on loopback
+REAL: dict[str, Any] = {"broadcast": LOOPBACK_BROADCAST, "hello_interval": 0.1, "check_interval": 0.2,
+                        "node_timeout": 1.0, "ignore_process": False}
+FOUR = [{"id": f"r{i}"} for i in range(4)]
+ALL_FOUR = frozenset(r["id"] for r in FOUR)
+
+
+class Ledger:
+    """Who runs what across nodes (hooks run on several threads); a start while another node runs it is a violation."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holder: dict[str, str] = {}
+        self.starts: collections.Counter[str] = collections.Counter()
+        self.stopped: list[str] = []  # handles, "<node label>/<resource id>"
+        self.violations: list[str] = []
+
+    def start(self, label: str, resource: dict[str, Any]) -> str:
+        rid = resource["id"]
+        with self.lock:
+            if rid in self.holder:
+                self.violations.append(f"{rid} started on {label} while {self.holder[rid]} runs it")
+            self.holder[rid] = label
+            self.starts[rid] += 1
+        return f"{label}/{rid}"
+
+    def stop(self, handle: str) -> None:
+        label, rid = handle.split("/")
+        with self.lock:
+            if self.holder.get(rid) == label:
+                del self.holder[rid]
+            self.stopped.append(handle)
+
+    def manager(self, discovery: Discovery | AsyncDiscovery, label: str,
+                stop: Callable[[str], Any] | None = None) -> ResourceManager:
+        """A manager of the four resources whose hooks record into this ledger as ``label``."""
+        return ResourceManager(discovery, resources=FOUR, start=lambda resource: self.start(label, resource),
+                               stop=stop or self.stop)
+
+    def each_runs_once(self) -> bool:
+        with self.lock:
+            return self.violations == [] and sorted(self.holder) == sorted(ALL_FOUR)
+
+
+def test_managers_built_before_a_sync_discovery_starts_share_four_resources(port: int) -> None:
+    ledger = Ledger()
+    nodes = [Discovery(start=False, port=port, weight=w, **REAL) for w in (1, 2)]
+    managers = [ledger.manager(d, label) for label, d in zip("ab", nodes, strict=True)]
+    try:
+        assert all("resources" in d.channels for d in nodes)  # joined at construction, before start
+        for d in nodes:
+            d.start()
+        eventually(lambda: [len(m.owned) for m in managers] == [2, 2], 10, "two resources on each node")
+        assert managers[0].owned | managers[1].owned == ALL_FOUR
+        assert ledger.each_runs_once(), (ledger.holder, ledger.violations)
+        with ledger.lock:
+            assert sum(ledger.starts.values()) - len(ledger.stopped) == 4  # four instances live, no more
+        mine = managers[0].owned
+        managers[0].close()  # from this (non-loop) thread: blocks until released
+        assert managers[0].owned == frozenset() and "resources" not in nodes[0].channels
+        with ledger.lock:
+            assert {f"a/{rid}" for rid in mine} <= set(ledger.stopped)
+        eventually(lambda: managers[1].owned == ALL_FOUR, 10, "the other node took over")
+        assert ledger.each_runs_once(), ledger.violations
+    finally:
+        for d in nodes:
+            d.stop()
+    assert managers[1].owned == frozenset() and ledger.holder == {}  # released before the goodbye
+
+
+async def test_managers_built_before_an_async_discovery_starts_share_four_resources(port: int) -> None:
+    ledger = Ledger()
+    nodes = [AsyncDiscovery(port=port, weight=w, **REAL) for w in (1, 2)]
+    managers = [ledger.manager(d, label) for label, d in zip("ab", nodes, strict=True)]
+    try:
+        for d in nodes:
+            await d.start()
+        await async_eventually(lambda: [len(m.owned) for m in managers] == [2, 2], 10, "two resources each")
+        assert managers[0].owned | managers[1].owned == ALL_FOUR
+        assert ledger.each_runs_once(), (ledger.holder, ledger.violations)
+        assert sum(ledger.starts.values()) - len(ledger.stopped) == 4
+    finally:
+        for d in nodes:
+            await d.stop()
+    assert [m.owned for m in managers] == [frozenset(), frozenset()] and ledger.holder == {}
+
+
+async def two_started_nodes(port: int, ledger: Ledger, stop: Callable[[str], Any] | None = None,
+                            ) -> tuple[list[AsyncDiscovery], list[ResourceManager]]:
+    nodes = [AsyncDiscovery(port=port, weight=w, **REAL) for w in (1, 2)]
+    for d in nodes:
+        await d.start()  # built after start this time
+    managers = [ledger.manager(d, label, stop) for label, d in zip("ab", nodes, strict=True)]
+    await async_eventually(lambda: [len(m.owned) for m in managers] == [2, 2], 10, "two resources each")
+    return nodes, managers
+
+
+async def test_close_on_an_async_discovery_runs_plain_stop_hooks_before_it_returns(port: int) -> None:
+    ledger = Ledger()
+    nodes, managers = await two_started_nodes(port, ledger)
+    stopped_events: list[str] = []
+    nodes[0].on("resourceStopped", lambda resource: stopped_events.append(resource["id"]))
+    try:
+        mine = managers[0].owned
+        closing = managers[0].close()  # from a coroutine on the loop: must not block, need not be awaited
+        assert managers[0].owned == frozenset() and managers[0].closed
+        assert sorted(ledger.stopped) == sorted(f"a/{rid}" for rid in mine)
+        assert sorted(stopped_events) == sorted(mine)
+        assert "resources" not in nodes[0].channels
+        await asyncio.wait_for(closing, 5)  # nothing was left: completes at once
+        await async_eventually(lambda: managers[1].owned == ALL_FOUR, 10, "the other node took over")
+        assert ledger.each_runs_once(), ledger.violations
+        assert nodes[0].running  # only the manager closed
+        await managers[0].close()  # idempotent: nothing is stopped twice
+        assert sorted(stopped_events) == sorted(mine) and len(ledger.stopped) == len(mine)
+    finally:
+        for d in nodes:
+            await d.stop()
+
+
+async def test_close_with_coroutine_stop_hooks_says_bye_only_once_they_finish(port: int) -> None:
+    ledger = Ledger()
+    gate = asyncio.Event()
+
+    async def stop(handle: str) -> None:
+        if handle.startswith("a/"):
+            await gate.wait()  # a slow release
+        ledger.stop(handle)
+
+    nodes, managers = await two_started_nodes(port, ledger, stop)
+    a, b = managers
+    try:
+        mine = a.owned
+        closing: Awaitable[None] = a.close()
+        assert a.closed and "resources" not in nodes[0].channels
+        assert a.owned == mine  # still being released
+        # The master (b) plans a's share onto itself once a falls silent, but may not start it
+        # before a's bye: a still runs it.
+        b_id = nodes[1].me.id
+        await async_eventually(lambda: set(b.assignment.values()) == {b_id}, 10, "a plan without a")
+        for _ in range(3):  # b's rounds go on (one per hello): it would have started them by now
+            await nodes[1].wait_for("helloEmitted", timeout=5)
+        assert not b.owned & mine and ledger.violations == []
+        gate.set()
+        await asyncio.wait_for(closing, 5)
+        assert a.owned == frozenset()
+        assert sorted(h for h in ledger.stopped if h.startswith("a/")) == sorted(f"a/{rid}" for rid in mine)
+        await a.aclose()  # idempotent
+        await async_eventually(lambda: b.owned == ALL_FOUR, 10, "b took over after the bye")
+        assert ledger.each_runs_once(), ledger.violations
+    finally:
+        gate.set()
+        for d in nodes:
+            await d.stop()
+
+
+async def test_close_before_start_runs_nothing_and_a_stopped_manager_stays_closed(port: int) -> None:
+    d = AsyncDiscovery(port=port, **REAL)
+    early_starts: list[str] = []
+    early = ResourceManager(d, resources=FOUR, start=lambda r: early_starts.append(r["id"]))
+    assert "resources" in d.channels
+    await early.close()  # never started: nothing runs, it only leaves the channel
+    assert early.closed and "resources" not in d.channels
+    ledger = Ledger()
+    late = ledger.manager(d, "late")  # the channel is free again
+    await d.start()
+    try:
+        await async_eventually(lambda: late.owned == ALL_FOUR, 10, "the late manager runs everything")
+        await d.stop()  # closes the manager before the goodbye
+        assert late.closed and late.owned == frozenset() and ledger.holder == {}
+        await d.start()
+        fresh = ledger.manager(d, "fresh")
+        await async_eventually(lambda: fresh.owned == ALL_FOUR, 10, "a new manager after the restart")
+        assert late.owned == frozenset() and sum(ledger.starts.values()) == 8  # 4 late + 4 fresh, none again
+        assert early_starts == []
+    finally:
+        await d.stop()
+
+
+def test_a_manager_built_while_a_sync_discovery_is_stopped_runs_after_restart(port: int) -> None:
+    ledger = Ledger()
+    d = Discovery(port=port, **REAL)
+    try:
+        first = ledger.manager(d, "first")
+        eventually(lambda: first.owned == ALL_FOUR, 10, "first manager")
+        d.stop()
+        assert first.closed and first.owned == frozenset() and ledger.holder == {}
+        second = ledger.manager(d, "second")  # between stop and start
+        d.start()  # a new loop: the manager begins on it
+        eventually(lambda: second.owned == ALL_FOUR, 10, "second manager after the restart")
+        # From a handler (the discovery thread) close cannot block: plain hooks run there at once.
+        closed: list[Any] = []
+        d.on("check", lambda: closed.append(second.close()) if not closed else None)
+        eventually(lambda: bool(closed), 5, "closed from a handler")
+        assert second.owned == frozenset() and ledger.holder == {}
+        assert first.owned == frozenset() and ledger.starts == collections.Counter(
+            {rid: 2 for rid in ALL_FOUR})
+    finally:
+        d.stop()
+
+
+def test_close_from_another_thread_blocks_until_released() -> None:
+    """An AsyncDiscovery whose loop runs on another thread: close() waits there, plain hooks off the loop."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    ledger = Ledger()
+    stop_threads: list[str] = []
+
+    def stop(handle: str) -> None:
+        stop_threads.append(threading.current_thread().name)
+        ledger.stop(handle)
+
+    async def build() -> tuple[AsyncDiscovery, ResourceManager]:
+        d = AsyncDiscovery(transport=MemoryTransport(MemoryBus()), **QUICK)
+        rm = ledger.manager(d, "a", stop)
+        await d.start()
+        return d, rm
+
+    try:
+        d, rm = asyncio.run_coroutine_threadsafe(build(), loop).result(5)
+        eventually(lambda: rm.owned == ALL_FOUR, 5, "all four running")
+        rm.close()
+        assert rm.owned == frozenset() and ledger.holder == {} and len(stop_threads) == 4
+        assert thread.name not in stop_threads  # not on the loop's thread: it was not blocked
+        assert "resources" not in d.channels
+        asyncio.run_coroutine_threadsafe(d.stop(), loop).result(5)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -594,6 +594,32 @@ async def test_async_submit_must_come_from_the_loop() -> None:
         balancer.close()
 
 
+async def test_close_drops_queued_thread_jobs() -> None:
+    """A job still queued for the worker's threads when the balancer closes never runs: nobody waits for it."""
+    release = threading.Event()
+    ran: list[int] = []
+    threads: list[threading.Thread] = []
+
+    def blocking(x: int) -> int:
+        ran.append(x)
+        threads.append(threading.current_thread())
+        release.wait(10)
+        return x
+
+    async with cluster() as c:
+        _, master = await c.add(master=True)
+        master.worker(blocking, concurrency=1)
+        running, queued = master.submit(1), master.submit(2)
+        await async_eventually(lambda: ran == [1], 3, "the first job running, the second queued")
+        await master.aclose()
+        for future in (running, queued):
+            with pytest.raises(RuntimeError, match="closed before task"):
+                await future
+        release.set()
+        await async_eventually(lambda: not threads[0].is_alive(), 5, "the worker thread ended")
+        assert ran == [1]
+
+
 # ------------------------------------------------------------ real sockets
 def test_forty_tasks_over_three_workers_on_loopback(port: int) -> None:
     """The issue's Must show, in one process: 40 correct results, spread over all three workers."""
@@ -717,3 +743,90 @@ def test_task_balancer_example_runs() -> None:
     refused = subprocess.run([sys.executable, "examples/task_balancer.py", "--broadcast", "255.255.255.255"],
                              capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
     assert refused.returncode == 2 and "loopback" in refused.stderr
+
+
+def test_balancers_built_before_a_sync_discovery_starts(port: int) -> None:
+    opts: dict[str, Any] = {"port": port, "broadcast": LOOPBACK_BROADCAST, **QUICK}
+    master_d, worker_d = Discovery(start=False, weight=100, **opts), Discovery(start=False, **opts)
+    master, worker = TaskBalancer(master_d), TaskBalancer(worker_d)
+    worker.worker(triple)
+    try:
+        assert "tasks" in master_d.channels and "tasks" in worker_d.channels
+        master_d.start()
+        worker_d.start()
+        eventually(lambda: master_d.is_master and master.workers == [worker_d.me.id], 5, "a master and a worker")
+        future = master.submit(14, timeout=2)
+        assert future.result(5) == 42 and future.worker == worker_d.me.id
+    finally:
+        master.close()
+        worker.close()
+        master_d.stop()
+        worker_d.stop()
+
+
+async def test_balancers_built_before_an_async_discovery_starts_and_close_releases_what_they_hold(
+        port: int) -> None:
+    opts: dict[str, Any] = {"port": port, "broadcast": LOOPBACK_BROADCAST, **QUICK}
+    master_d, worker_d = AsyncDiscovery(weight=100, **opts), AsyncDiscovery(**opts)
+    master, worker = TaskBalancer(master_d), TaskBalancer(worker_d)
+    entered = asyncio.Event()
+    unwound: list[int] = []
+
+    @worker.worker
+    async def handler(x: int) -> int:
+        if x >= 0:
+            return x * 3
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # hangs until cancelled
+        finally:
+            unwound.append(x)
+        return 0
+
+    await master_d.start()
+    await worker_d.start()
+    try:
+        await async_eventually(lambda: master_d.is_master and master.workers == [worker_d.me.id], 5, "a worker")
+        assert await asyncio.wait_for(master.submit(14, timeout=2), 5) == 42
+        hung = master.submit(-1, timeout=30)
+        await asyncio.wait_for(entered.wait(), 5)
+        closing = worker.close()  # on the loop: releases at once, returns what is left to wait for
+        assert "tasks" not in worker_d.channels and not worker.is_worker
+        await asyncio.wait_for(closing, 5)
+        assert unwound == [-1]  # the cancelled handler has unwound
+        assert not hung.done()  # its bye made the master look for another worker; there is none
+        closing = master.close()
+        assert hung.done() and master.pending == 0 and "tasks" not in master_d.channels
+        with pytest.raises(RuntimeError, match="closed before task"):
+            await hung
+        await closing
+        await master.aclose()  # idempotent
+    finally:
+        await master.aclose()
+        await worker.aclose()
+        await master_d.stop()
+        await worker_d.stop()
+
+
+def test_a_restarted_sync_discovery_keeps_its_coroutine_worker_working(port: int) -> None:
+    """A restart runs on a new loop: the worker's concurrency limit must not stay bound to the old one."""
+    go = threading.Event()
+
+    async def slow(x: int) -> int:
+        if x == 0:
+            await asyncio.to_thread(go.wait, 5)  # hold the one slot until the others wait for it
+        return x * 3
+
+    with Discovery(port=port, broadcast=LOOPBACK_BROADCAST, weight=100, **QUICK) as d:
+        balancer = TaskBalancer(d)
+        balancer.worker(slow, concurrency=1)
+        for round_ in range(2):
+            go.clear()
+            eventually(lambda: d.is_master, 5, f"master (round {round_})")
+            futures = [balancer.submit(n, timeout=2, attempts=1) for n in range(3)]
+            go.set()
+            assert [f.result(5) for f in futures] == [0, 3, 6]
+            if round_ == 0:
+                d.stop()
+                d.start()
+        balancer.close()

@@ -15,6 +15,8 @@ Protocol, over one discovery channel (``resources`` by default):
   (so it released it) or has left the cluster: a resource is never started on a new
   owner while the old one may still run it.
 * A new master continues from the plan it already holds, so failover moves nothing.
+* A manager that closes stops what it runs, *then* says ``{"t": "bye", ...}``: the others
+  take its share at once, and never while it may still run any of it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 from .._threads import in_daemon_thread
@@ -35,6 +37,36 @@ log = logging.getLogger("pydiscover.balancer.resources")
 Resource = dict[str, Any]
 PlanKey = tuple[int, str]
 _NO_PLAN: PlanKey = (-1, "")
+#: How long a close waits for ``start``/``stop`` hooks in flight before it says bye anyway.
+CLOSE_TIMEOUT = 30.0
+
+
+class _Finished:
+    """What ``close()`` returns when nothing is left to wait for: awaiting it returns at once.
+
+    Not an asyncio future: ``close()`` may run where no event loop is running (a
+    discovery never started, a plain thread), and one must still be able to await it.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+    def done(self) -> bool:
+        """Like a task's: always true."""
+        return True
+
+
+FINISHED = _Finished()
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running on this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def validate_resources(items: Any) -> dict[str, Resource]:
@@ -60,6 +92,12 @@ class ResourceManager:
     or a callable (sync or async) returning one, re-read every ``refresh_interval``.
     Events, on the discovery object: ``resourceStarted(resource, handle)``,
     ``resourceStopped(resource)``, ``resourceFailed(resource, error)``.
+
+    Build it before or after the discovery starts: before, it joins its channel at once
+    and begins its rounds at the discovery's ``started`` event, so the natural order
+    (build everything, then ``start()``) works.  Stopping the discovery closes the
+    manager (its resources are released before the goodbye); a closed manager stays
+    closed, also when the discovery starts again: build a new one then.
     """
 
     def __init__(
@@ -117,7 +155,14 @@ class ResourceManager:
         self._replan_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._loop_tasks: list[asyncio.Future[Any]] = []
+        self._began = False  # the periodic and health loops were started
         self._closed = False
+        self._close_task: asyncio.Future[None] | None = None  # the part of close that waits
+        self._listeners: list[tuple[str, Callable[..., Any]]] = [
+            ("started", self._on_started),
+            ("removed", self._on_removed),
+            ("promotion", self._on_promotion),
+        ]
         self.stats: dict[str, int] = {"plans_published": 0, "plans_adopted": 0, "starts": 0, "stops": 0,
                                       "failures": 0}
         self._run_on_loop(self._attach)
@@ -137,19 +182,47 @@ class ResourceManager:
     def epoch(self) -> int:
         return self._plan[0]
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (or the discovery stopped): the manager does nothing more."""
+        return self._closed
+
     def on(self, event: str, handler: Callable[..., Any] | None = None) -> Any:
         return self._engine.on(event, handler)
 
-    def close(self) -> None:
-        """Stop every resource this node runs and leave the channel (sync ``Discovery``: blocks)."""
-        if self._facade is not None and self._facade._loop is not None:
-            self._facade._run(self._aclose(), 30)
-        else:
-            self._closed = True
+    def close(self) -> Awaitable[None]:
+        """Stop every resource this node runs, say ``bye`` on the channel, leave it.  Idempotent.
+
+        Returns an awaitable that completes once everything is released.  On the
+        discovery's loop thread (a coroutine of an ``AsyncDiscovery``, a handler of a
+        ``Discovery``) this call must not block the loop, so it does at once what needs
+        no waiting: the manager is closed, its rounds cancelled, the channel left, and a
+        plain ``stop`` hook runs right here for each resource not mid-start or mid-stop,
+        so ``owned`` is empty on return.  What needs waiting (coroutine ``stop`` hooks,
+        starts and stops in flight, then the ``bye``) is left to the returned task: await
+        it to know they are done.  The ``bye`` goes out only after every release, because
+        it lets the other nodes start this node's resources.  From any other thread it
+        blocks until all is released.  On a discovery never started nothing runs: it only
+        leaves the channel.  Hooks still running after ``CLOSE_TIMEOUT`` are given up on
+        (logged) and the ``bye`` sent anyway.
+        """
+        loop = self._live_loop()
+        if loop is None or running_loop() is loop:
+            return self._begin_close(inline=True)
+        asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(CLOSE_TIMEOUT + 5)
+        return FINISHED
 
     async def aclose(self) -> None:
-        """:meth:`close` for ``AsyncDiscovery``."""
-        await self._aclose()
+        """:meth:`close`, awaited until everything is released; from any event loop.
+
+        Plain ``stop`` hooks run on daemon threads of their own here, as elsewhere, since
+        awaiting lets the loop run meanwhile.  The discovery calls this before its goodbye.
+        """
+        loop = self._live_loop()
+        if loop is not None and running_loop() is not loop:  # e.g. a sync Discovery, from the user's own loop
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.aclose(), loop))
+            return
+        await self._begin_close(inline=False)
 
     # ------------------------------------------------------------ internals
     def _run_on_loop(self, fn: Callable[[], Any]) -> None:
@@ -162,15 +235,37 @@ class ResourceManager:
     def _loop(self) -> asyncio.AbstractEventLoop:
         loop = self._engine._loop
         if loop is None:
-            raise RuntimeError("start the discovery before creating a ResourceManager")
+            raise RuntimeError("the discovery has not started")
         return loop
 
+    def _live_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The discovery's loop while it runs; ``None`` before its first start or once it ended.
+
+        (A stopped ``AsyncDiscovery`` keeps a running loop; a stopped ``Discovery`` does not.)
+        """
+        loop = self._engine._loop
+        return loop if loop is not None and loop.is_running() else None
+
     def _attach(self) -> None:
+        """Join and listen now (both work before start); the rounds begin once the discovery runs."""
         if not self._engine.join(self.channel, self._on_message):
             raise ValueError(f"channel {self.channel!r} is reserved or already joined")
-        self._engine.on("removed", self._on_removed)
-        self._engine._before_stop.append(self._aclose)  # release everything before the goodbye
-        self._engine.on("promotion", lambda _me: self._replan())
+        for event, handler in self._listeners:
+            self._engine.on(event, handler)
+        self._engine._before_stop.append(self.aclose)  # release everything before the goodbye
+        if self._engine.running:
+            self._begin()
+
+    def _on_started(self, _discovery: object) -> None:
+        self._begin()
+
+    def _on_promotion(self, _me: object) -> None:
+        self._replan()
+
+    def _begin(self) -> None:
+        if self._began or self._closed:
+            return
+        self._began = True
         self._spawn(self._periodic(), loop_task=True)
         self._spawn(self._health_loop(), loop_task=True)
 
@@ -434,14 +529,14 @@ class ResourceManager:
         self.stats["starts"] += 1
         self._emit("resourceStarted", resource, handle)
         if self._closed:
-            await self._stop(rid)  # closed while it was starting: release it now
+            if rid in self._running and rid not in self._busy:  # (a resourceStarted handler may have closed)
+                await self._stop(rid)  # closed while it was starting: release it now
             return
         self._reconcile()  # unassigned meanwhile? stop it now
 
     async def _stop(self, rid: str) -> None:
         handle = self._running.get(rid)
-        resource = self._defs.get(rid, {"id": rid})
-        self._busy.add(rid)  # (already set by reconcile; the health loop calls this directly)
+        self._busy.add(rid)  # (already set by the caller, so no second stop starts meanwhile)
         try:
             if self._stop_fn is not None:
                 await self._call_user(self._stop_fn, handle)
@@ -450,9 +545,12 @@ class ResourceManager:
         finally:
             self._busy.discard(rid)
             self._running.pop(rid, None)
-        self.stats["stops"] += 1
-        self._emit("resourceStopped", resource)
+        self._stopped(rid)
         self._reconcile()
+
+    def _stopped(self, rid: str) -> None:
+        self.stats["stops"] += 1
+        self._emit("resourceStopped", self._defs.get(rid, {"id": rid}))
 
     def _failed(self, rid: str, resource: Resource, exc: BaseException) -> None:
         self.stats["failures"] += 1
@@ -467,39 +565,101 @@ class ResourceManager:
             if self._health_fn is None:
                 continue
             for rid, handle in list(self._running.items()):
-                if rid in self._busy:
+                if rid in self._busy or self._closed:
                     continue
                 try:
                     await self._call_user(self._health_fn, handle)
                 except Exception as exc:
-                    if self._running.get(rid) is not handle or rid in self._busy:
+                    if self._closed or self._running.get(rid) is not handle or rid in self._busy:
                         continue  # stopped or restarted meanwhile
-                    resource = self._defs.get(rid, {"id": rid})
                     self._retry_at[rid] = self._now() + self.retry_delay  # before the stop's reconcile
-                    await self._stop(rid)
-                    self._failed(rid, resource, exc)
+                    self._busy.add(rid)
+                    # A task of its own, not awaited here: close() cancels this loop, and a
+                    # cancelled stop would count as released while its hook still runs.
+                    self._spawn(self._stop_unhealthy(rid, self._defs.get(rid, {"id": rid}), exc))
 
-    async def _aclose(self) -> None:
+    async def _stop_unhealthy(self, rid: str, resource: Resource, exc: BaseException) -> None:
+        await self._stop(rid)
+        self._failed(rid, resource, exc)
+
+    # ----------------------------------------------------------------- close
+    def _begin_close(self, *, inline: bool) -> Awaitable[None]:
+        """Close at once as far as possible; return what is left to wait for (see :meth:`close`).
+
+        Runs on the loop thread, or on the caller's when no loop runs.  ``inline``: plain
+        ``stop`` hooks run here (``close()``: the caller checks ``owned`` next) rather
+        than on their own threads (``aclose()``, which can wait for them).
+        """
         if self._closed:
-            return
+            return self._close_task or FINISHED
         self._closed = True
         if self._replan_handle is not None:
             self._replan_handle.cancel()
-        if self._aclose in self._engine._before_stop:
-            self._engine._before_stop.remove(self._aclose)
+            self._replan_handle = None
         for task in self._loop_tasks:
-            task.cancel()  # the periodic and health loops; starts and stops run to the end
-        deadline = self._now() + 30
-        while self._busy and self._now() < deadline:
-            await asyncio.sleep(0.01)
-        for rid in list(self._running):
-            handle = self._running.pop(rid, None)
-            try:
-                if self._stop_fn is not None:
-                    await self._call_user(self._stop_fn, handle)
-            except Exception as exc:
-                log.warning("stop(%s) raised %r during close", rid, exc)
-            self.stats["stops"] += 1
-            self._emit("resourceStopped", self._defs.get(rid, {"id": rid}))
+            task.cancel()  # the periodic and health rounds; starts and stops in flight run to the end
+        for event, handler in self._listeners:
+            self._engine.remove_listener(event, handler)
+        self._engine.leave(self.channel)  # nothing more to hear; sending the bye needs no membership
+        live = self._live_loop() is not None
+        plain = self._stop_fn is None or not inspect.iscoroutinefunction(self._stop_fn)
+        for rid in [r for r in self._running if r not in self._busy]:
+            if plain and (inline or not live):
+                self._stop_here(rid, live)
+            elif live:
+                self._busy.add(rid)
+                self._spawn(self._stop(rid))
+            else:
+                log.warning("cannot stop %s: its stop hook is a coroutine and the discovery's loop is gone", rid)
+                self._running.pop(rid, None)
+        pending = {task for task in self._tasks if task not in self._loop_tasks}
+        if live and pending:
+            self._close_task = asyncio.ensure_future(self._finish_close(pending), loop=self._loop)
+            return self._close_task
+        self._finish_close_now()
+        return FINISHED
+
+    def _stop_here(self, rid: str, live: bool) -> None:
+        """Call a plain ``stop`` hook on this thread; an awaitable it returns is awaited in a task."""
+        handle = self._running[rid]
+        result = None
+        try:
+            if self._stop_fn is not None:
+                result = self._stop_fn(handle)
+        except Exception as exc:
+            log.warning("stop(%s) raised %r during close; treating it as stopped", rid, exc)
+        if inspect.isawaitable(result):
+            if live:
+                self._busy.add(rid)
+                self._spawn(self._finish_stop(rid, result))
+                return
+            if inspect.iscoroutine(result):
+                result.close()  # no loop to run it on (never awaited otherwise: a warning at exit)
+            log.warning("cannot await stop(%s): the discovery's loop is gone", rid)
+        self._running.pop(rid, None)
+        self._stopped(rid)
+
+    async def _finish_stop(self, rid: str, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            log.warning("stop(%s) raised %r during close; treating it as stopped", rid, exc)
+        finally:
+            self._busy.discard(rid)
+            self._running.pop(rid, None)
+        self._stopped(rid)
+
+    async def _finish_close(self, pending: set[asyncio.Future[Any]]) -> None:
+        """Wait for the starts and stops in flight (a start that ends now stops itself), then say bye."""
+        try:
+            _, late = await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+            if late:
+                log.warning("%d resource start/stop hook(s) still running %.0fs into close; saying bye anyway",
+                            len(late), CLOSE_TIMEOUT)
+        finally:
+            self._finish_close_now()
+
+    def _finish_close_now(self) -> None:
         self._send({"t": "bye", "e": self._applied[0], "m": self._applied[1]})
-        self._engine.leave(self.channel)
+        if self.aclose in self._engine._before_stop:
+            self._engine._before_stop.remove(self.aclose)

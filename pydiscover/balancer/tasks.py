@@ -26,7 +26,10 @@ decision.  Only silence (loss, a crash, a hang) is retried.
 Everything runs on the discovery loop: the table, the timers and the network
 handlers.  A :class:`~pydiscover.Discovery` (threads) gets ``concurrent.futures``
 futures and may be called from any thread; an :class:`~pydiscover.AsyncDiscovery` gets
-asyncio futures and must be called from its loop.
+asyncio futures and must be called from its loop (``close``/``aclose`` excepted).
+
+A balancer may be built before or after the discovery starts, and lives through a stop
+and a restart: a stop fails the pending futures, the next start resumes announcing.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import queue
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -54,8 +57,9 @@ import orjson
 from .. import wire
 from ..core import RESERVED_NAMES
 from ..discovery import AsyncDiscovery, Discovery
-from ..errors import PacketTooLarge
+from ..errors import DiscoveryError, PacketTooLarge
 from ..node import Node, Packet
+from .resources import FINISHED, running_loop
 
 log = logging.getLogger("pydiscover.balancer.tasks")
 
@@ -65,11 +69,13 @@ STRATEGIES = ("round_robin", "random", "least_loaded", "hash")
 SEEN_TASKS = 4096
 #: Remote error texts are cut to this many characters so a failure always fits a datagram.
 MAX_ERROR_TEXT = 400
+#: How long a close waits for cancelled coroutine handlers to unwind.
+CLOSE_TIMEOUT = 10.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class TaskError(Exception):
+class TaskError(DiscoveryError):
     """The worker's handler raised (or its result could not be sent back).
 
     ``error`` is the remote text (``"ValueError: bad input"``), ``worker`` the instance
@@ -223,6 +229,7 @@ class _DaemonPool:
         self._idle = 0  # threads waiting for work that no queued item has claimed yet
         self._unclaimed = 0  # queued items no thread was free for
         self._closed = False
+        self._drop_queued = False
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -242,6 +249,8 @@ class _DaemonPool:
             job = self._queue.get()
             if job is None:
                 return
+            if self._drop_queued:
+                continue
             try:
                 job()  # jobs catch the handler's exceptions themselves; this is a last resort
             except BaseException:
@@ -252,12 +261,17 @@ class _DaemonPool:
                 else:
                     self._idle += 1
 
-    def shutdown(self) -> None:
-        """Let queued jobs finish, then end every thread (no waiting here)."""
+    def shutdown(self, *, drop_queued: bool = False) -> None:
+        """End every thread once the jobs running finish (no waiting here).
+
+        Queued jobs run first, unless ``drop_queued``: a closed balancer would drop their
+        results anyway, and its master reassigns them, so running them is wasted work.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._drop_queued = drop_queued
             threads = self._threads
         for _ in range(threads):
             self._queue.put(None)
@@ -279,7 +293,9 @@ class TaskBalancer(Generic[FutureT]):
       move.
 
     Statistics are in :attr:`stats`.  ``close()`` (or ``with``/``async with``) leaves the
-    channel and fails the futures still pending.
+    channel and fails the futures still pending.  Built before ``start()``, it joins the
+    channel at once and begins announcing at the discovery's ``started`` event; it lives
+    through a stop (which fails its pending futures) and a restart.
     """
 
     @overload
@@ -322,6 +338,8 @@ class TaskBalancer(Generic[FutureT]):
         self._semaphore: asyncio.Semaphore | None = None
         self._concurrency = 0
         self._running: set[asyncio.Future[Any]] = set()
+        self._started_on: asyncio.AbstractEventLoop | None = None  # the loop of the last start
+        self._close_task: asyncio.Future[None] | None = None  # the part of close that waits
         self._seen: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         # Master side (every node keeps the worker table: any of them may become master).
         self._presence: dict[str, float] = {}
@@ -418,13 +436,33 @@ class TaskBalancer(Generic[FutureT]):
                 raise RuntimeError("with an AsyncDiscovery, call submit() from its event loop")
         return cast(FutureT, self._on_loop(self._submit, payload, float(timeout), attempts, hashed))
 
-    def close(self) -> None:
-        """Stop working and assigning: leave the channel, cancel timers, fail pending futures.
+    def close(self) -> Awaitable[None]:
+        """Stop working and assigning: say ``bye``, leave the channel, cancel timers, fail pending futures.
 
-        Pending futures fail with ``RuntimeError``; tasks this node is running are
-        abandoned (their results are not sent).  Idempotent.
+        Pending futures fail with ``RuntimeError`` at once; tasks this node is running
+        are abandoned (their results are not sent): coroutine handlers are cancelled,
+        queued thread jobs dropped, and a thread job already running (threads cannot be
+        interrupted) finishes unheard.  Idempotent.
+
+        All of it happens before this returns, so it never blocks the loop it is called
+        on.  The awaitable it returns completes once the cancelled coroutine handlers
+        have unwound (await it, or use :meth:`aclose`, before relying on their
+        ``finally`` blocks).  From a thread other than the discovery loop's it blocks
+        until then.
         """
-        self._on_loop(self._close)
+        loop = self._live_loop()
+        if loop is None or running_loop() is loop:
+            return self._begin_close()
+        asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(CLOSE_TIMEOUT + 5)
+        return FINISHED
+
+    async def aclose(self) -> None:
+        """:meth:`close`, awaited until the cancelled coroutine handlers have unwound; from any event loop."""
+        loop = self._live_loop()
+        if loop is not None and running_loop() is not loop:  # e.g. a sync Discovery, from the user's own loop
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.aclose(), loop))
+            return
+        await self._begin_close()
 
     def __enter__(self) -> TaskBalancer[FutureT]:
         return self
@@ -436,7 +474,7 @@ class TaskBalancer(Generic[FutureT]):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.aclose()
 
     @property
     def workers(self) -> list[str]:
@@ -471,6 +509,11 @@ class TaskBalancer(Generic[FutureT]):
         loop = self._ad._loop
         return loop if loop is not None and not loop.is_closed() else None
 
+    def _live_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The discovery's loop while it runs (a stopped ``Discovery`` has none; a stopped ``AsyncDiscovery`` may)."""
+        loop = self._ad._loop
+        return loop if loop is not None and loop.is_running() else None
+
     def _setup(self) -> None:
         if not self._ad.join(self.channel, self._on_message):
             raise ValueError(f"channel {self.channel!r} is already joined on this node (one TaskBalancer per channel)")
@@ -478,6 +521,23 @@ class TaskBalancer(Generic[FutureT]):
             self._ad.on(event, handler)
         if self._ad.running:
             self._arm_tick()
+
+    def _begin_close(self) -> Awaitable[None]:
+        """Close now (on the loop thread, or where no loop runs); what is left to wait for."""
+        if self._closed:
+            return self._close_task or FINISHED
+        self._close()
+        unwinding = {task for task in self._running if not task.done()}  # cancelled by _close()
+        loop = self._live_loop()
+        if loop is None or not unwinding:
+            return FINISHED
+        self._close_task = asyncio.ensure_future(self._finish_close(unwinding), loop=loop)
+        return self._close_task
+
+    async def _finish_close(self, unwinding: set[asyncio.Future[Any]]) -> None:
+        _, late = await asyncio.wait(unwinding, timeout=CLOSE_TIMEOUT)
+        if late:
+            log.warning("%d cancelled task handler(s) still running %.0fs after close", len(late), CLOSE_TIMEOUT)
 
     def _close(self) -> None:
         if self._closed:
@@ -494,7 +554,7 @@ class TaskBalancer(Generic[FutureT]):
         for running in list(self._running):
             running.cancel()
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown(drop_queued=True)
             self._pool = None
 
     def _cancel_timers(self) -> None:
@@ -526,6 +586,12 @@ class TaskBalancer(Generic[FutureT]):
     def _on_started(self, _: object) -> None:
         if self._closed:
             return
+        loop = self._loop()
+        if loop is not self._started_on and self._semaphore is not None:
+            # A sync Discovery restarts on a new loop, and a semaphore that ever made a
+            # handler wait is bound to the loop it waited on.
+            self._semaphore = asyncio.Semaphore(self._concurrency)
+        self._started_on = loop
         if self._handler is not None:
             self._announce()
         self._arm_tick()
