@@ -113,7 +113,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=3, help="nodes to run in this process, 1-20 (default 3)")
     p.add_argument("--expect", type=int, help="nodes in the whole cluster, to wait for (default --nodes)")
     p.add_argument("--name", default="node", help="node names are NAME-1, NAME-2, ... (default 'node')")
-    p.add_argument("--port", type=int, default=41236, help="UDP port shared by the cluster (default 41236)")
+    p.add_argument("--port", type=int, default=41236,
+                   help="UDP port shared by the cluster (default 41236, this example's own: no other uses it)")
     p.add_argument("--broadcast", default="127.255.255.255", metavar="ADDR",
                    help="loopback broadcast address (default 127.255.255.255)")
     p.add_argument("--multicast", metavar="GROUP", help="use this multicast group on interface 127.0.0.1 instead")

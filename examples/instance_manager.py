@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import sys
 import threading
@@ -28,17 +29,23 @@ from pydiscover.balancer import ResourceManager
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", type=int, default=41236, help="UDP port (default 41236)")
+    p.add_argument("--port", type=int, default=41237,
+                   help="UDP port shared by the processes (default 41237, this example's own: no other uses it)")
     p.add_argument("--broadcast", default="127.255.255.255", help="loopback broadcast address")
     p.add_argument("--resources", type=int, default=30, help="how many pollers (default 30)")
     p.add_argument("--weight", type=float, help="election weight")
-    p.add_argument("--hello-interval", type=float, default=0.5)
-    p.add_argument("--node-timeout", type=float, default=2.0)
+    p.add_argument("--hello-interval", type=float, default=0.5, help="seconds between hellos (default 0.5)")
+    p.add_argument("--node-timeout", type=float, default=2.0,
+                   help="seconds before a silent node's pollers move (default 2)")
     p.add_argument("--duration", type=float, default=30.0, help="exit (cleanly) after this many seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     args = p.parse_args()
-    if not args.broadcast.startswith("127."):
-        p.error("this example only sends on loopback (127.0.0.0/8)")
+    try:
+        loopback = ipaddress.ip_address(args.broadcast).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        p.error(f"--broadcast {args.broadcast!r}: this example only sends on loopback (127.0.0.0/8)")
     lock = threading.Lock()
 
     def say(event: str, **fields: Any) -> None:

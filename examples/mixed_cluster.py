@@ -266,7 +266,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="Loopback only: every process unicasts to 127.0.0.1.  Needs Node.js and node-discover@1.2.1.",
+        epilog="Loopback only: every process unicasts to 127.0.0.1, each on a free port picked at start "
+        "(40000-49999; no fixed port, so it never joins another example).  Needs Node.js and node-discover@1.2.1.",
     )
     p.add_argument("--key", help="shared key; every process uses node-discover's legacy cipher")
     p.add_argument(

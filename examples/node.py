@@ -2,13 +2,20 @@
 
 Start a few in separate terminals (loopback only, nothing leaves this host)::
 
-    python examples/node.py --port 44444 --weight 1
-    python examples/node.py --port 44444 --weight 2
+    python examples/node.py --weight 1
+    python examples/node.py --weight 2
 
-Where broadcast does not reach, run them over Redis instead (``pip install
-pydiscover-lan[redis]``)::
+They share the default port 41231 (no other example uses it; ``--port`` picks another)
+and the library's default timings (``--hello-interval``, ``--node-timeout``).  To try
+the Redis transport instead (``pip install pydiscover-lan[redis]`` and a redis-server
+on this host)::
 
     python examples/node.py --transport redis://127.0.0.1:6379/0 --namespace demo --weight 1
+
+Loopback only: broadcast must be in 127.0.0.0/8, multicast goes out on interface
+127.0.0.1 (``lo`` for an IPv6 group), unicast entries and the Redis server must be on
+this host (127.0.0.0/8, ``::1`` or ``localhost``).  Anything else is refused with exit
+status 2.
 
 Every line typed on stdin is sent on ``--channel``; the line ``state`` prints this
 node's view instead.  ``--json`` prints one JSON object per event (with ``t`` =
@@ -23,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
+import logging
 import os
 import select
 import signal
@@ -31,10 +40,14 @@ import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydiscover import Discovery, Node, Packet
+from pydiscover.options import Options
 
 LOOPBACK_BROADCAST = "127.255.255.255"
+#: This example's own port: no other example uses it, so they never join each other.
+DEFAULT_PORT = 41231
 
 
 class Printer:
@@ -81,22 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="stdin: each line is sent on --channel; the line 'state' prints this node's view.",
     )
-    p.add_argument("--port", type=int, default=12345, help="UDP port shared by the cluster (default 12345)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"UDP port shared by the cluster (default {DEFAULT_PORT}, this example's own)")
     p.add_argument(
         "--broadcast",
         default=LOOPBACK_BROADCAST,
         help=f"broadcast address (default {LOOPBACK_BROADCAST}: loopback, this host only)",
     )
-    p.add_argument("--multicast", help="multicast group instead of broadcast, e.g. 239.255.0.1")
-    p.add_argument("--interface", help="with --multicast: local IPv4 address (or IPv6 interface) to use")
-    p.add_argument("--unicast", help="comma-separated host[:port] list instead of broadcast")
+    p.add_argument("--multicast", help="multicast group instead of broadcast, e.g. 239.255.0.1 (sent on loopback)")
+    p.add_argument("--interface",
+                   help="with --multicast: a loopback IPv4 address (default 127.0.0.1), or 'lo' for an IPv6 group")
+    p.add_argument("--unicast", help="comma-separated host[:port] list instead of broadcast (hosts on loopback)")
     p.add_argument(
-        "--transport", help="a redis:// or rediss:// URL: run over Redis pub/sub instead of UDP (needs the redis extra)"
+        "--transport",
+        help="a redis:// or rediss:// URL of a server on this host: run over Redis pub/sub instead of UDP "
+        "(needs the redis extra)",
     )
     p.add_argument("--namespace", help="with --transport: the cluster's name on that Redis (default 'default')")
     p.add_argument("--weight", type=float, help="election weight; highest wins (default: older process wins)")
-    p.add_argument("--hello-interval", type=float, default=1.0, help="seconds between hellos (default 1)")
-    p.add_argument("--node-timeout", type=float, default=2.0, help="seconds before a silent node is dropped")
+    p.add_argument("--hello-interval", type=float, default=Options.hello_interval,
+                   help=f"seconds between hellos (default {Options.hello_interval:g}, the library's)")
+    p.add_argument("--node-timeout", type=float, default=Options.node_timeout,
+                   help=f"seconds before a silent node is dropped (default {Options.node_timeout:g}, the library's)")
     p.add_argument(
         "--master-timeout",
         type=float,
@@ -104,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before a silent master is dropped (default node timeout)",
     )
     p.add_argument("--masters-required", type=int, default=1, help="how many masters the cluster keeps (default 1)")
-    p.add_argument("--check-interval", type=float, default=None, help="election period in seconds (default 2)")
+    p.add_argument("--check-interval", type=float, default=None,
+                   help=f"election period in seconds (default {Options.check_interval:g}, the library's)")
     p.add_argument("--key", help="cluster key: packets are sealed (AES-256-GCM unless --encryption says otherwise)")
     p.add_argument(
         "--encryption", choices=["aead", "node-discover"], help="with --key: 'aead' (default) or node-discover's legacy"
@@ -119,6 +139,57 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-on-eof", action="store_true", help="stop (cleanly) when stdin closes, e.g. when a driving parent dies"
     )
     return p
+
+
+def _is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (127.0.0.0/8, ``::1``); names are not resolved."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _unicast_hosts(text: str) -> list[str]:
+    """The hosts of a ``host[:port]`` / ``[v6addr]:port`` / bare IPv6 comma list."""
+    hosts = []
+    for entry in (e.strip() for e in text.split(",")):
+        if entry.startswith("["):
+            hosts.append(entry[1:].split("]", 1)[0])
+        elif entry.count(":") == 1:
+            hosts.append(entry.split(":", 1)[0])
+        else:  # a bare name, IPv4 or IPv6 address
+            hosts.append(entry)
+    return hosts
+
+
+def loopback_problem(args: argparse.Namespace) -> str | None:
+    """Why these flags would send off this host, or ``None``; fills in the multicast interface.
+
+    Like the other examples, this one only ever sends on loopback, whatever the mode.
+    """
+    if args.transport:
+        host = urlsplit(args.transport).hostname or ""
+        if not _is_loopback_host(host):
+            return f"--transport {args.transport!r}: this example only talks to a Redis server on this host"
+    elif args.unicast:
+        for host in _unicast_hosts(args.unicast):
+            if not _is_loopback_host(host):
+                return f"--unicast host {host!r}: this example only sends on loopback (127.0.0.0/8, ::1, localhost)"
+    elif args.multicast:
+        try:
+            v6 = ipaddress.ip_address(args.multicast).version == 6
+        except ValueError:
+            return None  # not an address: the library's own check names the problem
+        if args.interface is None:
+            args.interface = "lo" if v6 else "127.0.0.1"
+        if not (args.interface == "lo" if v6 else _is_loopback_host(args.interface)):
+            want = "'lo'" if v6 else "a 127.x address"
+            return f"--interface {args.interface!r}: this example only multicasts on loopback ({want})"
+    elif not _is_loopback_host(args.broadcast) or args.broadcast.lower() == "localhost":
+        return f"--broadcast {args.broadcast!r}: this example only sends on loopback (127.0.0.0/8)"
+    return None
 
 
 def discovery_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,6 +313,11 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # pydiscover installs only a NullHandler: an application shows its warnings (a lost link) itself.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    problem = loopback_problem(args)
+    if problem:
+        parser.error(problem)  # exit status 2, like every bad option
     out = Printer(args.json)
     wake_r, reasons = install_stop_signals()  # before start: a node must never die without a goodbye
     try:

@@ -21,7 +21,8 @@ from pydiscover import Node, ServiceDiscovery
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=41235, help="UDP port (default 41235)")
+    parser.add_argument("--port", type=int, default=41235,
+                        help="UDP port (default 41235, this example's own: no other uses it)")
     parser.add_argument("--broadcast", default="127.255.255.255", help="loopback broadcast address")
     parser.add_argument("--multicast", metavar="GROUP", help="use this multicast group on interface 127.0.0.1 instead")
     parser.add_argument("--duration", type=float, default=5.0,
@@ -54,7 +55,12 @@ def main() -> int:
     web.setup("service.db", connect_db)
     web.need("service.cache")
     web.on("service", lambda name, node: say(f"web: {name} available on {node.hostname}"))
-    web.on("ready", lambda services: (say(f"web: READY, needs met: {sorted(services)}; start serving"), ready.set()))
+
+    def on_ready(services: dict[str, list[Node]]) -> None:  # service name -> its usable nodes
+        say(f"web: READY, needs met: {sorted(services)}; start serving")
+        ready.set()
+
+    web.on("ready", on_ready)
     web.on("notready", lambda name: say(f"web: NOT READY, lost the last {name}; stop serving"))
     web.start()
     nodes = [web]

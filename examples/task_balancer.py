@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ipaddress
 import sys
 import threading
 import time
@@ -52,7 +53,8 @@ class App:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=41236, help="UDP port (default 41236)")
+    parser.add_argument("--port", type=int, default=41238,
+                        help="UDP port (default 41238, this example's own: no other uses it)")
     parser.add_argument("--broadcast", default="127.255.255.255", help="loopback broadcast address (127.x only)")
     parser.add_argument("--workers", type=int, default=3, help="worker nodes (default 3)")
     parser.add_argument("--tasks", type=int, default=20, help="numbers the master sends (default 20)")
@@ -61,8 +63,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0,
                         help="give up (exit 1) if the run takes longer than this many seconds (default 30)")
     args = parser.parse_args()
-    if not args.broadcast.startswith("127."):
-        parser.error("this example only sends on loopback (127.0.0.0/8)")
+    try:
+        loopback = ipaddress.ip_address(args.broadcast).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        parser.error(f"--broadcast {args.broadcast!r}: this example only sends on loopback (127.0.0.0/8)")
     if args.workers < 1 or args.tasks < 1 or args.duration <= 0 or args.work_ms < 0:
         parser.error("--workers and --tasks must be >= 1, --duration > 0, --work-ms >= 0")
     t0 = time.monotonic()

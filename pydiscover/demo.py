@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import sys
 import threading
 import time
@@ -65,6 +66,8 @@ def _wait(condition: Any, timeout: float) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    # pydiscover installs only a NullHandler: a program shows its warnings itself.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     say = _Printer()
     transport: dict[str, Any] = (
         {"multicast": args.multicast, "interface": "127.0.0.1"} if args.multicast else {"broadcast": args.broadcast}

@@ -4,12 +4,18 @@ The monitor is a passive listener (a ``client=True`` node): it sends nothing, ne
 joins the election, and shows every node it hears: a live table (with ``rich`` if it
 is installed, plain text otherwise), ``--watch`` event lines for logs, or
 ``--once --json`` for scripts.
+
+It joins no channel, so every channel message it hears (the cluster's ordinary
+traffic) reaches the core as a message for a channel not joined, which the core counts
+as the drop reason ``unknown_event``; the monitor reports that count as
+``channel_messages`` instead, not as a drop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -17,8 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .discovery import Discovery
-from .errors import BindError
 from .node import Node
+from .options import Options
+
+#: The core's drop reason for a message on a channel this node has not joined: for the
+#: monitor, which joins none, that is every channel message it hears.
+_NOT_JOINED = "unknown_event"
 
 _COLUMNS = ("id", "hostname", "address", "master", "weight", "advertisement", "seen")
 
@@ -38,8 +48,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--encryption", choices=["aead", "node-discover"], help="with --key (default aead)")
     p.add_argument("--transport", help="a transport URL, e.g. redis://127.0.0.1:6379/0")
     p.add_argument("--namespace", help="with --transport redis://: the cluster's namespace")
-    p.add_argument("--hello-interval", type=float, default=1.0, help="the cluster's hello interval (s)")
-    p.add_argument("--node-timeout", type=float, default=2.0, help="drop a node unheard this long (s)")
+    p.add_argument("--hello-interval", type=float, default=Options.hello_interval,
+                   help=f"the cluster's hello interval in seconds (default {Options.hello_interval:g}, the library's)")
+    p.add_argument("--node-timeout", type=float, default=Options.node_timeout,
+                   help=f"drop a node unheard this long, in seconds (default {Options.node_timeout:g}, the library's)")
     p.add_argument("--master-timeout", type=float, help="drop a master unheard this long (s)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="listen --timeout seconds, print once, exit")
@@ -62,7 +74,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "address": args.address,
         "hello_interval": args.hello_interval,
         "node_timeout": args.node_timeout,
-        "check_interval": min(args.node_timeout, 2.0),
+        "check_interval": min(args.node_timeout, Options.check_interval),
         "ignore_process": False,
         "stop_on_sigterm": True,
         "start": False,
@@ -95,14 +107,33 @@ def node_record(node: Node, now: float, wall_now: float) -> dict[str, Any]:
     }
 
 
+def monitor_stats(d: Discovery) -> dict[str, Any]:
+    """``d.stats`` with the cluster's channel traffic as ``channel_messages``, not as a drop.
+
+    The monitor joins no channel, so the core counts every channel message it hears
+    under the drop reason ``unknown_event`` (a channel not joined); here that count
+    moves out of ``dropped``, which then holds only real problems (a wrong key,
+    malformed or oversized datagrams, ...).
+    """
+    stats = dict(d.stats)
+    dropped = dict(stats["dropped"])
+    stats["channel_messages"] = dropped.pop(_NOT_JOINED, 0)
+    stats["dropped"] = dropped
+    return stats
+
+
 def snapshot(d: Discovery) -> dict[str, Any]:
     """Everything the monitor shows, as one JSON-ready object."""
     now, wall_now = time.monotonic(), time.time()
     nodes = sorted(d.nodes.values(), key=lambda n: (not n.is_master, -n.weight, n.id))
-    stats = d.stats
+    stats = monitor_stats(d)
     return {
         "nodes": [node_record(n, now, wall_now) for n in nodes],
-        "totals": {"nodes": len(nodes), "masters": sum(n.is_master for n in nodes)},
+        "totals": {
+            "nodes": len(nodes),
+            "masters": sum(n.is_master for n in nodes),
+            "channel_messages": stats["channel_messages"],
+        },
         "stats": stats,
     }
 
@@ -127,7 +158,8 @@ def render_plain(snap: dict[str, Any]) -> str:
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(snap["stats"]["dropped"].items())) or "none"
     lines.append(
         f"{snap['totals']['nodes']} node(s), {snap['totals']['masters']} master(s); "
-        f"packets in {snap['stats']['packets_in']}; dropped: {dropped}"
+        f"packets in {snap['stats']['packets_in']}; channel messages {snap['stats']['channel_messages']}; "
+        f"dropped: {dropped}"
     )
     return "\n".join(lines)
 
@@ -183,6 +215,8 @@ def _live(d: Discovery, plain: bool, until: float | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    # The library installs only a NullHandler: a program shows its warnings (lost link, refused sends).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         d = Discovery(**_options(args))
     except (TypeError, ValueError, NotImplementedError) as exc:
@@ -190,10 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         d.start()
-    except BindError as exc:
-        print(f"monitor: {exc} (is another program using the port without SO_REUSEADDR?)", file=sys.stderr)
-        return 2
-    except OSError as exc:
+    except OSError as exc:  # BindError says what usually fixes it
         print(f"monitor: {exc}", file=sys.stderr)
         return 2
     until = None if args.timeout is None else time.monotonic() + args.timeout

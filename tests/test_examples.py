@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydiscover import Discovery
 from pydiscover.transports.memory import MemoryBus, MemoryTransport
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+README = EXAMPLES.parent / "README.rst"
 
 
 def run(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -38,6 +40,75 @@ def load(script: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ------------------------------------------------------------------ README's example
+
+
+def readme_example() -> str:
+    """The first ``code-block:: python`` of README.rst's "Example" section, as a program."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\nExample\n-------\n", 1)[1]
+    block = section.split(".. code-block:: python\n", 1)[1]
+    lines: list[str] = []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith("   "):
+            break  # the first unindented line ends the block
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines)).strip() + "\n"
+
+
+def readme_program(tmp_path: Path, port: int, seconds: float) -> Path:
+    """README's example on ``port`` running ``seconds``: the only two substitutions, each checked."""
+    code = readme_example()
+    for old, new in (("port=41230,", f"port={port},"), ("RUN_SECONDS = 10 ", f"RUN_SECONDS = {seconds} ")):
+        assert code.count(old) == 1, f"README's example no longer has {old!r} exactly once"
+        code = code.replace(old, new)
+    assert 'broadcast="127.255.255.255"' in code  # loopback only, as written
+    path = tmp_path / "readme_example.py"
+    path.write_text(code, encoding="utf-8")
+    return path
+
+
+def test_readme_example_alone_becomes_master(tmp_path: Path) -> None:
+    program = readme_program(tmp_path, free_udp_port(), 3)
+    result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("I am ")
+    assert "I am the master now" in lines
+    assert lines[-1] == "peers: [] master: me"
+
+
+def test_readme_example_two_copies_see_each_other_and_agree_on_a_master(tmp_path: Path) -> None:
+    program = readme_program(tmp_path, free_udp_port(), 5)
+    procs = [subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for (out, err), proc in zip(outs, procs, strict=True):
+        assert proc.returncode == 0, out + err
+    lines = [out.splitlines() for out, _ in outs]
+    ids: list[str] = []
+    for printed in lines:
+        match = next(m for m in (re.match(r"I am ([0-9a-f]{8}) - running", line) for line in printed) if m)
+        ids.append(match.group(1))
+    for me, other in ((0, 1), (1, 0)):
+        mine = lines[me]
+        assert any(line.startswith(f"joined: {ids[other]} ") for line in mine), mine
+        assert f"{ids[other]} says welcome, {ids[me]}" in mine, mine
+    # One master they agree on: it printed its promotion, the other saw it as master.
+    agreed = [m for m, o in ((0, 1), (1, 0)) if "I am the master now" in lines[m]
+              and f"master is {ids[m]}" in lines[o]]
+    assert len(agreed) == 1, lines
+    master, other = agreed[0], 1 - agreed[0]
+    if "I am the master now" in lines[other]:  # only once the master had left (it said goodbye)
+        assert lines[other].index(f"left: {ids[master]}") < lines[other].index("I am the master now"), lines
 
 
 # ------------------------------------------------------------ distributed_event_emitter.py
@@ -200,6 +271,91 @@ def test_node_example_rejects_bad_options() -> None:
     assert result.returncode == 2
     assert "node_timeout" in result.stderr
     assert "--duration" in run("node.py", "--help").stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["--broadcast", "255.255.255.255"],
+    ["--broadcast", "192.168.1.255"],
+    ["--unicast", "127.0.0.1:41231,10.0.0.7:41231"],
+    ["--unicast", "[fe80::1]:41231"],
+    ["--multicast", "239.255.0.1", "--interface", "192.168.1.10"],
+    ["--multicast", "ff02::1:3", "--interface", "eth0"],
+    ["--transport", "redis://10.0.0.5:6379/0"],
+], ids=["default-broadcast", "lan-broadcast", "unicast", "unicast-v6", "multicast", "multicast-v6", "redis"])
+def test_node_example_refuses_anything_but_loopback(args: list[str]) -> None:
+    """It says "loopback only", like every example: other addresses are a usage error (nothing is sent)."""
+    result = run("node.py", *args, "--lifetime", "5", timeout=30)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "this example only" in result.stderr and result.stdout == ""
+
+
+def test_node_example_accepts_loopback_everywhere() -> None:
+    port = str(free_udp_port())
+    for args in (["--unicast", f"127.0.0.1:{port},localhost,[::1]:{port}"], ["--multicast", "239.255.81.9"]):
+        result = run("node.py", "--json", "--port", port, *args, "--lifetime", "0.3", timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert [json.loads(line)["event"] for line in result.stdout.splitlines()] == ["started", "stopped"]
+
+
+def test_every_example_has_a_default_port_of_its_own() -> None:
+    """Examples started with their defaults never join each other (nor README's example, nor the demo)."""
+    ports: dict[str, int] = {}
+    for script in ("node.py", "distributed_event_emitter.py", "service_readiness.py", "task_balancer.py",
+                   "instance_manager.py"):
+        help_text = " ".join(run(script, "--help").stdout.split())
+        match = re.search(r"--port PORT [^-]*?\(default (\d+)", help_text)
+        assert match, f"{script} --help documents no default port: {help_text}"
+        ports[script] = int(match.group(1))
+    readme_port = re.search(r"port=(\d+)", readme_example())
+    assert readme_port
+    ports["README.rst"] = int(readme_port.group(1))
+    demo = subprocess.run([sys.executable, "-m", "pydiscover.demo", "--help"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    demo_port = re.search(r"--port PORT [^-]*?\(default (\d+)", " ".join(demo.stdout.split()))
+    assert demo_port
+    ports["pydiscover.demo"] = int(demo_port.group(1))
+    assert len(set(ports.values())) == len(ports), ports
+    assert "free port" in " ".join(run("mixed_cluster.py", "--help").stdout.split())
+
+
+# ----------------------------------------------------------------- instance_manager.py
+
+
+def test_instance_manager_two_processes_split_the_pollers() -> None:
+    port = str(free_udp_port())
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def one() -> None:
+        results.append(run("instance_manager.py", "--port", port, "--resources", "6", "--duration", "5", "--json"))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    timelines: list[list[tuple[float, frozenset[str]]]] = []
+    for result in results:
+        assert result.returncode == 0, result.stdout + result.stderr
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        assert events[0]["event"] == "started"
+        timelines.append([(e["t"], frozenset(e["owned"])) for e in events if e["event"] == "owned"])
+    assert len(timelines) == 2
+
+    def owned_at(timeline: list[tuple[float, frozenset[str]]], t: float) -> frozenset[str]:
+        return next((owned for at, owned in reversed(timeline) if at <= t), frozenset())
+
+    # At some moment the two held an even split of all six pollers, none twice.
+    everything = {f"poller-{i:02d}" for i in range(6)}
+    assert any(
+        [len(owned_at(timeline, t)) for timeline in timelines] == [3, 3]
+        and owned_at(timelines[0], t) | owned_at(timelines[1], t) == everything
+        for t in sorted(at for timeline in timelines for at, _ in timeline)
+    ), timelines
+
+
+def test_instance_manager_refuses_other_networks() -> None:
+    refused = run("instance_manager.py", "--broadcast", "192.168.1.255")
+    assert refused.returncode == 2 and "loopback" in refused.stderr
 
 
 # -------------------------------------------------------------------- mixed_cluster.py
