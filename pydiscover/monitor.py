@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .discovery import Discovery
@@ -35,7 +36,7 @@ _COLUMNS = ("id", "hostname", "address", "master", "weight", "advertisement", "s
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pydiscover.monitor",
+        prog="pydiscover-monitor" if Path(sys.argv[0]).name == "pydiscover-monitor" else "python -m pydiscover.monitor",
         description="Show the live nodes of a pydiscover or node-discover cluster. Sends nothing.",
     )
     p.add_argument("--port", type=int, default=12345, help="the cluster's UDP port (default 12345)")

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sysconfig
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 LOOPBACK_BROADCAST = "127.255.255.255"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``PYDISCOVER_EXPECT_INSTALLED`` (scripts/test), refuse to test anything but the installed wheel.
+
+    A stray ``PYTHONPATH``, an editable install or a ``pydiscover/`` folder beside the tests
+    would make a green run say nothing about what users install, so the session stops.
+    """
+    if not os.environ.get("PYDISCOVER_EXPECT_INSTALLED"):
+        return
+    import pydiscover
+
+    where = Path(pydiscover.__file__).resolve()
+    site = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    source = os.environ.get("PYDISCOVER_SOURCE_TREE")
+    problems: list[str] = []
+    if not any(where.is_relative_to(folder) for folder in site):
+        problems.append(f"it is not in this interpreter's site-packages ({', '.join(map(str, sorted(site)))})")
+    if source and where.is_relative_to(Path(source).resolve()):
+        problems.append(f"it is inside the source tree PYDISCOVER_SOURCE_TREE={source}")
+    if problems:
+        pytest.exit(f"PYDISCOVER_EXPECT_INSTALLED is set but pydiscover was imported from {where}: "
+                    + "; ".join(problems), returncode=1)
 
 
 def free_udp_port() -> int:

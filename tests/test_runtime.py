@@ -393,3 +393,22 @@ def test_garbage_on_the_wire_is_counted_and_harmless(port: int) -> None:
         assert [e for e in fired if e not in ("added", "removed")] == []
     finally:
         d.stop()
+
+
+# ------------------------------------------------------------- pyee pin
+def test_the_emitter_and_the_pinned_pyee_agree() -> None:
+    """SafeEmitter reads pyee's handler table ``_events``; setup.cfg pins the majors where that holds."""
+    from importlib.metadata import version
+
+    from pydiscover.events import SafeEmitter
+
+    assert 11 <= int(version("pyee").split(".")[0]) < 14
+    emitter = SafeEmitter()
+    seen: list[tuple[str, int]] = []
+    emitter.on("x", lambda n: seen.append(("on", n)))
+    emitter.once("x", lambda n: seen.append(("once", n)))
+    assert emitter.has_listeners("x") and not emitter.has_listeners("y")
+    assert emitter.emit("x", 1) and emitter.emit("x", 2)
+    assert seen == [("on", 1), ("once", 1), ("on", 2)]
+    emitter.remove_all_listeners("x")
+    assert not emitter.has_listeners("x") and not emitter.emit("x", 3)

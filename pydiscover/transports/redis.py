@@ -379,6 +379,10 @@ class RedisTransport(Transport):
             self._report_error("connection_lost", f"lost the connection to Redis at {self.display_url}")
             self._discard_queue("not_connected")
             await link.close()
+            if self._closing:
+                # close() cancelled us, but Python 3.10's wait_for (in link.close) can swallow
+                # a cancellation that arrives as its inner call finishes: end here regardless.
+                return
             self._notify(False)
             link = await self._reconnect()
             self._link = link
@@ -392,6 +396,8 @@ class RedisTransport(Transport):
         attempt = 0
         while True:
             await asyncio.sleep(min(delay, self.max_backoff) * self._rng.uniform(0.75, 1.0))
+            if self._closing:  # (a cancellation lost by 3.10's wait_for: see _supervise)
+                raise asyncio.CancelledError
             attempt += 1
             try:
                 return await self._connect()
