@@ -13,6 +13,4 @@ html_title = f"pydiscover {release}"
 html_short_title = project
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 autodoc_member_order = "bysource"
-# Show defaults as written (``lambda *a: True``), not as the objects they evaluate to.
-autodoc_preserve_defaults = True
 html_theme = "alabaster"

@@ -26,13 +26,13 @@ Run "python -m pydiscover COMMAND --help" for a command's options.
 def _monitor(argv: Sequence[str]) -> int:
     from .monitor import main
 
-    return main(argv)
+    return main(argv, prog="python -m pydiscover monitor")
 
 
 def _demo(argv: Sequence[str]) -> int:
     from .demo import main
 
-    return main(argv)
+    return main(argv, prog="python -m pydiscover demo")
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"monitor": _monitor, "demo": _demo}

@@ -1,11 +1,28 @@
-"""Running user callbacks that may block, without blocking the discovery loop."""
+"""Crossing threads: blocking user callbacks off the loop, and coroutines run from sync code."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run_coro_with_timeout(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop, timeout: float | None) -> T:
+    """Run ``coro`` on ``loop`` (another thread's) and wait for its result (python-zeroconf's helper).
+
+    On timeout the coroutine is cancelled (it must not go on unobserved) and the builtin
+    ``TimeoutError`` raised: before 3.11 ``concurrent.futures`` raises its own class.
+    """
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise TimeoutError(f"no result within {timeout} s") from None
 
 
 def in_daemon_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:

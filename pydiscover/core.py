@@ -751,6 +751,10 @@ _MISMATCH_ADVICE = {
     'to share a cluster with node-discover peers, set encryption="node-discover" (and the same key)',
     "plaintext": "they are unencrypted, but this node has a key; give every node the same key and encryption",
     "encrypted": "they are encrypted, but this node has no key; give every node the same key and encryption",
+    "aead": 'they are sealed with AES-GCM (encryption="aead"), but this node uses node-discover\'s cipher; '
+    "give every node the same encryption",
+    "bad_key": "they are sealed with a key this node does not hold; give every node the same key "
+    "(to rotate keys, list both: see the security page)",
 }
 
 

@@ -20,9 +20,9 @@ from typing import Any
 from .discovery import Discovery
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None, prog: str | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pydiscover.demo",
+        prog=prog or "python -m pydiscover.demo",
         description="Run a loopback-only pydiscover cluster: discovery, election, messaging, failover.",
     )
     parser.add_argument("--nodes", type=int, default=4, help="how many nodes to start, 2-20 (default 4)")
@@ -64,8 +64,9 @@ def _wait(condition: Any, timeout: float) -> bool:
     return bool(condition())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the demo; ``prog`` is the command name shown in usage (the caller's)."""
+    args = _parse(argv, prog)
     # pydiscover installs only a NullHandler: a program shows its warnings itself.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     say = _Printer()

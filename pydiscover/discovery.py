@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, TypeVar, overload
 
+from ._threads import run_coro_with_timeout
 from .core import Action, DiscoveryCore, Emit
 from .errors import TransportError
 from .events import SafeEmitter
@@ -245,11 +246,12 @@ class AsyncDiscovery:
         """Say goodbye (peers drop this node at once), close the socket.  ``False`` if not running."""
         if not self._core.running or self._loop is None:
             return False
-        for cleanup in list(self._before_stop):
-            try:
-                await cleanup()  # e.g. release resources *before* peers hear the goodbye
-            except Exception:
-                log.exception("cleanup before stop failed")
+        # e.g. release resources *before* peers hear the goodbye; all at once, so several
+        # layers' slow hooks add up to the slowest, not to the sum.
+        results = await asyncio.gather(*(cleanup() for cleanup in list(self._before_stop)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("cleanup before stop failed", exc_info=result)
         self._apply(self._core.stop(self._loop.time()))
         self._cancel_timer()
         await self._transport.close()
@@ -310,16 +312,16 @@ class AsyncDiscovery:
         self._emitter.remove_listener(event, handler)
 
     async def wait_for(
-        self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0
+        self, event: str, predicate: Callable[..., bool] | None = None, timeout: float = 10.0
     ) -> tuple[Any, ...]:
-        """Wait until ``event`` fires with arguments that satisfy ``predicate``; for tests and scripts.
+        """Wait until ``event`` fires (with arguments that satisfy ``predicate``, if given); for tests and scripts.
 
         Raises the builtin ``TimeoutError`` after ``timeout`` seconds (on every Python).
         """
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
 
         def handler(*args: Any) -> None:
-            if not future.done() and predicate(*args):
+            if not future.done() and (predicate is None or predicate(*args)):
                 future.set_result(args)
 
         self._emitter.on(event, handler)
@@ -692,10 +694,7 @@ class Discovery:
         if self._in_loop_thread():
             coro.close()
             raise RuntimeError("this call waits on the discovery thread, so it cannot be made from a handler")
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-        except concurrent.futures.TimeoutError:  # not the builtin before 3.11
-            raise TimeoutError(f"the discovery thread did not answer within {timeout} s") from None
+        return run_coro_with_timeout(coro, self._loop, timeout)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the loop thread (the core is single-threaded) and return its result."""
@@ -711,7 +710,10 @@ class Discovery:
                 future.set_exception(exc)
 
         loop.call_soon_threadsafe(run)
-        return future.result(timeout=10.0)
+        try:
+            return future.result(timeout=10.0)
+        except concurrent.futures.TimeoutError:  # not the builtin before 3.11
+            raise TimeoutError("the discovery thread did not answer within 10 s") from None
 
     # ------------------------------------------------------- events (pyee)
     @overload
@@ -737,9 +739,9 @@ class Discovery:
         self._async.remove_listener(event, handler)
 
     def wait_for(
-        self, event: str, predicate: Callable[..., bool] = lambda *a: True, timeout: float = 10.0
+        self, event: str, predicate: Callable[..., bool] | None = None, timeout: float = 10.0
     ) -> tuple[Any, ...]:
-        """Block until ``event`` fires with arguments satisfying ``predicate``; ``TimeoutError`` otherwise."""
+        """Block until ``event`` fires (arguments satisfying ``predicate``, if given); ``TimeoutError`` otherwise."""
         if self._loop is None:
             raise RuntimeError("not running")
         return self._run(self._async.wait_for(event, predicate, timeout), timeout + 1)

@@ -34,6 +34,10 @@ EVENT_ARGUMENTS = {
 }
 
 
+#: Handlers whose failures are counted (to log the 1st, 10th, 100th...); past it, counting restarts.
+MAX_TRACKED_FAILURES = 1024
+
+
 class SafeEmitter(AsyncIOEventEmitter):
     """Runs sync handlers and schedules coroutine handlers on the loop.
 
@@ -79,15 +83,18 @@ class SafeEmitter(AsyncIOEventEmitter):
         outer = self._in_error_event
         self._in_error_event = outer or event == "error"
         try:
-            for f in list(handlers.values()):
-                self._run(event, f, args, kwargs)
+            for handler, call in list(handlers.items()):  # call: pyee's wrapper for once()
+                self._run(event, handler, call, args, kwargs)
         finally:
             self._in_error_event = outer
         return True
 
-    def _run(self, event: str, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _run(
+        self, event: str, f: Callable[..., Any], call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Call ``call`` (the registered form of the user's ``f``, named in any report)."""
         try:
-            result = f(*args, **kwargs)
+            result = call(*args, **kwargs)
         except Exception as exc:
             self._handler_failed(event, f, exc, args)
             return
@@ -113,6 +120,8 @@ class SafeEmitter(AsyncIOEventEmitter):
             # Logged on the 1st, 10th, 100th... failure of the same handler: a handler that
             # cannot take its arguments fails on every hello and must not flood the log.
             key = (event, f)
+            if key not in self._failures and len(self._failures) >= MAX_TRACKED_FAILURES:
+                self._failures.clear()  # bounded: e.g. one closure per wait_for call
             count = self._failures[key] = self._failures.get(key, 0) + 1
             if count == 10 ** (len(str(count)) - 1):
                 log.error(
@@ -120,6 +129,8 @@ class SafeEmitter(AsyncIOEventEmitter):
                     f" ({count} failures so far)" if count > 1 else _arity_hint(event, f, args, exc),
                     exc_info=exc if count == 1 else None,
                 )
+            else:
+                log.debug("handler %s for event %r raised %s", _name(f), event, _describe(exc), exc_info=exc)
             return
         log.debug("handler %s for event %r raised", _name(f), event, exc_info=exc)
         self.emit("error", exc)

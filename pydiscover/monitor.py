@@ -34,9 +34,10 @@ _NOT_JOINED = "unknown_event"
 _COLUMNS = ("id", "hostname", "address", "master", "weight", "advertisement", "seen")
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None, prog: str | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="pydiscover-monitor" if Path(sys.argv[0]).name == "pydiscover-monitor" else "python -m pydiscover.monitor",
+        prog=prog or ("pydiscover-monitor" if Path(sys.argv[0]).name == "pydiscover-monitor"
+                      else "python -m pydiscover.monitor"),
         description="Show the live nodes of a pydiscover or node-discover cluster. Sends nothing.",
     )
     p.add_argument("--port", type=int, default=12345, help="the cluster's UDP port (default 12345)")
@@ -214,8 +215,9 @@ def _live(d: Discovery, plain: bool, until: float | None) -> None:
             live.update(_render_rich(snapshot(d)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the monitor; ``prog`` is the command name shown in usage (the caller's)."""
+    args = _parse(argv, prog)
     # The library installs only a NullHandler: a program shows its warnings (lost link, refused sends).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -160,10 +161,22 @@ def looks_like_legacy_cipher(datagram: bytes) -> bool:
     return bool(text) and len(text) % 16 == 0 and max(text) <= "\xff"
 
 
+def _is_json_object(datagram: bytes) -> bool:
+    """Plaintext JSON, not merely a first byte ``{``: a fixed-IV ciphertext starts with ``{`` for 1 key in 256."""
+    if datagram[:1] != b"{":
+        return False
+    try:
+        return isinstance(orjson.loads(datagram), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
 def _foreign_reason(datagram: bytes) -> str:
-    """Why a datagram is not ours to open: ``plaintext``, ``node_discover_cipher`` or ``malformed``."""
-    if datagram[:1] == b"{":
+    """Why a datagram is not ours to open: ``plaintext``, ``aead``, ``node_discover_cipher`` or ``malformed``."""
+    if _is_json_object(datagram):
         return "plaintext"
+    if datagram.startswith(MAGIC):
+        return "aead"
     return "node_discover_cipher" if looks_like_legacy_cipher(datagram) else "malformed"
 
 
@@ -209,10 +222,10 @@ class LegacyCodec(Codec):
         try:
             ciphertext = datagram.decode("utf-8").encode("latin-1")
         except (UnicodeDecodeError, UnicodeEncodeError):
-            raise OpenError("malformed") from None
+            raise OpenError(_foreign_reason(datagram)) from None
         size = len(ciphertext)
         if not size or size % 16:
-            raise OpenError("plaintext" if datagram[:1] == b"{" else "malformed")
+            raise OpenError(_foreign_reason(datagram))
         for decryptor, iv in self._openers:
             blocks = decryptor.update(ciphertext)
             chain = iv + ciphertext[:-16]

@@ -281,3 +281,46 @@ def test_aead_node_warns_once_about_node_discover_ciphertext(caplog: pytest.LogC
     assert core.dropped["node_discover_cipher"] == 5 and not core.nodes
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and 'encryption="node-discover"' in warnings[0].getMessage()
+
+
+def test_node_discover_ciphertext_starting_with_a_brace_is_still_recognised() -> None:
+    """The cipher's IV is fixed, so for about 1 key in 256 every hello's ciphertext starts with ``{``."""
+    from pydiscover.security import AeadCodec, OpenError
+
+    hello = b'{"event":"hello","pid":"p","iid":"i","hostName":"h","data":{"isMaster":false}}'
+    keys = [k for k in (f"key{i}" for i in range(2000)) if LegacyCodec([k]).seal(hello, 0)[:1] == b"{"]
+    assert keys, "no such key among the first 2000 (the odds say about 8)"
+    for key in keys:
+        with pytest.raises(OpenError) as info:
+            AeadCodec(["mine"]).open(LegacyCodec([key]).seal(hello, 0))
+        assert info.value.reason == "node_discover_cipher", key
+    with pytest.raises(OpenError, match="plaintext"):
+        AeadCodec(["mine"]).open(hello)  # real JSON still is plaintext
+
+
+def test_a_node_discover_cipher_node_names_aead_peers(caplog: pytest.LogCaptureFixture) -> None:
+    from pydiscover.security import AeadCodec
+
+    sealed = AeadCodec(["secret"]).seal(b'{"event":"hello","pid":"p","iid":"i","hostName":"h","data":{}}', 0)
+    core = DiscoveryCore(build_options(key="secret", encryption="node-discover", hostname="h"), pid="me", iid="me")
+    core.start(0.0, 0.0)
+    caplog.set_level(logging.WARNING, logger="pydiscover")
+    core.datagram_received(0.1, sealed, ("127.0.0.1", 12345))
+    assert core.dropped["aead"] == 1
+    assert any('encryption="aead"' in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_once_handler_is_named_as_written(caplog: pytest.LogCaptureFixture) -> None:
+    from pydiscover.events import SafeEmitter
+
+    def my_handler(value: int) -> None:
+        raise ValueError("no")
+
+    emitter = SafeEmitter()
+    emitter.once("a", my_handler)
+    caplog.set_level(logging.ERROR, logger="pydiscover")
+    assert emitter.emit("a", 1)
+    (record,) = [r for r in caplog.records if r.name == "pydiscover.events"]
+    assert "handler test_a_failing_once_handler_is_named_as_written.<locals>.my_handler for event 'a'" in (
+        record.getMessage())
+    assert not emitter.has_listeners("a")

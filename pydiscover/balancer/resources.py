@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
-from .._threads import in_daemon_thread
+from .._threads import in_daemon_thread, run_coro_with_timeout
 from ..discovery import AsyncDiscovery, Discovery
 from ..node import Packet
 from .assignment import rebalance
@@ -209,7 +209,7 @@ class ResourceManager:
         loop = self._live_loop()
         if loop is None or running_loop() is loop:
             return self._begin_close(inline=True)
-        asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(CLOSE_TIMEOUT + 5)
+        run_coro_with_timeout(self.aclose(), loop, CLOSE_TIMEOUT + 5)
         return FINISHED
 
     async def aclose(self) -> None:

@@ -55,6 +55,7 @@ from typing import Any, Generic, TypeVar, cast, overload
 import orjson
 
 from .. import wire
+from .._threads import run_coro_with_timeout
 from ..core import RESERVED_NAMES
 from ..discovery import AsyncDiscovery, Discovery
 from ..errors import DiscoveryError, PacketTooLarge
@@ -453,7 +454,7 @@ class TaskBalancer(Generic[FutureT]):
         loop = self._live_loop()
         if loop is None or running_loop() is loop:
             return self._begin_close()
-        asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(CLOSE_TIMEOUT + 5)
+        run_coro_with_timeout(self.aclose(), loop, CLOSE_TIMEOUT + 5)
         return FINISHED
 
     async def aclose(self) -> None:
