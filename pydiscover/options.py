@@ -369,7 +369,8 @@ OPTION_HELP: dict[str, str] = {
     "so the older process wins.",
     "client": "Listen only: send no hellos, never become master.",
     "reuse_addr": "Share the port with other processes on this host (SO_REUSEADDR).",
-    "ignore_process": "Drop packets from other instances in this process.",
+    "ignore_process": "Drop packets from other instances in this process, as node-discover does; several "
+    "nodes in one process (a test, a simulation) need ``False`` to see each other.",
     "ignore_instance": "Drop this instance's own channel messages.",
     "hostname": "Name sent in packets; ``None``: ``$DISCOVERY_HOSTNAME`` or the host's name.",
     "advertisement": "Initial advertisement (any JSON value), sent with every hello.",
