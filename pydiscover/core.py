@@ -37,6 +37,7 @@ RESERVED_NAMES = frozenset(
         "master",
         "helloReceived",
         "helloEmitted",
+        "updated",
         "check",
         "started",
         "stopped",
@@ -143,6 +144,10 @@ class DiscoveryCore:
     def nodes(self) -> dict[str, Node]:
         """A copy of the live node table (other instances only), keyed by instance id."""
         return {iid: self._current(iid) for iid in self._nodes}
+
+    def has_node(self, iid: str) -> bool:
+        """Whether ``iid`` is in the live node table."""
+        return iid in self._nodes
 
     @property
     def channels(self) -> frozenset[str]:
@@ -550,6 +555,29 @@ class DiscoveryCore:
     def _advertised_eligible(self) -> bool:
         return self._eligible and self._stepping_down_until is None
 
+    def message_bytes(self, event: str, data: Any, *, what: str = "packet") -> bytes:
+        """``data`` as a packet named ``event`` would carry it, in JSON; raises as a send would.
+
+        The one "does it fit in a datagram" rule: encoded with the largest sequence number
+        a packet can carry, so it still fits when sent later; :class:`PacketTooLarge` if
+        its sealed form could exceed ``max_datagram``, ``TypeError`` if not JSON.
+        """
+        env = wire.Envelope(event, self.pid, self.iid, self.options.hostname, data, wire.MAX_SEQ)
+        raw = wire.encode(env, what=what)
+        self._fit(raw, what)
+        return raw
+
+    def max_payload(self, event: str) -> int:
+        """The largest JSON text (bytes) of ``data`` that a packet named ``event`` can carry."""
+        limit = self.options.max_datagram
+        low, high = 0, limit  # the largest plaintext whose sealed form fits (codecs grow monotonically)
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self._codec.max_sealed_size(mid) <= limit else (low, mid - 1)
+        # The envelope around a one-byte ``data`` (``0``: None would be left out of the packet).
+        smallest = wire.encode(wire.Envelope(event, self.pid, self.iid, self.options.hostname, 0, wire.MAX_SEQ))
+        return max(0, low - (len(smallest) - 1))
+
     def _transmit(self, now: float, event: str, data: Any, *, what: str = "packet") -> Transmit:
         env = wire.Envelope(event, self.pid, self.iid, self.options.hostname, data, self._seq + 1)
         raw = wire.encode(env, what=what)
@@ -576,11 +604,7 @@ class DiscoveryCore:
 
     def _check_size(self, advertisement: Any) -> Any:
         """Return a JSON snapshot of ``advertisement``; raise if a hello carrying it cannot be sent."""
-        # Encode a worst-case hello (largest seq digits) so a later hello cannot overflow.
-        env = wire.Envelope(
-            wire.HELLO, self.pid, self.iid, self.options.hostname, self._hello_data(advertisement), 2**53
-        )
-        self._fit(wire.encode(env, what="advertisement"), "hello with this advertisement")
+        self.message_bytes(wire.HELLO, self._hello_data(advertisement), what="hello with this advertisement")
         return wire.snapshot(advertisement)
 
     def _hello(self, now: float, out: list[Action]) -> None:
@@ -654,6 +678,9 @@ class DiscoveryCore:
             if self._stepping_down_until is not None:
                 # A successor exists: the hand-over is done, be a normal candidate again.
                 self._stepping_down_until = None
+        if old is not None:
+            # Reached only when something but the time changed (see ``unchanged`` above).
+            out.append(Emit("updated", (node, old)))
         out.append(Emit("helloReceived", (node, old is None)))
         if (
             old is None

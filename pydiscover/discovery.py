@@ -158,6 +158,16 @@ def _make_transport(options: Options, transport: Any) -> tuple[Transport, Option
     raise TypeError(f"transport must be a Transport instance or a redis:// URL, got {type(transport).__name__}")
 
 
+def codec_for(current: str, key: Secret | list[Secret], encryption: str | None) -> Codec:
+    """Build (and derive keys for: scrypt takes tens of ms) the codec for a new key ring.
+
+    ``encryption`` defaults to the ``current`` mode; a keyed node never goes back to plaintext.
+    """
+    if key is None:
+        raise ValueError("set_key: a keyed node never falls back to plaintext; restart without a key")
+    return make_codec(key, encryption or (current if current != "plaintext" else None))
+
+
 class AsyncDiscovery:
     """Discovery on the running asyncio loop.  Use ``async with`` or ``await start()``.
 
@@ -209,7 +219,7 @@ class AsyncDiscovery:
         #: What ``started``/``stopped`` handlers receive: the object the user holds.
         self._facade: AsyncDiscovery | Discovery = self
         #: Awaited at the start of stop(), before the goodbye (layers such as the balancer).
-        self._before_stop: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._before_stop: list[Callable[[], Awaitable[None]]] = []
         self._transport_errors = _ErrorReports()
         self._init_layer()
 
@@ -373,14 +383,16 @@ class AsyncDiscovery:
         Roll a cluster from A to B with no node ever going unseen: ``[A, B]`` everywhere,
         then ``[B, A]``, then ``[B]``.  ``encryption`` defaults to the current mode.
         """
-        self._core.set_codec(self._codec_for(key, encryption))
+        self._core.set_codec(codec_for(self.encryption, key, encryption))
 
-    def _codec_for(self, key: Secret | list[Secret], encryption: str | None) -> Codec:
-        """Build (and derive keys for: scrypt takes tens of ms) the codec for a new key ring."""
-        if key is None:
-            raise ValueError("set_key: a keyed node never falls back to plaintext; restart without a key")
-        mode = encryption or (self._core.codec.name if self._core.codec.name != "plaintext" else None)
-        return make_codec(key, mode)
+    def set_codec(self, codec: Codec) -> None:
+        """Install a codec already built (what :meth:`set_key` does once the keys are derived)."""
+        self._core.set_codec(codec)
+
+    @property
+    def encryption(self) -> str:
+        """``"plaintext"``, ``"aead"`` or ``"node-discover"``: how packets are sealed now."""
+        return self._core.codec.name
 
     def promote(self) -> None:
         """Become master now (peers of lower rank demote)."""
@@ -389,6 +401,69 @@ class AsyncDiscovery:
     def demote(self, permanent: bool = False) -> None:
         """Stop being master; ``permanent`` keeps this node out of elections until :meth:`promote`."""
         self._apply(self._core.demote(self._now(), permanent))
+
+    # ------------------------------------------------- for layers built on top
+    # Services, the balancer and tools use only these (and the rest of the public API):
+    # what runs where, hooking stop, emitting their own events, and the datagram budget.
+    @property
+    def engine(self) -> AsyncDiscovery:
+        """The asyncio engine: this object (a :class:`Discovery` returns the one it runs)."""
+        return self
+
+    @property
+    def id(self) -> str:
+        """This instance's id (``me.id``, without building a record)."""
+        return self._core.iid
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this runs on, from the first ``start()`` (``None`` before)."""
+        return self._loop
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` now (we are on the loop's thread); :meth:`Discovery.call` crosses threads."""
+        return fn(*args)
+
+    def add_stop_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook()`` at the start of every ``stop()``, before the goodbye (all hooks together).
+
+        A layer releases what it holds there, so peers never take over work this node
+        still does.  A hook that raises is logged; the stop goes on.
+        """
+        self._before_stop.append(hook)
+
+    def remove_stop_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Undo :meth:`add_stop_hook` (no error if it is not there)."""
+        if hook in self._before_stop:
+            self._before_stop.remove(hook)
+
+    def emit(self, event: str, *args: Any) -> bool:
+        """Emit a layer's own event (``resourceStarted``, ``ready``...) to this node's handlers.
+
+        Local only: nothing is sent.  Handlers run as for the core's events (a failing one
+        is logged and reported as ``error``).  ``True`` if any handler was registered.
+        """
+        return self._emitter.emit(event, *args)
+
+    def has_node(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a live peer (cheaper than ``node_id in nodes``)."""
+        return self._core.has_node(node_id)
+
+    def message_bytes(self, channel: str, data: Any, *, what: str = "message") -> bytes:
+        """``data`` encoded as a message on ``channel`` would carry it (JSON, before sealing).
+
+        Raises :class:`PacketTooLarge` (naming ``what``) or ``TypeError`` exactly as
+        :meth:`send` would, at any later time: a layer checks a message before promising it.
+        """
+        return self._core.message_bytes(channel, data, what=what)
+
+    def max_payload(self, channel: str) -> int:
+        """The largest JSON text, in bytes, of ``data`` that one message on ``channel`` can carry."""
+        return self._core.max_payload(channel)
+
+    def attach_facade(self, facade: Discovery) -> None:
+        """``started``/``stopped`` handlers receive ``facade``: the object the user holds."""
+        self._facade = facade
 
     # --------------------------------------------------------------- views
     @property
@@ -605,7 +680,7 @@ class Discovery:
             raise TypeError("stop_on_sigterm must be True or False")
         self._stop_on_sigterm = stop_on_sigterm
         self._async = self._async_class(**engine_options(locals()))
-        self._async._facade = self
+        self._async.attach_facade(self)
         self.options = self._async.options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -696,8 +771,12 @@ class Discovery:
             raise RuntimeError("this call waits on the discovery thread, so it cannot be made from a handler")
         return run_coro_with_timeout(coro, self._loop, timeout)
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the loop thread (the core is single-threaded) and return its result."""
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the discovery thread (the engine is single-threaded) and return its result.
+
+        For layers built on top (see :meth:`AsyncDiscovery.call`); at once when already on
+        that thread or not running.
+        """
         loop = self._loop
         if loop is None or self._in_loop_thread() or not loop.is_running():
             return fn(*args)
@@ -714,6 +793,16 @@ class Discovery:
             return future.result(timeout=10.0)
         except concurrent.futures.TimeoutError:  # not the builtin before 3.11
             raise TimeoutError("the discovery thread did not answer within 10 s") from None
+
+    @property
+    def engine(self) -> AsyncDiscovery:
+        """The asyncio engine this runs on its thread (layers built on top drive it)."""
+        return self._async
+
+    @property
+    def id(self) -> str:
+        """This instance's id."""
+        return self._async.id
 
     # ------------------------------------------------------- events (pyee)
     @overload
@@ -749,43 +838,43 @@ class Discovery:
     # ----------------------------------------------------------- messages
     def join(self, channel: str, handler: Handler | None = None) -> bool:
         """See :meth:`AsyncDiscovery.join`."""
-        return self._call(self._async.join, channel, handler)
+        return self.call(self._async.join, channel, handler)
 
     def leave(self, channel: str) -> bool:
         """See :meth:`AsyncDiscovery.leave`."""
-        return self._call(self._async.leave, channel)
+        return self.call(self._async.leave, channel)
 
     def send(self, channel: str, data: Any = None) -> bool:
         """See :meth:`AsyncDiscovery.send`."""
-        return self._call(self._async.send, channel, data)
+        return self.call(self._async.send, channel, data)
 
     def advertise(self, advertisement: Any) -> None:
         """See :meth:`AsyncDiscovery.advertise`."""
-        self._call(self._async.advertise, advertisement)
+        self.call(self._async.advertise, advertisement)
 
     def set_key(self, key: Secret | list[Secret], encryption: str | None = None) -> None:
         """See :meth:`AsyncDiscovery.set_key`; the key derivation runs on the calling thread."""
-        codec = self._async._codec_for(key, encryption)
-        self._call(self._async._core.set_codec, codec)
+        codec = codec_for(self._async.encryption, key, encryption)
+        self.call(self._async.set_codec, codec)
 
     def promote(self) -> None:
         """See :meth:`AsyncDiscovery.promote`."""
-        self._call(self._async.promote)
+        self.call(self._async.promote)
 
     def demote(self, permanent: bool = False) -> None:
         """See :meth:`AsyncDiscovery.demote`."""
-        self._call(self._async.demote, permanent)
+        self.call(self._async.demote, permanent)
 
     # -------------------------------------------------------------- views
     @property
     def nodes(self) -> dict[str, Node]:
         """Live peers by instance id (a snapshot; this instance is not included)."""
-        return self._call(lambda: self._async.nodes)
+        return self.call(lambda: self._async.nodes)
 
     @property
     def me(self) -> Node:
         """This node as its peers see it."""
-        return self._call(lambda: self._async.me)
+        return self.call(lambda: self._async.me)
 
     @property
     def is_master(self) -> bool:
@@ -814,12 +903,12 @@ class Discovery:
 
     @unicast.setter
     def unicast(self, value: str | list[str]) -> None:
-        self._call(setattr, self._async, "unicast", value)
+        self.call(setattr, self._async, "unicast", value)
 
     @property
     def stats(self) -> dict[str, Any]:
         """See :attr:`AsyncDiscovery.stats`."""
-        return self._call(lambda: self._async.stats)
+        return self.call(lambda: self._async.stats)
 
 
 document_options(AsyncDiscovery)

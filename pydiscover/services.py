@@ -211,7 +211,9 @@ class AsyncServiceDiscovery(AsyncDiscovery):
         self._state = ServiceState()
         self._setup_hooks: dict[str, Hook] = {}
         self._hook_tasks: set[asyncio.Future[Any]] = set()
-        self.on("helloReceived", lambda node, is_new: self._apply_service(self._state.node_seen(node)))
+        # A node's data changes only with "added" or "updated": not every hello needs looking at.
+        self.on("added", lambda node: self._apply_service(self._state.node_seen(node)))
+        self.on("updated", lambda node, previous: self._apply_service(self._state.node_seen(node)))
         self.on("removed", lambda node: self._apply_service(self._state.node_gone(node)))
         self.on("started", lambda _: self._apply_service(self._state.start()))
 
@@ -326,19 +328,19 @@ class ServiceDiscovery(Discovery):
     _async_class = AsyncServiceDiscovery
 
     def need(self, *names: str) -> None:
-        self._call(self._async.need, *names)
+        self.call(self._async.need, *names)
 
     def setup(self, name: str, hook: Hook) -> None:
         """See :meth:`AsyncServiceDiscovery.setup`; sync hooks run in a worker thread."""
-        self._call(self._async.setup, name, hook)
+        self.call(self._async.setup, name, hook)
 
     @property
     def services(self) -> dict[str, list[Node]]:
-        return self._call(lambda: self._async.services)
+        return self.call(lambda: self._async.services)
 
     @property
     def is_ready(self) -> bool:
-        return self._call(lambda: self._async.is_ready)
+        return self.call(lambda: self._async.is_ready)
 
     def wait_ready(self, timeout: float | None = 10.0) -> dict[str, list[Node]]:
         """Block until every need is met; ``TimeoutError`` after ``timeout`` seconds (``None``: no limit).

@@ -28,6 +28,10 @@ GOODBYE = "pydiscover.goodbye"
 DEFAULT_MAX_DATAGRAM = 1472
 #: IPv6 over Ethernet: 1500 MTU - 40 IP header - 8 UDP header.
 DEFAULT_MAX_DATAGRAM_V6 = 1452
+#: The largest sequence number we write (JSON's safe integers): size checks encode with it,
+#: so a packet that fits now still fits when sent later with a longer number.
+MAX_SEQ = 2**53
+
 #: Largest payload a UDP/IPv4 datagram can carry; anything bigger cannot be a valid packet.
 MAX_RECEIVE = 65507
 

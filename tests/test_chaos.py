@@ -923,11 +923,11 @@ class PartitionedBus(MemoryBus):
         super().__init__()
         self.side: dict[Any, int] = {}  # member address -> side (default 0)
 
-    def _deliver(self, datagram: bytes, source: Any) -> None:
+    def deliver(self, datagram: bytes, source: Any) -> None:
         side = self.side.get(source, 0)
         for member in list(self._members):
             if self.side.get(member.local_address, 0) == side:
-                member._arrive(datagram, source)
+                member.arrive(datagram, source)
 
 
 class ResourceLab:

@@ -27,6 +27,9 @@ import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any
 
+import orjson
+
+from .. import wire
 from .._threads import in_daemon_thread, run_coro_with_timeout
 from ..discovery import AsyncDiscovery, Discovery
 from ..node import Packet
@@ -37,6 +40,8 @@ log = logging.getLogger("pydiscover.balancer.resources")
 Resource = dict[str, Any]
 PlanKey = tuple[int, str]
 _NO_PLAN: PlanKey = (-1, "")
+#: The most parts one plan may have (a plan claiming more is ignored).
+MAX_PARTS = 100_000
 #: How long a close waits for ``start``/``stop`` hooks in flight before it says bye anyway.
 CLOSE_TIMEOUT = 30.0
 
@@ -113,13 +118,10 @@ class ResourceManager:
         refresh_interval: float | None = None,
         channel: str = "resources",
     ) -> None:
-        if isinstance(discovery, Discovery):
-            self._engine: AsyncDiscovery = discovery._async
-            self._facade: Discovery | None = discovery
-        elif isinstance(discovery, AsyncDiscovery):
-            self._engine, self._facade = discovery, None
-        else:
+        if not isinstance(discovery, (Discovery, AsyncDiscovery)):
             raise TypeError("discovery must be a Discovery or an AsyncDiscovery")
+        self._discovery = discovery  # its call() runs code where the engine's state lives
+        self._engine: AsyncDiscovery = discovery.engine
         for name, fn in (("start", start), ("stop", stop), ("healthcheck", healthcheck)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable")
@@ -140,7 +142,7 @@ class ResourceManager:
         self._part_counts: dict[PlanKey, int] = {}
         self._plan: PlanKey = _NO_PLAN
         self._assignment: dict[str, str] = {}
-        self._iid = self._engine._core.iid
+        self._iid = self._engine.id
         self._mine_cache: frozenset[str] = frozenset()  # my share of the adopted plan
         self._plan_members: frozenset[str] = frozenset()
         self._previous_members: frozenset[str] = frozenset()
@@ -226,14 +228,11 @@ class ResourceManager:
 
     # ------------------------------------------------------------ internals
     def _run_on_loop(self, fn: Callable[[], Any]) -> None:
-        if self._facade is not None:
-            self._facade._call(fn)
-        else:
-            fn()
+        self._discovery.call(fn)
 
     @property
     def _loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._engine._loop
+        loop = self._engine.loop
         if loop is None:
             raise RuntimeError("the discovery has not started")
         return loop
@@ -243,7 +242,7 @@ class ResourceManager:
 
         (A stopped ``AsyncDiscovery`` keeps a running loop; a stopped ``Discovery`` does not.)
         """
-        loop = self._engine._loop
+        loop = self._engine.loop
         return loop if loop is not None and loop.is_running() else None
 
     def _attach(self) -> None:
@@ -252,7 +251,7 @@ class ResourceManager:
             raise ValueError(f"channel {self.channel!r} is reserved or already joined")
         for event, handler in self._listeners:
             self._engine.on(event, handler)
-        self._engine._before_stop.append(self.aclose)  # release everything before the goodbye
+        self._engine.add_stop_hook(self.aclose)  # release everything before the goodbye
         if self._engine.running:
             self._begin()
 
@@ -290,7 +289,7 @@ class ResourceManager:
         return self._iid
 
     def _emit(self, event: str, *args: Any) -> None:
-        self._engine._emitter.emit(event, *args)
+        self._engine.emit(event, *args)
 
     def _send(self, data: dict[str, Any]) -> None:
         if self._engine.running:
@@ -331,8 +330,8 @@ class ResourceManager:
     # ---------------------------------------------------------------- master
     def _members(self) -> list[str]:
         now, timeout = self._now(), self._engine.options.node_timeout
-        live = self._engine._core.nodes
-        return sorted({self._me} | {n for n, t in self._presence.items() if n in live and now - t <= timeout})
+        has_node = self._engine.has_node
+        return sorted({self._me} | {n for n, t in self._presence.items() if has_node(n) and now - t <= timeout})
 
     def _replan(self) -> None:
         """Plan soon: a burst of joins or leaves (a cluster starting) becomes one plan, not one each."""
@@ -365,30 +364,25 @@ class ResourceManager:
 
     def _split(self, assignment: dict[str, str], members: Iterable[str]) -> list[tuple[str, list[str]]]:
         """One part per member, cut further so each fits the datagram budget."""
-        budget = self._json_budget() - 300  # envelope (ids, hostname) and the part header
+        room = self._engine.max_payload(self.channel)
         parts: list[tuple[str, list[str]]] = []
         for member in members:
             ids = sorted(r for r, m in assignment.items() if m == member)
+            # The part message with no ids, its numbers as long as they can be.
+            header = {"t": "plan", "e": wire.MAX_SEQ, "m": self._me, "k": MAX_PARTS, "c": MAX_PARTS,
+                      "n": member, "r": []}
+            budget = room - len(orjson.dumps(header))
             chunk: list[str] = []
             size = 0
             for rid in ids:
-                cost = len(rid.encode()) + 4
-                if chunk and size + cost > budget - len(member):
+                cost = len(orjson.dumps(rid)) + 1  # and a comma
+                if chunk and size + cost > budget:
                     parts.append((member, chunk))
                     chunk, size = [], 0
                 chunk.append(rid)
                 size += cost
             parts.append((member, chunk))
         return parts
-
-    def _json_budget(self) -> int:
-        """The largest packet (JSON bytes) whose sealed form still fits one datagram."""
-        codec, limit = self._engine._core.codec, self._engine.options.max_datagram
-        low, high = 0, limit
-        while low < high:
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if codec.max_sealed_size(mid) <= limit else (low, mid - 1)
-        return low
 
     def _broadcast_plan(self) -> None:
         key = self._plan
@@ -436,7 +430,7 @@ class ResourceManager:
             k, count, node, ids = int(data["k"]), int(data["c"]), str(data["n"]), [str(r) for r in data["r"]]
         except (KeyError, TypeError, ValueError):
             return
-        if not 0 <= k < count <= 100_000:
+        if not 0 <= k < count <= MAX_PARTS:
             return
         self._parts.setdefault(key, {})[k] = (node, ids)
         self._part_counts[key] = count
@@ -508,7 +502,7 @@ class ResourceManager:
     def _released(self, node: str) -> bool:
         if node in self._gone or node in self._removed or self._acks.get(node, _NO_PLAN) >= self._plan:
             return True
-        if node in self._engine._core.nodes:
+        if self._engine.has_node(node):
             return False
         # Not in our table: a newcomer may simply not have heard its hello yet, so only a
         # manager the plan no longer names and that has gone quiet counts as gone.
@@ -661,5 +655,4 @@ class ResourceManager:
 
     def _finish_close_now(self) -> None:
         self._send({"t": "bye", "e": self._applied[0], "m": self._applied[1]})
-        if self.aclose in self._engine._before_stop:
-            self._engine._before_stop.remove(self.aclose)
+        self._engine.remove_stop_hook(self.aclose)

@@ -54,7 +54,6 @@ from typing import Any, Generic, TypeVar, cast, overload
 
 import orjson
 
-from .. import wire
 from .._threads import run_coro_with_timeout
 from ..core import RESERVED_NAMES
 from ..discovery import AsyncDiscovery, Discovery
@@ -312,12 +311,9 @@ class TaskBalancer(Generic[FutureT]):
     def __init__(
         self, discovery: Discovery | AsyncDiscovery, channel: str = "tasks", strategy: str = "round_robin"
     ) -> None:
-        if isinstance(discovery, Discovery):
-            self._sync: Discovery | None = discovery
-            self._ad = discovery._async
-        elif isinstance(discovery, AsyncDiscovery):
-            self._sync = None
-            self._ad = discovery
+        if isinstance(discovery, (Discovery, AsyncDiscovery)):
+            self._sync: Discovery | None = discovery if isinstance(discovery, Discovery) else None
+            self._ad = discovery.engine
         else:
             raise TypeError(f"discovery must be a Discovery or an AsyncDiscovery, got {type(discovery).__name__}")
         if not isinstance(channel, str) or not channel:
@@ -329,7 +325,7 @@ class TaskBalancer(Generic[FutureT]):
         self.discovery = discovery
         self.channel = channel
         self.strategy = strategy
-        self._me = self._ad._core.iid
+        self._me = self._ad.id
         self._interval = self._ad.options.hello_interval
         self._freshness = self._ad.options.node_timeout
         self._closed = False
@@ -428,12 +424,12 @@ class TaskBalancer(Generic[FutureT]):
             raise ValueError("the 'hash' strategy needs a key: submit(payload, key=...)")
         else:
             hashed = None
-        if self._sync is None and self._ad._loop is not None:
+        if self._sync is None and self._ad.loop is not None:
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
                 running = None
-            if running is not self._ad._loop:
+            if running is not self._ad.loop:
                 raise RuntimeError("with an AsyncDiscovery, call submit() from its event loop")
         return cast(FutureT, self._on_loop(self._submit, payload, float(timeout), attempts, hashed))
 
@@ -503,16 +499,16 @@ class TaskBalancer(Generic[FutureT]):
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` where the discovery state lives (the loop thread for a ``Discovery``)."""
         if self._sync is not None:
-            return self._sync._call(fn, *args)
+            return self._sync.call(fn, *args)
         return fn(*args)
 
     def _loop(self) -> asyncio.AbstractEventLoop | None:
-        loop = self._ad._loop
+        loop = self._ad.loop
         return loop if loop is not None and not loop.is_closed() else None
 
     def _live_loop(self) -> asyncio.AbstractEventLoop | None:
         """The discovery's loop while it runs (a stopped ``Discovery`` has none; a stopped ``AsyncDiscovery`` may)."""
-        loop = self._ad._loop
+        loop = self._ad.loop
         return loop if loop is not None and loop.is_running() else None
 
     def _setup(self) -> None:
@@ -577,11 +573,7 @@ class TaskBalancer(Generic[FutureT]):
 
     def _check_fits(self, data: dict[str, Any], what: str) -> bytes:
         """Encode ``data`` as it would go out on our channel; raise like ``send`` if it cannot."""
-        core = self._ad._core
-        envelope = wire.Envelope(self.channel, core.pid, core.iid, core.options.hostname, data, 2**53)
-        raw = wire.encode(envelope, what=what)
-        core._fit(raw, what)
-        return raw
+        return self._ad.message_bytes(self.channel, data, what=what)
 
     # ------------------------------------------------------------- events
     def _on_started(self, _: object) -> None:

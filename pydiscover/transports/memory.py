@@ -14,18 +14,21 @@ class MemoryBus:
         self._members: list[MemoryTransport] = []
         self._next_port = 10000
 
-    def _attach(self, member: MemoryTransport) -> Address:
+    def attach(self, member: MemoryTransport) -> Address:
+        """Put ``member`` on the bus; returns its address (``("memory", port)``)."""
         self._members.append(member)
         self._next_port += 1
         return ("memory", self._next_port)
 
-    def _detach(self, member: MemoryTransport) -> None:
+    def detach(self, member: MemoryTransport) -> None:
+        """Take ``member`` off the bus (no error if it is not on it)."""
         if member in self._members:
             self._members.remove(member)
 
-    def _deliver(self, datagram: bytes, source: Address) -> None:
+    def deliver(self, datagram: bytes, source: Address) -> None:
+        """Hand ``datagram`` from ``source`` to every member, the sender included."""
         for member in list(self._members):
-            member._arrive(datagram, source)
+            member.arrive(datagram, source)
 
 
 class MemoryTransport(Transport):
@@ -41,15 +44,16 @@ class MemoryTransport(Transport):
     async def open(self, receive: Receiver) -> None:
         self._loop = asyncio.get_running_loop()
         self._receive = receive
-        self._address = self._bus._attach(self)
+        self._address = self._bus.attach(self)
 
     def send(self, datagram: bytes) -> None:
         if self._address is None:
             self._count_error("not_open")
             return
-        self._bus._deliver(bytes(datagram), self._address)
+        self._bus.deliver(bytes(datagram), self._address)
 
-    def _arrive(self, datagram: bytes, source: Address) -> None:
+    def arrive(self, datagram: bytes, source: Address) -> None:
+        """Called by the bus, from any thread: receive ``datagram`` on this transport's loop."""
         if self._loop is not None and self._receive is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._deliver_now, datagram, source)
 
@@ -58,7 +62,7 @@ class MemoryTransport(Transport):
             self._receive(datagram, source)
 
     async def close(self) -> None:
-        self._bus._detach(self)
+        self._bus.detach(self)
         self._receive = None
         self._address = None
 
