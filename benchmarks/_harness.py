@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark suite: figures, the table, node-discover and child processes.
+"""Shared pieces of the benchmark suite: figures, the table, the machine and child processes.
 
 A benchmark module exposes ``run(quick: bool) -> list[Figure]``; ``python -m benchmarks``
 collects the figures, prints one table and writes JSON.  Everything here sends on
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,9 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-NODE_MODULES = REPO / ".cache" / "node" / "node_modules"
-NODE_DISCOVER_VERSION = "1.2.1"
+from testbed import ROOT
+from testbed.node_discover import NODE_DISCOVER_VERSION, node_binary, node_discover_available
+
+#: The repository root (``testbed.ROOT``): child processes run there.
+REPO = ROOT
 
 
 @dataclass
@@ -53,25 +54,8 @@ class Figure:
         return out
 
 
-def node_binary() -> str | None:
-    return shutil.which("node")
-
-
-def node_discover_available() -> bool:
-    """True if Node.js and node-discover 1.2.1 (``./scripts/test`` installs it) are here."""
-    package = NODE_MODULES / "node-discover" / "package.json"
-    if node_binary() is None or not package.exists():
-        return False
-    return bool(json.loads(package.read_text()).get("version") == NODE_DISCOVER_VERSION)
-
-
-def node_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["NODE_PATH"] = str(NODE_MODULES)
-    return env
-
-
 def python_env() -> dict[str, str]:
+    """This environment with the repository root on the child's ``PYTHONPATH`` (it runs ``benchmarks.*``)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
@@ -136,15 +120,6 @@ def table(figures: list[Figure]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def free_udp_port() -> int:
-    """A loopback UDP port nobody has bound right now."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LineChild:

@@ -34,15 +34,9 @@ import sys
 import time
 from typing import Any
 
-from benchmarks._harness import (
-    Figure,
-    LineChild,
-    cli,
-    free_udp_port,
-    node_discover_available,
-    node_env,
-    python_env,
-)
+from benchmarks._harness import Figure, LineChild, cli, python_env
+from testbed.node_discover import node_discover_available, node_env
+from testbed.ports import free_udp_port
 
 NAME = "channel"
 LATENCY_RATE = 1_000.0

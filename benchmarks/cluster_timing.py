@@ -17,7 +17,7 @@ with node-discover 1.2.1 nodes.  A benchmark, not a test: it reports numbers and
 fails if the cluster misbehaves (wrong master, lost message, a step that never happens).
 Loopback only.
 
-    .venv/bin/python benchmarks/cluster_timing.py --runs 5
+    .venv/bin/python -m benchmarks.cluster_timing --runs 5
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.failover import Timing, scenario
 
 HELLO_INTERVAL = 1.0

@@ -2,7 +2,7 @@
 
 N node processes are started at once, all on one free port with loopback broadcast
 127.255.255.255: pydiscover nodes (``examples/node.py --json``) or node-discover 1.2.1 nodes
-(``examples/js/peer.js --json``), driven by ``tests/proc_cluster.py``.  Each prints its
+(``examples/js/peer.js --json``), driven by ``testbed/proc_cluster.py``.  Each prints its
 events stamped with its own ``time.time()`` (peer.js: sub-millisecond epoch time).  The
 figure is, per run,
 
@@ -23,15 +23,13 @@ Loopback only; every process is SIGKILLed when a run ends (and stops itself afte
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from typing import Any
 
-from benchmarks._harness import REPO, Figure, cli, node_discover_available
+from benchmarks._harness import Figure, cli
 from pydiscover.options import build_options
-
-sys.path.insert(0, str(REPO / "tests"))
-from proc_cluster import Cluster
+from testbed.node_discover import node_discover_available
+from testbed.proc_cluster import Cluster
 
 NAME = "convergence"
 #: node-discover 1.2.1's defaults (lib/discover.js), in seconds.

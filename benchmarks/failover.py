@@ -1,7 +1,7 @@
 """Master failover with five real processes on loopback: SIGKILL (timeout) and SIGTERM (goodbye).
 
 Five nodes with weights 1..5 (pydiscover: ``examples/node.py``; node-discover 1.2.1:
-``examples/js/peer.js``; driven by ``tests/proc_cluster.py``) share one free port with
+``examples/js/peer.js``; driven by ``testbed/proc_cluster.py``) share one free port with
 loopback broadcast 127.255.255.255, with the same short timings for both: hello 0.5 s,
 node and master timeout 2 s, each implementation's default check interval (2 s).  Per run:
 
@@ -33,16 +33,14 @@ import random
 import signal
 import socket
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks._harness import REPO, Figure, cli, node_discover_available
-
-sys.path.insert(0, str(REPO / "tests"))
-from proc_cluster import Cluster, NodeProc
+from benchmarks._harness import Figure, cli
+from testbed.node_discover import node_discover_available
+from testbed.proc_cluster import Cluster, NodeProc
 
 NAME = "failover"
 HELLO_INTERVAL = 0.5

@@ -35,17 +35,10 @@ from typing import Any
 
 import orjson
 
-from benchmarks._harness import (
-    Figure,
-    LineChild,
-    cli,
-    free_udp_port,
-    node_discover_available,
-    node_env,
-    node_major,
-    python_env,
-)
+from benchmarks._harness import Figure, LineChild, cli, node_major, python_env
 from pydiscover.security import AeadCodec, LegacyCodec
+from testbed.node_discover import node_discover_available, node_env
+from testbed.ports import free_udp_port
 
 INSTANCES = 1_000
 #: The blaster sleeps this long between sends (~2,000 wake-ups a second for either receiver).

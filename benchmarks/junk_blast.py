@@ -1,6 +1,6 @@
 """Throw random and mutated datagrams at a live keyed node on loopback, then prove it still works.
 
-    python benchmarks/junk_blast.py --count 1000000
+    python -m benchmarks.junk_blast --count 1000000
 
 Half the datagrams are random bytes, half are captured genuine packets with bits
 flipped, truncated or extended.  The blaster runs in another process so the node's
@@ -18,14 +18,10 @@ import random
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from conftest import free_udp_port
-
 from pydiscover import Discovery
+from testbed.ports import free_udp_port
 
 BROADCAST = "127.255.255.255"
 

@@ -1,6 +1,6 @@
 """False removals and master changes on a lossy LAN, and crash detection, with DEFAULT timings.
 
-Twenty hosts (``--nodes``) in network namespaces on one bridge (``tests/netns.py``'s
+Twenty hosts (``--nodes``) in network namespaces on one bridge (``testbed/netns.py``'s
 :class:`Lan`: private 10.213.x.0/24 addresses, nothing leaves the machine), one discovery
 node per host, 5 % packet loss (``--loss``).  Every node is alive the whole time, so every
 ``removed`` event is false; every ``master``/``promotion``/``demotion`` event after the
@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import queue
 import shutil
 import signal
@@ -56,27 +55,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from benchmarks._harness import (
-    REPO,
-    Figure,
-    node_binary,
-    node_discover_available,
-    node_env,
-    python_env,
-    table,
-)
+from benchmarks._harness import REPO, Figure, python_env, table
 from pydiscover.options import build_options
-
-sys.path.insert(0, str(REPO / "tests"))
-from netns import Lan, netns_unavailable_reason  # shared with tests/test_netns.py
+from testbed.netns import Lan, NetnsProcess, netns_unavailable_reason  # shared with tests/test_netns.py
+from testbed.node_discover import node_binary, node_discover_available, node_env
 
 NAME = "loss"
 HOSTS = 20
@@ -191,97 +180,6 @@ def observed_loss(before: dict[int, tuple[int, int]], after: dict[int, tuple[int
 
 
 # ------------------------------------------------------------------------ processes
-class Peer:
-    """One node process under ``ip netns exec``; its JSON stdout lines go to a shared queue."""
-
-    def __init__(
-        self,
-        index: int,
-        ns: str,
-        argv: Sequence[str],
-        env: dict[str, str],
-        out: queue.Queue[tuple[int, dict[str, Any]]],
-        stderr_path: Path,
-    ) -> None:
-        self.index = index
-        self.stderr_path = stderr_path
-        self._stderr = stderr_path.open("w")
-        # ip netns exec execs the command (no fork): this pid is the node's, signals reach it.
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            bufsize=1,
-            env=env,
-            cwd=REPO,
-        )
-        self._thread = threading.Thread(target=self._read, args=(out,), name=f"peer{index}", daemon=True)
-        self._thread.start()
-
-    def _read(self, out: queue.Queue[tuple[int, dict[str, Any]]]) -> None:
-        stdout: IO[str] | None = self.proc.stdout
-        assert stdout is not None
-        for line in stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                message = {"event": "garbage", "line": line, "t": time.time()}
-            if isinstance(message, dict):
-                out.put((self.index, message))
-        out.put((self.index, {"event": "eof", "t": time.time()}))
-
-    def command(self, text: str) -> None:
-        stdin = self.proc.stdin
-        if stdin is None:
-            return
-        try:
-            stdin.write(text + "\n")
-            stdin.flush()
-        except (BrokenPipeError, ValueError):
-            return  # gone already; its eof tells the story
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU of the node process so far (``/proc/<pid>/stat``), or None once gone."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-    def end_input(self) -> None:
-        """Close stdin: the node stops cleanly (pydiscover says goodbye)."""
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.proc.stdin.close()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Close stdin, SIGKILL if the node does not exit in ``timeout``; reap it and its reader."""
-        self.end_input()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        self._thread.join(timeout)
-        if self.proc.stdout is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdout.close()
-        self._stderr.close()
-
-    def stderr_tail(self, lines: int = 10) -> str:
-        try:
-            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 class Cluster:
     """The node processes of one implementation on a LAN, and what their events say.
 
@@ -300,7 +198,7 @@ class Cluster:
         self.masters = [False] * self.n
         self.exited = [False] * self.n
         self.errors: list[str] = []
-        self.peers: list[Peer] = []
+        self.peers: list[NetnsProcess] = []
         for i in range(self.n):
             weight = i + 1
             if impl.name == "pydiscover":
@@ -311,7 +209,10 @@ class Cluster:
                 argv = [node_binary() or "node", str(PEER_JS), "--json", "--broadcast", lan.broadcast]
                 argv += ["--port", str(impl.port), "--weight", str(weight), "--lifetime", f"{lifetime:g}"]
                 env = node_env()
-            self.peers.append(Peer(i, lan.host_ns[i], argv, env, self.queue, workdir / f"{impl.name}-{i}.stderr"))
+            stderr = workdir / f"{impl.name}-{i}.stderr"
+            self.peers.append(
+                NetnsProcess(i, lan.host_ns[i], argv, self.queue, stderr, env=env, cwd=REPO, clock=time.time)
+            )
 
     # ------------------------------------------------------------------ events
     def _apply(self, i: int, m: dict[str, Any]) -> None:
@@ -426,7 +327,7 @@ class Cluster:
             lines.append(f"  {float(m.get('t', 0)):.3f} h{i + 1} {m.get('event')} {self.name(about) if about else ''}")
         lines += [f"error: {e}" for e in self.errors[-10:]]
         for peer in self.peers:
-            tail = peer.stderr_tail()
+            tail = peer.stderr_tail(10)
             if tail:
                 lines.append(f"h{peer.index + 1} stderr:\n{tail}")
         return "\n".join(lines)
@@ -561,7 +462,7 @@ def crash(c: Cluster) -> dict[str, Any]:
         "victim": f"h{master + 1}",
         "successor": f"h{successor + 1}",
         "promoted_s": round(promotion[0], 3) if promotion else None,
-        "all_see_new_master_s": round(max(seen_at.values()), 3)
+        "all_see_new_master_s": round(max(seen_at.values(), default=0.0), 3)  # (none left to see it: 0)
         if promotion and all(i in seen_at for i in others if i != successor)
         else None,
         "other_promotions": sorted({f"h{i + 1}" for i, _ in c.events("promotion", t1) if i != successor}),

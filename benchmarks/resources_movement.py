@@ -1,6 +1,6 @@
 """ResourceManager numbers: moves on a join and a leave, and time to converge.
 
-    python benchmarks/resources_movement.py [--resources 10000] [--nodes 50]
+    python -m benchmarks.resources_movement [--resources 10000] [--nodes 50]
 
 1. The assignment alone (pure): fraction of resources that change owner when one node
    joins or leaves, against the ideal 1/N, and the spread (max - min).
@@ -17,12 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydiscover import AsyncDiscovery
 from pydiscover.balancer import ResourceManager

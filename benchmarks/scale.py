@@ -1,6 +1,6 @@
 """Scale: the core in a 1,000-node simulation, and one real node among 1,000 peers at 1 Hz.
 
-* Simulation: 1,000 sans-IO cores on one fake clock (``tests/sim.py``), hello 1 s,
+* Simulation: 1,000 sans-IO cores on one fake clock (``testbed/sim.py``), hello 1 s,
   every hello delivered to every other node (a million deliveries per simulated second):
   simulated seconds per wall second, and when the full view and the single master formed.
 * One real node: the blaster of ``benchmarks/hello_cpu.py`` plays 1,000 peers, each saying
@@ -15,20 +15,17 @@ Loopback only.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
-from benchmarks._harness import REPO, Figure, cli
+from benchmarks._harness import Figure, cli
 from benchmarks.hello_cpu import INSTANCES, impls, measure
+from testbed.sim import Sim
 
 NAME = "scale"
 
 
 def simulate(nodes: int, seconds: float) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from sim import Sim
-
     sim = Sim(seed=nodes, record_hellos=False)
     for _ in range(nodes):
         sim.add(weight=sim.rng.random(), hello_interval=1.0, check_interval=2.0, node_timeout=3.25)

@@ -1,6 +1,6 @@
 """Simulate N nodes on one fake clock and print how fast (in simulated and wall time) they converge.
 
-    python benchmarks/simulate.py --nodes 200 --nodes 1000
+    python -m benchmarks.simulate --nodes 200 --nodes 1000
 
 No sockets: this measures the sans-IO core alone (decode, node table, election).
 """
@@ -8,13 +8,9 @@ No sockets: this measures the sans-IO core alone (decode, node table, election).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from sim import Sim
+from testbed.sim import Sim
 
 
 def run(n: int, seconds: float) -> None:

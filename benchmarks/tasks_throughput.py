@@ -9,7 +9,7 @@ decode in every process, the worker's thread, the reply.
 
 A benchmark, not a test: it fails only if a result is wrong or missing.  Loopback only.
 
-    .venv/bin/python benchmarks/tasks_throughput.py --workers 3 --tasks 5000
+    .venv/bin/python -m benchmarks.tasks_throughput --workers 3 --tasks 5000
 """
 
 from __future__ import annotations
@@ -18,20 +18,17 @@ import argparse
 import collections
 import functools
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pydiscover import Discovery, TaskBalancer  # noqa: E402
-from pydiscover.balancer import TaskFuture  # noqa: E402
+from pydiscover import Discovery, TaskBalancer
+from pydiscover.balancer import TaskFuture
+from testbed import ROOT
+from testbed.ports import free_udp_port
 
 LOOPBACK_BROADCAST = "127.255.255.255"
 TIMING: dict[str, Any] = {"hello_interval": 0.5, "check_interval": 0.5, "node_timeout": 2.0}
@@ -52,11 +49,6 @@ d.stop()
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def measure(
     *,
@@ -73,7 +65,7 @@ def measure(
     ``ok`` is False (with ``error``) when the cluster did not form, stalled, or a result
     was wrong or missing.
     """
-    port = port or free_port()
+    port = port or free_udp_port()
     out: dict[str, Any] = {"workers": workers, "tasks": tasks, "window": window, "strategy": strategy}
     out["in_process"] = in_process
     master_d = Discovery(weight=100, port=port, broadcast=LOOPBACK_BROADCAST, ignore_process=False, **TIMING)

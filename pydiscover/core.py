@@ -4,7 +4,7 @@ Feed it ``datagram_received(now, data, addr)``, ``tick(now)`` and the user's cal
 it returns a list of actions (:class:`Transmit`, :class:`Emit`) and tells the runtime
 when it next needs a ``tick`` (:meth:`DiscoveryCore.next_deadline`).  It never reads a
 clock, opens a socket or starts a thread, so every rule here runs deterministically
-under a fake clock (see ``tests/sim.py``).
+under a fake clock (see ``testbed/sim.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections import Counter, OrderedDict
 from typing import Any, NamedTuple
 
 from . import wire
+from .config import Options
 from .election import Decision, decide
 from .errors import PacketTooLarge
 from .node import Node, Packet
-from .options import Options
 from .security import Codec, OpenError, ReplayGuard
 
 log = logging.getLogger("pydiscover.core")

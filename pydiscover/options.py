@@ -1,9 +1,10 @@
-"""The discovery options: defaults, meanings and validation, each written once.
+"""The discovery options as users give them: meanings, validation and hints, each written once.
 
 node-discover accepts anything and fails later (or never); here a typo is a
 ``TypeError``/``ValueError`` before any socket is opened, and a name or unit carried
 over from node-discover (``helloInterval``, milliseconds) says what to write instead.
-Defaults live on :class:`Options`, meanings in :data:`OPTION_HELP`; the discovery
+Defaults live on :class:`~pydiscover.config.Options` (the validated record the core
+reads), meanings in :data:`OPTION_HELP`; the discovery
 classes spell the parameters out (so type checkers see them) and take both from here.
 """
 
@@ -16,20 +17,39 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from .security import Codec, PlainCodec, Secret, make_codec
+from .config import (
+    DEFAULT_BROADCAST,
+    DEFAULT_NAMESPACE,
+    DEFAULT_PORT,
+    Encryption,
+    Endpoint,
+    Options,
+    check_namespace,
+)
+from .security import Secret, make_codec
 from .wire import DEFAULT_MAX_DATAGRAM, DEFAULT_MAX_DATAGRAM_V6, check_json
 
-DEFAULT_PORT = 12345
-DEFAULT_BROADCAST = "255.255.255.255"
-#: The cluster name on a broker transport when neither the option nor the URL names one.
-DEFAULT_NAMESPACE = "default"
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+# Re-exported: these lived here before the validated record moved to pydiscover.config.
+__all__ = [
+    "DEFAULT_BROADCAST",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_PORT",
+    "OPTION_HELP",
+    "Encryption",
+    "Endpoint",
+    "Options",
+    "build_options",
+    "check_namespace",
+    "default_weight",
+    "document_options",
+    "engine_options",
+    "explains_unknown_options",
+    "parse_endpoint",
+    "parse_unicast",
+]
 
-Endpoint = tuple[str, int]
-Encryption = Literal["aead", "node-discover"]
 
 #: Interval and timeout options at or above this many seconds are refused unless
 #: ``allow_long_intervals=True``: such values are nearly always node-discover milliseconds.
@@ -84,15 +104,6 @@ def _ip(name: str, value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise ValueError(f"{name} must be an IP address, got {value!r}") from None
 
 
-def check_namespace(value: Any, where: str = "namespace") -> str:
-    """A cluster name for a broker transport: 1-128 of ``A-Z a-z 0-9 . _ : / -``."""
-    if not isinstance(value, str):
-        raise TypeError(f"{where} must be a string, got {type(value).__name__}")
-    if not _NAMESPACE_RE.fullmatch(value):
-        raise ValueError(f"{where} must be 1-128 characters from A-Z, a-z, 0-9 and . _ : / -, got {value!r}")
-    return value
-
-
 def parse_endpoint(text: str, default_port: int) -> Endpoint:
     """``"host"``, ``"host:port"``, ``"v6addr"`` or ``"[v6addr]:port"`` -> ``(ip, port)``."""
     if not isinstance(text, str) or not text.strip():
@@ -142,43 +153,6 @@ def parse_unicast(value: Any, default_port: int) -> tuple[Endpoint, ...]:
     if not items:
         raise ValueError("unicast must name at least one host")
     return tuple(parse_endpoint(item, default_port) for item in items)
-
-
-@dataclass(frozen=True)
-class Options:
-    """Validated settings.  Times are seconds (node-discover uses milliseconds)."""
-
-    hello_interval: float = 0.5
-    check_interval: float = 2.0
-    node_timeout: float = 3.25
-    master_timeout: float = 3.25
-    address: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    broadcast: str | None = None
-    multicast: str | None = None
-    multicast_ttl: int = 1
-    interface: str | None = None
-    unicast: tuple[Endpoint, ...] = ()
-    masters_required: int = 1
-    weight: float = 0.0
-    client: bool = False
-    reuse_addr: bool = True
-    ignore_process: bool = True
-    ignore_instance: bool = True
-    hostname: str = ""
-    advertisement: Any = None
-    max_datagram: int = DEFAULT_MAX_DATAGRAM
-    #: Seals and opens datagrams (plaintext, AEAD or node-discover's cipher) for ``key``.
-    codec: Codec = field(default_factory=PlainCodec, repr=False, compare=False)
-    #: Seconds a sealed packet's timestamp may differ from our clock (0: no time check).
-    replay_window: float = 30.0
-    #: UDP: while a fast stream of only discovery traffic arrives (hundreds of nodes), read
-    #: it in batches this many seconds apart (0: read every datagram at once); see
-    #: :class:`~pydiscover.transports.udp.UdpTransport`.
-    read_coalesce: float = 0.02
-    #: The cluster's name on a broker transport (Redis); ``None`` when unset.  After a
-    #: Discovery is built on Redis it holds the namespace in effect (option, URL or default).
-    namespace: str | None = None
 
 
 def build_options(

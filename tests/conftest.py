@@ -1,16 +1,22 @@
-"""Shared helpers for real-socket tests (loopback only: see DESIGN.md, safety)."""
+"""Pytest fixtures and waiting helpers for real-socket tests (loopback only: see DESIGN.md, safety).
+
+The helpers shared with the benchmarks live in ``testbed/``; ``free_udp_port`` is re-exported here.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from testbed.ports import free_udp_port
+
+__all__ = ["LOOPBACK_BROADCAST", "async_eventually", "eventually", "free_udp_port"]
 
 LOOPBACK_BROADCAST = "127.255.255.255"
 
@@ -36,21 +42,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if problems:
         pytest.exit(f"PYDISCOVER_EXPECT_INSTALLED is set but pydiscover was imported from {where}: "
                     + "; ".join(problems), returncode=1)
-
-
-def free_udp_port() -> int:
-    """A port nobody on this host has bound (UDP and TCP), for tests that need their own."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return int(port)
-    raise RuntimeError("no free UDP port")
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> float:

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as runner
-from benchmarks._harness import REPO, Figure, node_discover_available, table
+from benchmarks._harness import REPO, Figure, table
 from benchmarks.hello_cpu import INSTANCES, measure
+from testbed.node_discover import node_discover_available
 
 
 def fake_benchmark(met: bool) -> types.ModuleType:

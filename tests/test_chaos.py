@@ -4,12 +4,12 @@ Four layers, one invariant.  Among nodes that can hear each other there are neve
 masters for longer than ``master_timeout``, and once the chaos stops the cluster
 converges to exactly one master (``masters_required=1``) with every view agreeing.
 
-* The sans-IO core under a fake clock (:class:`ChaosSim`, built on ``tests/sim.py``):
+* The sans-IO core under a fake clock (:class:`ChaosSim`, built on ``testbed/sim.py``):
   deterministic, seeded, no sleeps; the invariant is checked after every single core
   call, not only at the end.
 * Real ``examples/node.py`` processes on loopback: SIGSTOP/SIGCONT of the master,
   SIGKILL loops.
-* Network namespaces (``tests/netns.py``): a LAN split into two groups, then healed.
+* Network namespaces (``testbed/netns.py``): a LAN split into two groups, then healed.
 * ``ResourceManager`` on an in-memory bus that can be partitioned: after heal and
   churn no resource runs twice.
 
@@ -41,19 +41,19 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import proc_cluster
 import pytest
 from conftest import async_eventually
-from netns import Cluster as NetCluster
-from netns import Lan, NetnsUnavailable, netns_unavailable_reason
-from proc_cluster import Cluster as ProcCluster
-from proc_cluster import NodeProc
-from sim import Sim
 
 from pydiscover import AsyncDiscovery
 from pydiscover.balancer import ResourceManager
 from pydiscover.core import Action, Emit, Transmit
 from pydiscover.transports.memory import MemoryBus, MemoryTransport
+from testbed import proc_cluster
+from testbed.netns import Cluster as NetCluster
+from testbed.netns import Lan, NetnsUnavailable, netns_unavailable_reason
+from testbed.proc_cluster import Cluster as ProcCluster
+from testbed.proc_cluster import NodeProc
+from testbed.sim import Sim
 
 ROUNDS = max(1, int(os.environ.get("PYDISCOVER_CHAOS_ROUNDS", "1") or "1"))
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from sim import Sim
 
 from pydiscover.core import REPEAT_CACHE_BYTES, Action, DiscoveryCore, Emit, Transmit
 from pydiscover.options import build_options
+from testbed.sim import Sim
 
 FAST = {"hello_interval": 1.0, "check_interval": 2.0, "node_timeout": 2.0}
 

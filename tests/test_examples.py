@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 from conftest import eventually, free_udp_port
-from proc_cluster import node_discover_problem, node_has_legacy_cipher, node_missing_reason
 
 from pydiscover import Discovery
 from pydiscover.transports.memory import MemoryBus, MemoryTransport
+from testbed.node_discover import node_discover_problem, node_has_legacy_cipher, node_missing_reason
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 README = EXAMPLES.parent / "README.rst"

@@ -2,7 +2,7 @@
 
 Python nodes run ``examples/node.py``; node-discover nodes run ``examples/js/peer.js``
 against the package ``scripts/test`` installs into ``.cache/node`` from npm.  Both print
-the same JSON events, read through ``tests/proc_cluster.py``.  Every node binds its own
+the same JSON events, read through ``testbed/proc_cluster.py``.  Every node binds its own
 port on this host and unicasts to 127.0.0.1 only; nothing is broadcast.
 
 Skipped only when Node.js is absent; with Node.js but without node-discover@1.2.1 the
@@ -19,13 +19,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from proc_cluster import (
-    Cluster,
-    NodeProc,
-    node_discover_problem,
-    node_has_legacy_cipher,
-    node_missing_reason,
-)
+
+from testbed.node_discover import node_discover_problem, node_has_legacy_cipher, node_missing_reason
+from testbed.proc_cluster import Cluster, NodeProc
 
 HELLO_INTERVAL = 0.5
 NODE_TIMEOUT = 2.0

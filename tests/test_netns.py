@@ -1,6 +1,6 @@
 """Real sockets across network namespaces: discovery, election, partitions, IPv6 multicast.
 
-Each host is a network namespace on a private bridge (see ``tests/netns.py``), each
+Each host is a network namespace on a private bridge (see ``testbed/netns.py``), each
 node a separate process, so this exercises what the simulator cannot: the kernel's
 broadcast/multicast delivery, carrier loss and real timers.  Needs root and iproute2.
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import HOST_IF, Cluster, Lan, NetnsUnavailable, netns_unavailable_reason
+
+from testbed.netns import HOST_IF, Cluster, Lan, NetnsUnavailable, netns_unavailable_reason
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 

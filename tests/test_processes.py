@@ -11,7 +11,8 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from proc_cluster import Cluster
+
+from testbed.proc_cluster import Cluster
 
 HELLO_INTERVAL = 1.0
 NODE_TIMEOUT = 2.0

@@ -1,7 +1,7 @@
 """The Redis transport against a real ``redis-server`` that the tests start on loopback.
 
 Every server listens on 127.0.0.1 only, in a temporary directory, without persistence
-(see ``tests/redis_server.py``).  Without ``redis-server`` the tests that need one are
+(see ``testbed/redis_server.py``).  Without ``redis-server`` the tests that need one are
 skipped with the reason; ``./scripts/test`` installs it when run as root.
 """
 
@@ -23,10 +23,12 @@ from typing import Any
 
 import pytest
 from conftest import async_eventually
-from proc_cluster import ROOT, Cluster
-from redis_server import RedisServer, free_tcp_port, redis_server_missing
 
 from pydiscover import AsyncDiscovery, Discovery, TransportUnavailable
+from testbed import ROOT
+from testbed.ports import free_tcp_port
+from testbed.proc_cluster import Cluster
+from testbed.redis_server import RedisServer, redis_server_missing
 
 redis = pytest.importorskip("redis", reason="the redis package is missing: pip install -e '.[test]'")
 from pydiscover.transports.redis import CHANNEL_PREFIX, RedisTransport, unframe  # noqa: E402

@@ -12,12 +12,12 @@ from conftest import LOOPBACK_BROADCAST, eventually
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from sim import Sim
 
 from pydiscover import Discovery, PacketTooLarge
 from pydiscover.core import DiscoveryCore, Emit, Transmit
 from pydiscover.options import build_options
 from pydiscover.security import AEAD_OVERHEAD, AeadCodec, LegacyCodec, OpenError, derive_key, make_codec
+from testbed.sim import Sim
 
 T = {"hello_interval": 1.0, "check_interval": 2.0, "node_timeout": 2.0}
 

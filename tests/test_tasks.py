@@ -19,7 +19,7 @@ from conftest import LOOPBACK_BROADCAST, async_eventually, eventually, free_udp_
 
 from pydiscover import AsyncDiscovery, Discovery, PacketTooLarge, TaskBalancer, TaskError
 from pydiscover.balancer import AsyncTaskFuture, TaskInfo
-from pydiscover.balancer.tasks import _rendezvous
+from pydiscover.balancer.assignment import rendezvous
 from pydiscover.transports.memory import MemoryBus, MemoryTransport
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ async def test_hash_strategy_is_stable_and_moves_only_the_keys_of_a_leaving_work
         assert await placement() == first  # stable
         assert len(set(first.values())) == 3  # spread
         ids = sorted(d._core.iid for d, _ in workers)
-        assert first == {k: max(ids, key=lambda w: _rendezvous(k.encode(), w)) for k in keys}
+        assert first == {k: max(ids, key=lambda w: rendezvous(k.encode(), w)) for k in keys}
         leaving, leaving_balancer = workers[0]
         gone = leaving._core.iid
         leaving_balancer.close()  # says "bye": the master stops using it at once

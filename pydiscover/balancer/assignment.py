@@ -17,9 +17,18 @@ def _h(*parts: str) -> int:
     return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
 
 
+def rendezvous(key: bytes, member: str) -> int:
+    """Rendezvous (highest random weight) score of ``member`` for ``key``: the one hash of the balancer.
+
+    A key goes to its highest-scoring member, so when a member leaves only its keys move,
+    spread over the others.  Used for resources (ids) and for tasks' ``hash`` strategy.
+    """
+    return int.from_bytes(hashlib.blake2b(key + b"\x1f" + member.encode(), digest_size=8).digest(), "big")
+
+
 def score(resource: str, member: str) -> int:
     """Rendezvous score: each resource's preference order over members, stable as members change."""
-    return _h(resource, member)
+    return rendezvous(resource.encode(), member)
 
 
 def quotas(count: int, members: Sequence[str], load: Mapping[str, int]) -> dict[str, int]:

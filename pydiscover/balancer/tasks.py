@@ -39,7 +39,6 @@ import bisect
 import concurrent.futures
 import contextlib
 import functools
-import hashlib
 import inspect
 import itertools
 import logging
@@ -59,6 +58,7 @@ from ..core import RESERVED_NAMES
 from ..discovery import AsyncDiscovery, Discovery
 from ..errors import DiscoveryError, PacketTooLarge
 from ..node import Node, Packet
+from .assignment import rendezvous
 from .resources import FINISHED, running_loop
 
 log = logging.getLogger("pydiscover.balancer.tasks")
@@ -184,13 +184,6 @@ def _hash_key(key: Any) -> bytes:
     if isinstance(key, int) and not isinstance(key, bool):
         return str(key).encode("ascii")
     raise TypeError(f"key must be a str, bytes or int, got {type(key).__name__}")
-
-
-def _rendezvous(key: bytes, worker: str) -> int:
-    """Rendezvous (highest random weight) score: a key goes to its highest-scoring live worker,
-    so only the keys of a worker that leaves move, and they spread over the others."""
-    digest = hashlib.blake2b(key + b"\x00" + worker.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 def _resolve(future: AnyTaskFuture, value: Any = None, error: BaseException | None = None) -> bool:
@@ -862,7 +855,7 @@ class TaskBalancer(Generic[FutureT]):
         else:
             assert task.key is not None
             key = task.key
-            chosen = max(candidates, key=lambda w: _rendezvous(key, w))
+            chosen = max(candidates, key=lambda w: rendezvous(key, w))
         return chosen
 
     def _dispatch(self, task: _Task) -> None:

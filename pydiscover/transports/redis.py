@@ -34,8 +34,8 @@ import struct
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..config import DEFAULT_NAMESPACE, check_namespace
 from ..errors import TransportUnavailable
-from ..options import DEFAULT_NAMESPACE, check_namespace
 from .base import Address, Receiver, Transport
 
 log = logging.getLogger("pydiscover.transports.redis")

@@ -17,8 +17,8 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 
+from ..config import Endpoint
 from ..errors import BindError
-from ..options import Endpoint
 from .base import Address, Receiver, Transport
 
 log = logging.getLogger("pydiscover.transports.udp")

@@ -1,9 +1,10 @@
 """Drive a cluster of real ``examples/node.py`` processes on loopback and time what they report.
 
-Shared by ``tests/test_processes.py`` (asserts limits) and ``benchmarks/cluster_timing.py``
-(prints numbers), so both measure exactly the same scenario.  Every wait has a deadline
-and every latency is computed from ``t`` (``time.time()``) stamped by the node that saw
-the event, so the parent's scheduling never shows up in a number.  Loopback only.
+Shared by ``tests/test_processes.py`` (asserts limits) and ``benchmarks/failover.py`` /
+``benchmarks/cluster_timing.py`` (print numbers), so both measure exactly the same
+scenario.  Every wait has a deadline and every latency is computed from ``t``
+(``time.time()``) stamped by the node that saw the event, so the parent's scheduling
+never shows up in a number.  Loopback only.
 
 ``tests/test_interop.py`` mixes in real node-discover processes (``examples/js/peer.js``,
 which prints the same JSON events): ``spawn(weight, lang="js")``.  With ``unicast=N`` every
@@ -17,29 +18,22 @@ import contextlib
 import json
 import os
 import queue
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-ROOT = Path(__file__).resolve().parent.parent
+from testbed import ROOT
+from testbed.node_discover import node_env
+from testbed.ports import free_udp_port, free_udp_ports
+
 NODE_PY = ROOT / "examples" / "node.py"
 JS_PEER = ROOT / "examples" / "js" / "peer.js"
 LOOPBACK_BROADCAST = "127.255.255.255"
-#: The node-discover release the interop tests run against, installed by ``scripts/test``.
-NODE_DISCOVER_VERSION = "1.2.1"
-NODE_MODULES = ROOT / ".cache" / "node" / "node_modules"
-INSTALL_NODE_DISCOVER = (
-    f"npm install --prefix .cache/node --no-audit --no-fund --save-exact node-discover@{NODE_DISCOVER_VERSION}"
-)
 #: Every node stops itself after this long, and when its stdin closes (``--exit-on-eof``),
 #: so none outlives a parent that dies without cleaning up.
 SAFETY_LIFETIME = 60.0
@@ -48,60 +42,11 @@ T = TypeVar("T")
 Event = dict[str, Any]
 
 
-def node_missing_reason() -> str | None:
-    """Why node-discover processes cannot run at all (no Node.js), else ``None``."""
-    if shutil.which("node") is None:
-        return "Node.js is not installed (no 'node' on PATH): the node-discover interop tests need it"
-    return None
-
-
-def node_discover_problem() -> str | None:
-    """Why the installed node-discover is not the one to test against, else ``None``."""
-    manifest = NODE_MODULES / "node-discover" / "package.json"
-    try:
-        version = json.loads(manifest.read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return f"node-discover is not installed in {NODE_MODULES}; run ./scripts/test once, or: {INSTALL_NODE_DISCOVER}"
-    if version != NODE_DISCOVER_VERSION:
-        return f"{manifest} is version {version}, not {NODE_DISCOVER_VERSION}; run: {INSTALL_NODE_DISCOVER}"
-    return None
-
-
-def node_has_legacy_cipher() -> bool:
-    """Whether this Node.js still has ``crypto.createCipher`` (gone in Node 22), which node-discover's key needs."""
-    probe = "process.exit(typeof require('crypto').createCipher === 'function' ? 0 : 1)"
-    return subprocess.run(["node", "-e", probe], capture_output=True, timeout=30).returncode == 0
-
-
 def message_text(data: Any) -> Any:
     """The text of a chat message: node.py sends the line itself, peer.js sends ``{"text": line}``."""
     if isinstance(data, dict) and set(data) == {"text"}:
         return data["text"]
     return data
-
-
-def free_udp_port(low: int = 40000, high: int = 49999, attempts: int = 50) -> int:
-    """A random port nobody holds: bound without SO_REUSEADDR, so any holder makes it fail."""
-    rng = random.Random()
-    for _ in range(attempts):
-        port = rng.randint(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no free UDP port in {low}-{high} after {attempts} tries")
-
-
-def free_udp_ports(count: int) -> list[int]:
-    """``count`` distinct free ports."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_udp_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 @dataclass(eq=False)  # identity: used as a dict key
@@ -260,7 +205,7 @@ class Cluster:
             cmd = [sys.executable, str(NODE_PY), *common, "--exit-on-eof"]
         elif lang == "js":
             cmd = ["node", str(JS_PEER), *common]
-            env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+            env = node_env()
         else:
             raise ValueError(f"lang must be 'py' or 'js', not {lang!r}")
         popen = subprocess.Popen(

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 NODE_SCRIPT = Path(__file__).with_name("netns_node.py")
 HOST_IF = "eth0"
@@ -168,51 +168,79 @@ class NodeState:
     exited: bool = False
 
 
-class NodeProcess:
-    """``netns_node.py`` under ``ip netns exec``; stdout lines go to a shared queue."""
+class NetnsProcess:
+    """A command under ``ip netns exec``; each JSON object it prints goes to a shared queue as ``(index, object)``.
+
+    Used for the test nodes (:data:`NODE_SCRIPT`, by :class:`Cluster`) and by
+    ``benchmarks/loss.py`` (pydiscover and node-discover peers).  A line that is not a JSON
+    object arrives as ``{"event": "garbage", "line": ...}`` and the end of the output as
+    ``{"event": "eof"}``, both stamped ``t`` by ``clock`` (the clock the nodes stamp with).
+    """
 
     def __init__(
         self,
         index: int,
         ns: str,
-        options: dict[str, Any],
+        argv: Sequence[str],
         out: queue.Queue[tuple[int, dict[str, Any]]],
         stderr_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.index = index
         self.stderr_path = stderr_path
+        self._clock = clock
         self._stderr = stderr_path.open("w")
-        # ip netns exec execs the command (no fork), so signals reach the node itself.
+        # ip netns exec execs the command (no fork): this pid is the node's, signals reach it.
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-u", str(NODE_SCRIPT), json.dumps(options)],
+            ["ip", "netns", "exec", ns, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
             bufsize=1,
+            env=env,
+            cwd=cwd,
         )
         self._thread = threading.Thread(target=self._read, args=(out,), name=f"node{index}-stdout", daemon=True)
         self._thread.start()
 
     def _read(self, out: queue.Queue[tuple[int, dict[str, Any]]]) -> None:
-        stdout = self.proc.stdout
+        stdout: IO[str] | None = self.proc.stdout
         assert stdout is not None
         for line in stdout:
             try:
                 message = json.loads(line)
             except ValueError:
-                message = {"event": "garbage", "line": line}
+                message = None
+            if not isinstance(message, dict):
+                message = {"event": "garbage", "line": line, "t": self._clock()}
             out.put((self.index, message))
-        out.put((self.index, {"event": "eof"}))
+        out.put((self.index, {"event": "eof", "t": self._clock()}))
 
     def command(self, text: str) -> None:
         stdin = self.proc.stdin
-        assert stdin is not None
+        if stdin is None:
+            return
         try:
             stdin.write(text + "\n")
             stdin.flush()
         except (BrokenPipeError, ValueError):
             return  # already gone; its eof tells the story
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU of the process so far (``/proc/<pid>/stat``), or None once gone."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
 
     def terminate(self, timeout: float = 5.0) -> int:
         """SIGTERM (a clean stop with goodbye), SIGKILL if it does not exit in ``timeout``."""
@@ -227,6 +255,27 @@ class NodeProcess:
         self._stderr.close()
         return code
 
+    def end_input(self) -> None:
+        """Close stdin: a node that stops on EOF stops cleanly (pydiscover says goodbye)."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close stdin, SIGKILL if the process does not exit in ``timeout``; reap it and its reader."""
+        self.end_input()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self._thread.join(timeout)
+        if self.proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdout.close()
+        self._stderr.close()
+
     def stderr_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
@@ -239,7 +288,7 @@ Group = tuple[Collection[int], Collection[int]]
 
 
 class Cluster:
-    """One node per host of a :class:`Lan`, and each node's latest reported state.
+    """One ``netns_node.py`` per host of a :class:`Lan`, and each node's latest reported state.
 
     Every wait is bounded and reads events as they arrive; a timeout fails with each
     node's state, the recent event log and the nodes' stderr.
@@ -251,7 +300,13 @@ class Cluster:
         self.log: list[tuple[int, dict[str, Any]]] = []
         self.states = [NodeState() for _ in range(lan.hosts)]
         self.nodes = [
-            NodeProcess(i, lan.host_ns[i], options(i), self._queue, workdir / f"node{i}.stderr")
+            NetnsProcess(
+                i,
+                lan.host_ns[i],
+                [sys.executable, "-u", str(NODE_SCRIPT), json.dumps(options(i))],
+                self._queue,
+                workdir / f"node{i}.stderr",
+            )
             for i in range(lan.hosts)
         ]
         self._tags = 0

@@ -8,12 +8,13 @@ Each server runs in its own temporary directory on a free port of 127.0.0.1, wit
 from __future__ import annotations
 
 import contextlib
-import random
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from testbed.ports import free_tcp_port
 
 REDIS_SERVER = "redis-server"
 INSTALL_HINT = "apt-get install redis-server (./scripts/test installs it when run as root)"
@@ -24,20 +25,6 @@ def redis_server_missing() -> str | None:
     if shutil.which(REDIS_SERVER) is None:
         return f"redis-server is not installed (Debian package redis-server): {INSTALL_HINT}"
     return None
-
-
-def free_tcp_port(low: int = 30000, high: int = 39999, attempts: int = 50) -> int:
-    """A random loopback TCP port nobody listens on."""
-    rng = random.Random()
-    for _ in range(attempts):
-        port = rng.randint(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no free TCP port in {low}-{high} after {attempts} tries")
 
 
 class RedisServer:
