@@ -210,6 +210,9 @@ class AsyncDiscovery:
         settings = engine_options(locals())
         transport = settings.pop("transport")
         self._check_advertisement(advertisement)
+        #: The settings in effect: the validated options, with the namespace a Redis URL chose
+        #: and the codec the last ``set_key`` installed (a new snapshot each time, never edited).
+        self.options: Options
         self._transport, self.options = _make_transport(build_options(**settings), transport)
         self._core = DiscoveryCore(self.options, pid=_process_id, iid=str(uuid.uuid4()))
         self._emitter = SafeEmitter()
@@ -383,11 +386,12 @@ class AsyncDiscovery:
         Roll a cluster from A to B with no node ever going unseen: ``[A, B]`` everywhere,
         then ``[B, A]``, then ``[B]``.  ``encryption`` defaults to the current mode.
         """
-        self._core.set_codec(codec_for(self.encryption, key, encryption))
+        self.set_codec(codec_for(self.encryption, key, encryption))
 
     def set_codec(self, codec: Codec) -> None:
         """Install a codec already built (what :meth:`set_key` does once the keys are derived)."""
         self._core.set_codec(codec)
+        self.options = replace(self.options, codec=codec)  # the settings in effect, never stale
 
     @property
     def encryption(self) -> str:
@@ -681,7 +685,6 @@ class Discovery:
         self._stop_on_sigterm = stop_on_sigterm
         self._async = self._async_class(**engine_options(locals()))
         self._async.attach_facade(self)
-        self.options = self._async.options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()  # RLock: the SIGTERM handler may interrupt start()/stop()
@@ -798,6 +801,11 @@ class Discovery:
     def engine(self) -> AsyncDiscovery:
         """The asyncio engine this runs on its thread (layers built on top drive it)."""
         return self._async
+
+    @property
+    def options(self) -> Options:
+        """The settings in effect (see :attr:`AsyncDiscovery.options`)."""
+        return self._async.options
 
     @property
     def id(self) -> str:

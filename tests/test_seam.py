@@ -110,3 +110,13 @@ def test_the_sync_facade_exposes_its_engine_and_runs_calls_on_its_thread() -> No
         thread = d.call(threading.current_thread)
         assert thread is not threading.current_thread() and thread.name == "pydiscover"
         assert d.call(d.engine.max_payload, "jobs") == d.engine.max_payload("jobs")
+
+
+def test_options_show_the_settings_in_effect_after_a_key_change() -> None:
+    with Discovery(transport=MemoryTransport(MemoryBus()), key="one", **QUICK) as d:
+        before = d.options
+        assert d.options.codec.name == "aead" and d.engine.encryption == "aead"
+        d.set_key(["two", "one"], encryption="node-discover")
+        assert d.engine.encryption == "node-discover" and d.options.codec.name == "node-discover"
+        assert before.codec.name == "aead"  # a snapshot is never edited
+        assert d.options.hello_interval == before.hello_interval

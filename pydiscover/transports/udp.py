@@ -17,7 +17,7 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 
-from ..config import Endpoint
+from ..config import Endpoint, Options
 from ..errors import BindError
 from .base import Address, Receiver, Transport
 
@@ -98,7 +98,7 @@ class UdpTransport(Transport):
         interface: str | None = None,
         unicast: Sequence[Endpoint] = (),
         reuse_addr: bool = True,
-        read_coalesce: float = 0.0,
+        read_coalesce: float = Options.read_coalesce,
     ) -> None:
         super().__init__()
         #: See the class docstring; 0 reads every datagram as soon as it arrives.
