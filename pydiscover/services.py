@@ -252,8 +252,10 @@ class AsyncServiceDiscovery(AsyncDiscovery):
 
     @property
     def services(self) -> dict[str, list[Node]]:
-        """Every service with at least one usable provider: name -> nodes."""
-        return self._state.services()
+        """Every service with at least one usable provider: name -> nodes (current records)."""
+        # The state sees a node only when its data changes; the table has its last-seen time.
+        nodes = self.nodes
+        return {name: [nodes.get(n.id, n) for n in providers] for name, providers in self._state.services().items()}
 
     @property
     def is_ready(self) -> bool:
