@@ -37,7 +37,7 @@ RESERVED_NAMES = frozenset(
         "master",
         "helloReceived",
         "helloEmitted",
-        "updated",
+        "nodeUpdated",
         "check",
         "started",
         "stopped",
@@ -680,7 +680,7 @@ class DiscoveryCore:
                 self._stepping_down_until = None
         if old is not None:
             # Reached only when something but the time changed (see ``unchanged`` above).
-            out.append(Emit("updated", (node, old)))
+            out.append(Emit("nodeUpdated", (node, old)))
         out.append(Emit("helloReceived", (node, old is None)))
         if (
             old is None

@@ -263,7 +263,7 @@ class AsyncDiscovery:
         # layers' slow hooks add up to the slowest, not to the sum.
         results = await asyncio.gather(*(cleanup() for cleanup in list(self._before_stop)), return_exceptions=True)
         for result in results:
-            if isinstance(result, Exception):
+            if isinstance(result, BaseException):  # a cancelled hook too: the stop goes on, said aloud
                 log.error("cleanup before stop failed", exc_info=result)
         self._apply(self._core.stop(self._loop.time()))
         self._cancel_timer()

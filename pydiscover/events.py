@@ -27,6 +27,7 @@ EVENT_ARGUMENTS = {
     "demotion": "(me)",
     "helloReceived": "(node, is_new)",
     "helloEmitted": "()",
+    "nodeUpdated": "(node, previous)",
     "check": "()",
     "started": "(discovery)",
     "stopped": "(discovery)",

@@ -130,7 +130,7 @@ class ServiceState:
         return self._evaluate()
 
     def node_seen(self, node: Node) -> list[Emit | RunHook]:
-        """A hello from ``node`` (every hello: an advertisement may change at any time)."""
+        """``node`` was added or its data changed (the runtime feeds ``added`` and ``nodeUpdated``)."""
         name = service_name(node.advertisement)
         current = self._providers.get(node.id)
         out: list[Emit | RunHook] = []
@@ -211,9 +211,9 @@ class AsyncServiceDiscovery(AsyncDiscovery):
         self._state = ServiceState()
         self._setup_hooks: dict[str, Hook] = {}
         self._hook_tasks: set[asyncio.Future[Any]] = set()
-        # A node's data changes only with "added" or "updated": not every hello needs looking at.
+        # A node's data changes only with "added" or "nodeUpdated": not every hello needs looking at.
         self.on("added", lambda node: self._apply_service(self._state.node_seen(node)))
-        self.on("updated", lambda node, previous: self._apply_service(self._state.node_seen(node)))
+        self.on("nodeUpdated", lambda node, previous: self._apply_service(self._state.node_seen(node)))
         self.on("removed", lambda node: self._apply_service(self._state.node_gone(node)))
         self.on("started", lambda _: self._apply_service(self._state.start()))
 
@@ -253,9 +253,13 @@ class AsyncServiceDiscovery(AsyncDiscovery):
     @property
     def services(self) -> dict[str, list[Node]]:
         """Every service with at least one usable provider: name -> nodes (current records)."""
-        # The state sees a node only when its data changes; the table has its last-seen time.
+        return self._current(self._state.services())
+
+    def _current(self, services: dict[str, list[Node]]) -> dict[str, list[Node]]:
+        """The same providers as the table's current records (the state sees a node only when its data
+        changes; the table also has its last-seen time)."""
         nodes = self.nodes
-        return {name: [nodes.get(n.id, n) for n in providers] for name, providers in self._state.services().items()}
+        return {name: [nodes.get(n.id, n) for n in providers] for name, providers in services.items()}
 
     @property
     def is_ready(self) -> bool:
@@ -270,12 +274,12 @@ class AsyncServiceDiscovery(AsyncDiscovery):
         if not self.running:
             raise RuntimeError("not running: start() first")
         if self._state.is_ready:
-            return {name: self._state.available(name) for name in sorted(self._state.needs)}
+            return self._current({name: self._state.available(name) for name in sorted(self._state.needs)})
         future: asyncio.Future[dict[str, list[Node]]] = asyncio.get_running_loop().create_future()
 
         def on_ready(services: dict[str, list[Node]]) -> None:
             if not future.done():
-                future.set_result(services)
+                future.set_result(self._current(services))
 
         def on_stopped(_: object) -> None:
             if not future.done():

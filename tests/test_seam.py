@@ -47,13 +47,13 @@ async def test_max_payload_is_exact_and_message_bytes_raises_like_send(key: str 
             d.message_bytes("jobs", {1, 2})
 
 
-async def test_updated_fires_only_when_a_nodes_data_changes() -> None:
+async def test_node_updated_fires_only_when_a_nodes_data_changes() -> None:
     bus = MemoryBus()
     updates: list[tuple[Node, Node]] = []
     hellos: list[Node] = []
     async with AsyncDiscovery(transport=MemoryTransport(bus), **QUICK) as a, \
             AsyncDiscovery(transport=MemoryTransport(bus), advertisement={"v": 1}, **QUICK) as b:
-        a.on("updated", lambda node, previous: updates.append((node, previous)))
+        a.on("nodeUpdated", lambda node, previous: updates.append((node, previous)))
         a.on("helloReceived", lambda node, is_new: hellos.append(node))
         await async_eventually(lambda: a.is_master != b.is_master, 3, "one master")
         await async_eventually(lambda: a.has_node(b.id) and a.nodes[b.id].is_master == b.is_master, 3, "settled")

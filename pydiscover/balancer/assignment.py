@@ -13,8 +13,9 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
 
-def _h(*parts: str) -> int:
-    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
+def _digest(data: bytes) -> int:
+    """The balancer's one hash: 64 bits of BLAKE2b."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def rendezvous(key: bytes, member: str) -> int:
@@ -23,7 +24,12 @@ def rendezvous(key: bytes, member: str) -> int:
     A key goes to its highest-scoring member, so when a member leaves only its keys move,
     spread over the others.  Used for resources (ids) and for tasks' ``hash`` strategy.
     """
-    return int.from_bytes(hashlib.blake2b(key + b"\x1f" + member.encode(), digest_size=8).digest(), "big")
+    return _digest(key + b"\x1f" + member.encode())
+
+
+def _h(name: str) -> int:
+    """A fixed pseudo-random order of names (ties and placement order), from the same hash."""
+    return _digest(name.encode())
 
 
 def score(resource: str, member: str) -> int:

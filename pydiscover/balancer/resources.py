@@ -403,6 +403,8 @@ class ResourceManager:
             key: PlanKey = (int(data["e"]), str(data["m"]))
         except (KeyError, TypeError, ValueError):
             return
+        if not -1 <= key[0] <= wire.MAX_SEQ:
+            return  # an epoch no honest manager reaches: it would break our plan headers
         self._highest_epoch = max(self._highest_epoch, key[0])
         if kind == "bye":  # its manager closed: it runs nothing and takes nothing
             self._presence.pop(sender, None)
