@@ -530,11 +530,14 @@ class ResourceManager:
             return
         self._reconcile()  # unassigned meanwhile? stop it now
 
-    async def _stop(self, rid: str) -> None:
+    async def _stop(self, rid: str, started: Awaitable[Any] | None = None) -> None:
+        """Stop ``rid``: call its ``stop`` hook, or await what a hook already ``started`` returned."""
         handle = self._running.get(rid)
         self._busy.add(rid)  # (already set by the caller, so no second stop starts meanwhile)
         try:
-            if self._stop_fn is not None:
+            if started is not None:
+                await started
+            elif self._stop_fn is not None:
                 await self._call_user(self._stop_fn, handle)
         except Exception as exc:
             log.warning("stop(%s) raised %r; treating it as stopped", rid, exc)
@@ -627,22 +630,12 @@ class ResourceManager:
         if inspect.isawaitable(result):
             if live:
                 self._busy.add(rid)
-                self._spawn(self._finish_stop(rid, result))
+                self._spawn(self._stop(rid, result))
                 return
             if inspect.iscoroutine(result):
                 result.close()  # no loop to run it on (never awaited otherwise: a warning at exit)
             log.warning("cannot await stop(%s): the discovery's loop is gone", rid)
         self._running.pop(rid, None)
-        self._stopped(rid)
-
-    async def _finish_stop(self, rid: str, awaitable: Awaitable[Any]) -> None:
-        try:
-            await awaitable
-        except Exception as exc:
-            log.warning("stop(%s) raised %r during close; treating it as stopped", rid, exc)
-        finally:
-            self._busy.discard(rid)
-            self._running.pop(rid, None)
         self._stopped(rid)
 
     async def _finish_close(self, pending: set[asyncio.Future[Any]]) -> None:
