@@ -56,7 +56,9 @@ class Options:
     hostname: str = ""
     advertisement: Any = None
     max_datagram: int = DEFAULT_MAX_DATAGRAM
-    #: Seals and opens datagrams (plaintext, AEAD or node-discover's cipher) for ``key``.
+    #: Seals and opens datagrams (plaintext, AEAD or node-discover's cipher) for ``key``:
+    #: built once from ``key`` and ``encryption`` and never changed (a codec is immutable).
+    #: A core starts with it and then owns the one in use (``DiscoveryCore.set_codec``).
     codec: Codec = field(default_factory=PlainCodec, repr=False, compare=False)
     #: Seconds a sealed packet's timestamp may differ from our clock (0: no time check).
     replay_window: float = 30.0

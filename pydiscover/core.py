@@ -10,17 +10,22 @@ under a fake clock (see ``testbed/sim.py``).
 from __future__ import annotations
 
 import logging
-import math
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any, NamedTuple
 
 from . import wire
 from .config import Options
-from .election import Decision, decide
+from .election import Decision
 from .errors import PacketTooLarge
+from .master_role import MasterRole
 from .node import Node, Packet
+from .peers import Peer, PeerTable
+from .repeats import REPEAT_CACHE_BYTES as REPEAT_CACHE_BYTES  # re-exported: their old home
+from .repeats import REPEAT_CACHE_SIZE as REPEAT_CACHE_SIZE
+from .repeats import RepeatCache
 from .security import Codec, OpenError, ReplayGuard
+from .timers import Timers
 
 log = logging.getLogger("pydiscover.core")
 
@@ -66,47 +71,47 @@ class Emit(NamedTuple):
 Action = Transmit | Emit
 
 
-#: Distinct node-discover hellos remembered so a byte-identical repeat is not parsed again.
-REPEAT_CACHE_SIZE = 4096
-#: ... and their total size in datagram bytes.
-REPEAT_CACHE_BYTES = 1 << 20
-
-
 class DiscoveryCore:
-    """One discovery instance's state.  Not thread-safe: one driver owns it."""
+    """One discovery instance's state.  Not thread-safe: one driver owns it.
 
-    def __init__(self, options: Options, *, pid: str, iid: str, rng: random.Random | None = None) -> None:
+    Composed of small units, each with one job: the peer table
+    (:class:`~pydiscover.peers.PeerTable`), the repeat-hello memory
+    (:class:`~pydiscover.repeats.RepeatCache`), the schedule (:class:`~pydiscover.timers.Timers`)
+    and our master role (:class:`~pydiscover.master_role.MasterRole`).  This class
+    routes packets and user calls between them.
+
+    ``options.codec`` is only the first codec: the core owns the one in use
+    (:meth:`set_codec`, :attr:`codec`).
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        *,
+        pid: str,
+        iid: str,
+        rng: random.Random | None = None,
+        report_unchanged_hellos: bool = True,
+    ) -> None:
         self.options = options
         self.pid = pid
         self.iid = iid
-        self._rng = rng or random.Random()
-        self._nodes: dict[str, Node] = {}
-        # Node id -> last seen, in that order, one table per timeout, so the next expiry is
-        # O(1).  The time lives here; a hello that changes nothing updates only this, and the
-        # Node records in _nodes are brought up to date when handed out (_current).
-        self._by_age: dict[bool, OrderedDict[str, float]] = {False: OrderedDict(), True: OrderedDict()}
+        self._peers = PeerTable(node_timeout=options.node_timeout, master_timeout=options.master_timeout)
+        self._repeats = RepeatCache()
+        self._timers = Timers(
+            hello_interval=options.hello_interval, check_interval=options.check_interval, rng=rng or random.Random()
+        )
+        self._role = MasterRole(
+            rank=(options.weight, 0, iid),
+            eligible=not options.client,
+            masters_required=options.masters_required,
+            master_timeout=options.master_timeout,
+        )
         # Each (instance, seq) counts once, and is remembered past the instance's removal,
         # so a capture replayed after a leave or a timeout changes nothing.
         self._replay = ReplayGuard(retention=self._replay_retention(options.codec))
-        # Sequence number of the hello each node's record came from (older ones are stale).
-        self._hello_seq: dict[str, int] = {}
-        #: Each node's last valid hello ``data``: an equal one skips validation (the hot path).
-        self._hello_data_of: dict[str, Any] = {}
-        self._hello_json_of: dict[str, bytes] = {}
-        #: Datagram -> (envelope, plaintext) of accepted seq-less hellos (see _remember).
-        self._repeats: dict[bytes, tuple[wire.Envelope, bytes]] = {}
-        self._repeats_bytes = 0
-        #: Emit ``helloReceived`` for hellos that changed nothing; a runtime with no
-        #: listener for it turns this off (the event is then the costliest part of a hello).
-        self.report_unchanged_hellos = True
-        #: Whether the last datagram was a channel message for us (latency matters to it).
-        self.last_was_message = False
-        #: Past this, we were not run when we should have been (see _resume_after_pause).
-        self._paused_if_after = math.inf
-        #: When tick or datagram_received last ran.
-        self._last_run = 0.0
-        #: No node expires before this (a lower bound, exact after each _expire).
-        self._expiry_floor = math.inf
+        self._report_unchanged = report_unchanged_hellos
+        self._last_was_message = False
         self._codec = options.codec
         self._wall_offset = 0.0
         # While our own link to the cluster is down (a broker transport lost its server),
@@ -117,19 +122,9 @@ class DiscoveryCore:
         self._receive_limit = self._receive_limit_for(options.codec)
         self._seq = 0
         self._running = False
-        self._is_master = False
-        self._eligible = not options.client
-        self._stepping_down_until: float | None = None
-        self._advertisement = options.advertisement
-        self._settle_at = 0.0
-        self._next_hello: float | None = None
-        self._next_check: float | None = None
-        self._reply_at: float | None = None
-        self._last_reply = float("-inf")
-        self._last_hello_at = float("-inf")
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self._advertisement = self._check_size(self._advertisement)
+        self._advertisement = self._check_size(options.advertisement)
 
     # ------------------------------------------------------------------ views
     @property
@@ -138,16 +133,16 @@ class DiscoveryCore:
 
     @property
     def is_master(self) -> bool:
-        return self._is_master
+        return self._role.is_master
 
     @property
     def nodes(self) -> dict[str, Node]:
         """A copy of the live node table (other instances only), keyed by instance id."""
-        return {iid: self._current(iid) for iid in self._nodes}
+        return self._peers.nodes()
 
     def has_node(self, iid: str) -> bool:
         """Whether ``iid`` is in the live node table."""
-        return iid in self._nodes
+        return iid in self._peers
 
     @property
     def channels(self) -> frozenset[str]:
@@ -165,8 +160,8 @@ class DiscoveryCore:
             hostname=self.options.hostname,
             address=self.options.address,
             port=self.options.port,
-            is_master=self._is_master,
-            is_master_eligible=self._advertised_eligible(),
+            is_master=self._role.is_master,
+            is_master_eligible=self._role.eligible,
             weight=self.options.weight,
             advertisement=self._advertisement,
             last_seen=now,
@@ -176,13 +171,41 @@ class DiscoveryCore:
         """The earliest time :meth:`tick` has work to do, or ``None`` when stopped."""
         if not self._running:
             return None
-        best = math.inf
-        for t in (self._next_hello, self._next_check, self._reply_at, self._stepping_down_until):
-            if t is not None and t < best:
-                best = t
-        if self._link_down_since is None and self._expiry_floor < best:
-            best = self._expiry_floor  # may be early: tick() then finds nothing due and re-arms
-        return best if best != math.inf else None
+        # The expiry bound may be early: tick() then finds nothing due and re-arms.
+        expiry = self._peers.next_expiry if self._link_down_since is None else None
+        return self._timers.next_deadline(self._role.stepping_down_until, expiry)
+
+    # ------------------------------------------------------ runtime's wishes
+    def set_listening(self, *, hello_received: bool) -> None:
+        """Tell the core whether anyone listens for ``helloReceived``.
+
+        Without a listener, a hello that changed nothing returns no action at all: the
+        event would be the costliest part of it, and the runtime then skips re-arming.
+        """
+        self._report_unchanged = hello_received
+
+    @property
+    def report_unchanged_hellos(self) -> bool:
+        """Whether a hello that changed nothing emits ``helloReceived`` (see :meth:`set_listening`)."""
+        return self._report_unchanged
+
+    @report_unchanged_hellos.setter
+    def report_unchanged_hellos(self, value: bool) -> None:
+        self.set_listening(hello_received=value)
+
+    @staticmethod
+    def delivers_message(actions: list[Action]) -> bool:
+        """Whether ``actions`` (from :meth:`datagram_received`) deliver a channel message.
+
+        A runtime reads such datagrams at once (latency matters to them) rather than
+        letting a stream of hellos gather.  Every other event the core emits is reserved.
+        """
+        return any(type(action) is Emit and action.event not in RESERVED_NAMES for action in actions)
+
+    @property
+    def last_was_message(self) -> bool:
+        """Whether the last datagram was a channel message for us (see :meth:`delivers_message`)."""
+        return self._last_was_message
 
     # ------------------------------------------------------------ lifecycle
     def start(self, now: float, wall_time: float | None = None) -> list[Action]:
@@ -196,17 +219,13 @@ class DiscoveryCore:
         self._wall_offset = 0.0 if wall_time is None else wall_time - now
         self._running = True
         self._link_down_since = None  # a restart reconnects; an old outage must not freeze removals
-        self._last_run = now
         # Hold the first election until every peer's regular hello must have arrived
         # (the prompt replies usually bring them in milliseconds, but may be lost).
-        self._settle_at = now + max(self.options.check_interval, self.options.hello_interval)
-        self._next_check = self._settle_at
+        settle_at = self._role.settle_at = now + max(self.options.check_interval, self.options.hello_interval)
         out: list[Action] = []
         if not self.options.client:
             self._hello(now, out)
-            # A random phase, so nodes started together do not hello in lockstep forever.
-            self._next_hello = now + self.options.hello_interval * self._rng.uniform(0.5, 1.0)
-        self._watch_for_pauses()
+        self._timers.start(now, first_check=settle_at, hellos=not self.options.client)
         return out
 
     def stop(self, now: float) -> list[Action]:
@@ -218,22 +237,14 @@ class DiscoveryCore:
             return []
         out: list[Action] = []
         if not self.options.client:
-            out.append(self._transmit(now, wire.GOODBYE, {"isMaster": self._is_master}))
+            out.append(self._transmit(now, wire.GOODBYE, {"isMaster": self._role.is_master}))
         self._running = False
-        self._next_hello = self._next_check = self._reply_at = None
+        self._timers.stop()
         # A stopped node knows nothing: a restart must not report stale peers as live.
-        self._nodes.clear()
-        for ids in self._by_age.values():
-            ids.clear()
-        self._hello_seq.clear()
-        self._hello_data_of.clear()
-        self._hello_json_of.clear()
+        self._peers.clear()
         self._repeats.clear()
-        self._repeats_bytes = 0
-        self._expiry_floor = math.inf
-        if self._is_master:
+        if self._role.resign():
             # Symmetric with "promotion": whatever master-only work a handler started, stop it.
-            self._is_master = False
             out.append(Emit("demotion", (self.me(now),)))
         return out
 
@@ -243,10 +254,7 @@ class DiscoveryCore:
         if self.options.client:
             raise RuntimeError("a client=True node sends no hellos and can never be master")
         out: list[Action] = []
-        self._eligible = True
-        self._stepping_down_until = None
-        if not self._is_master:
-            self._is_master = True
+        if self._role.promote():
             out.append(Emit("promotion", (self.me(now),)))
         if self._running:
             self._hello(now, out)
@@ -261,13 +269,7 @@ class DiscoveryCore:
         with none, this node is a normal candidate again.
         """
         out: list[Action] = []
-        if permanent:
-            self._eligible = False
-            self._stepping_down_until = None
-        else:
-            self._stepping_down_until = now + self.options.master_timeout
-        if self._is_master:
-            self._is_master = False
+        if self._role.demote(now, permanent=permanent):
             out.append(Emit("demotion", (self.me(now),)))
         if self._running and not self.options.client:
             self._hello(now, out)
@@ -316,7 +318,7 @@ class DiscoveryCore:
         """Our transport lost the cluster (not the cluster us): freeze removals and elections."""
         if self._link_down_since is None:
             self._link_down_since = now
-        self._last_run = now
+        self._timers.last_run = now
         return []
 
     def link_restored(self, now: float) -> list[Action]:
@@ -326,8 +328,8 @@ class DiscoveryCore:
             return []
         outage = now - self._link_down_since
         self._link_down_since = None
-        self._last_run = now  # the outage is given back below, not again as a pause
-        self._give_time_back(outage, now)
+        self._timers.last_run = now  # the outage is given back below, not again as a pause
+        self._peers.give_time_back(outage, now)
         out: list[Action] = []
         if not self.options.client:
             self._hello(now, out)
@@ -348,7 +350,6 @@ class DiscoveryCore:
         self._receive_limit = self._receive_limit_for(codec)
         self._replay.retention = self._replay_retention(codec)
         self._repeats.clear()  # what the old keys opened, the new ones may not
-        self._repeats_bytes = 0
 
     def advertise(self, advertisement: Any) -> None:
         """Set what goes out with every hello (the next one included); checked for size now.
@@ -364,40 +365,27 @@ class DiscoveryCore:
         out: list[Action] = []
         if not self._running:
             return out
-        if now > self._paused_if_after:
+        timers = self._timers
+        if now > timers.paused_if_after:
             self._resume_after_pause(now)
-        self._last_run = now
+        timers.last_run = now
         elect = self._expire(now, out)
-        if self._stepping_down_until is not None and now >= self._stepping_down_until:
-            self._stepping_down_until = None
+        if self._role.step_down_over(now):
             elect = True
             if not self.options.client:
                 self._hello(now, out)
-        if self._next_hello is not None and now >= self._next_hello:
-            # Skip missed beats rather than bursting after a stall.
-            self._next_hello += self.options.hello_interval * (
-                int((now - self._next_hello) // self.options.hello_interval) + 1
-            )
-            self._reply_at = None  # this hello is the reply
+        if timers.hello_due(now):
             self._hello(now, out)
-        if self._reply_at is not None and now >= self._reply_at:
-            self._reply_at = None
-            self._last_reply = now
+        if timers.reply_due(now):
             self._hello(now, out)
-        if self._next_check is not None and now >= self._next_check:
-            self._next_check = now + self.options.check_interval
+        if timers.check_due(now):
             elect = True
             out.append(Emit("check"))
             self._replay.forget_expired(now)
         if elect:
             self._elect(now, out)
-        self._watch_for_pauses()
+        timers.watch()
         return out
-
-    def _watch_for_pauses(self) -> None:
-        """A driver ticks by the next hello and check; a full hello interval later means we were not run."""
-        due = min(t for t in (self._next_hello, self._next_check, math.inf) if t is not None)
-        self._paused_if_after = due + self.options.hello_interval
 
     def _resume_after_pause(self, now: float) -> None:
         """Called late: were we not run at all for a while (SIGSTOP, a suspended VM, a clock jump)?
@@ -408,26 +396,14 @@ class DiscoveryCore:
         over the live master and flap.  A loop that is merely slow still reads, so its
         peers' silence counts and nothing is given back.
         """
-        self._paused_if_after = now + self.options.hello_interval  # the tick due now re-arms it
-        paused = now - self._last_run
-        if paused <= self.options.hello_interval or self._link_down_since is not None:
+        paused = self._timers.pause_before(now)
+        if not paused or self._link_down_since is not None:
             return  # running, only late; or an outage, which link_restored accounts for
         # A blocked event loop does this too; say it loudly only when peers would have gone.
         level = logging.WARNING if paused >= self.options.node_timeout / 2 else logging.DEBUG
         log.log(level, "not run for %.3f s (paused, blocked or a clock jump): peers keep their timeouts", paused)
         self.counters["pauses"] += 1
-        self._give_time_back(paused, now)
-
-    def _give_time_back(self, seconds: float, now: float) -> None:
-        """Move every peer's last-seen time ``seconds`` later, never past ``now``.
-
-        Clamping keeps each table in last-seen order (the expiry scan reads only its head)
-        and keeps the expiry floor a lower bound: a hello can then only move an expiry later.
-        """
-        for ids in self._by_age.values():
-            for iid in ids:
-                ids[iid] = min(ids[iid] + seconds, now)
-        # Expiries only moved later: the floor stays a valid lower bound.
+        self._peers.give_time_back(paused, now)
 
     def datagram_received(self, now: float, data: bytes, addr: Address) -> list[Action]:
         """Handle one datagram from ``addr`` (``(host, port, ...)``).  Never raises for any input.
@@ -436,12 +412,13 @@ class DiscoveryCore:
         may skip re-arming its timer then (the hot path: a hello that changed nothing).
         """
         out: list[Action] = []
-        self.last_was_message = False
+        self._last_was_message = False
         if not self._running:
             return out
-        if now > self._paused_if_after:
+        timers = self._timers
+        if now > timers.paused_if_after:
             self._resume_after_pause(now)
-        self._last_run = now
+        timers.last_run = now
         if type(data) is not bytes:  # a custom transport's bytearray or memoryview
             try:
                 data = bytes(data)
@@ -455,23 +432,20 @@ class DiscoveryCore:
         if len(data) > self._receive_limit:
             self._drop("oversized", addr, f"{len(data)} bytes")
             return out
+        peers = self._peers
         # Expire first: an election below must not count a node whose deadline has passed.
-        if self._expire(now, out):
+        if now >= peers.next_expiry and self._expire(now, out):
             self._elect(now, out)
         cached = self._repeats.get(data)
         if cached is not None:
             env, plaintext = cached
-            iid = env.iid
-            if self._hello_data_of.get(iid) is env.data:
-                # The node's record was made from these very bytes: if they come from the
+            peer = peers.get(env.iid)
+            if peer is not None and peer.data is env.data:
+                # The peer's record was made from these very bytes: if they come from the
                 # same place again, only the time changes (checks passed the first time).
-                node = self._nodes[iid]
+                node = peer.node
                 if node.port == port and node.address == host:
-                    ids = self._by_age[node.is_master]
-                    del ids[iid]
-                    ids[iid] = now
-                    if self.report_unchanged_hellos:
-                        out.append(Emit("helloReceived", (self._current(iid), False)))
+                    self._unchanged_hello(peer, now, out)
                     return out
             # Anything else builds a record: from fresh objects, never ones handlers could
             # have been given (and mutated) before.  Only the opening is skipped.
@@ -500,12 +474,14 @@ class DiscoveryCore:
             return out
         if env.event == wire.HELLO:
             self._on_hello(now, env, host, port, out)
-            if env.seq is None and sent_at is None and self._hello_data_of.get(env.iid) is env.data:
-                self._remember(data, env, plaintext)
+            if env.seq is None and sent_at is None:
+                peer = peers.get(env.iid)
+                if peer is not None and peer.data is env.data:  # it made (or refreshed) the record
+                    self._repeats.remember(data, env, plaintext)
         elif env.event == wire.GOODBYE:
             self._on_goodbye(now, env, out)
         elif env.event in self._channels:
-            self.last_was_message = True
+            self._last_was_message = True
             packet = Packet(env.event, env.pid, env.iid, env.hostname, env.data, host, port, env.seq)
             out.append(Emit(env.event, (env.data, packet)))
         elif env.event in RESERVED_NAMES:
@@ -515,20 +491,11 @@ class DiscoveryCore:
         return out
 
     # -------------------------------------------------------------- internals
-    def _remember(self, data: bytes, env: wire.Envelope, plaintext: bytes) -> None:
-        """Keep an accepted node-discover hello so a byte-identical repeat skips all the work.
-
-        node-discover peers send the same bytes every time (no seq, deterministic JSON and
-        cipher), and opening and parsing are pure functions of the bytes.  Only hellos that
-        made a node's record are kept, in at most REPEAT_CACHE_SIZE entries and
-        REPEAT_CACHE_BYTES of datagrams; ours carry a seq and are never kept.
-        """
-        if len(self._repeats) >= REPEAT_CACHE_SIZE or self._repeats_bytes + len(data) > REPEAT_CACHE_BYTES:
-            self._repeats.clear()
-            self._repeats_bytes = 0
-        if data not in self._repeats:
-            self._repeats_bytes += len(data)
-        self._repeats[data] = (env, plaintext)
+    def _unchanged_hello(self, peer: Peer, now: float, out: list[Action]) -> None:
+        """The steady state of every cluster, a known node repeating itself: only the time moves."""
+        self._peers.seen(peer, now)
+        if self._report_unchanged:
+            out.append(Emit("helloReceived", (self._peers.current(peer), False)))
 
     def _drop(self, reason: str, addr: Address, detail: object) -> None:
         self.dropped[reason] += 1
@@ -543,17 +510,6 @@ class DiscoveryCore:
         if not channel:
             raise ValueError("channel must be a non-empty string")
         return channel not in RESERVED_NAMES
-
-    def _current(self, iid: str) -> Node:
-        """The record of ``iid`` with its latest ``last_seen``."""
-        node = self._nodes[iid]
-        seen = self._by_age[node.is_master][iid]
-        if node.last_seen != seen:
-            node = self._nodes[iid] = node.seen_at(seen)
-        return node
-
-    def _advertised_eligible(self) -> bool:
-        return self._eligible and self._stepping_down_until is None
 
     def message_bytes(self, event: str, data: Any, *, what: str = "packet") -> bytes:
         """``data`` as a packet named ``event`` would carry it, in JSON; raises as a send would.
@@ -596,8 +552,8 @@ class DiscoveryCore:
 
     def _hello_data(self, advertisement: Any) -> dict[str, Any]:
         return wire.Hello(
-            is_master=self._is_master,
-            is_master_eligible=self._advertised_eligible(),
+            is_master=self._role.is_master,
+            is_master_eligible=self._role.eligible,
             weight=self.options.weight,
             advertisement=advertisement,
         ).to_json()
@@ -608,50 +564,46 @@ class DiscoveryCore:
         return wire.snapshot(advertisement)
 
     def _hello(self, now: float, out: list[Action]) -> None:
-        self._last_hello_at = now
+        self._timers.hello_sent(now)
         out.append(self._transmit(now, wire.HELLO, self._hello_data(self._advertisement)))
         out.append(Emit("helloEmitted"))
 
     def _on_hello(self, now: float, env: wire.Envelope, host: str, port: int, out: list[Action]) -> None:
         iid, seq, data = env.iid, env.seq, env.data
-        old = self._nodes.get(iid)
-        # The steady state of every cluster: a known node repeating itself.  Equal JSON
-        # data from the same place needs no validation and no new record but the time.
-        # Compared as JSON text: Python's == would take true for 1 and 1 for 1.0.
+        peer = self._peers.get(iid)
+        # Equal JSON data from the same place needs no validation and no new record but
+        # the time.  Compared as JSON text: Python's == would take true for 1 and 1 for 1.0.
         data_json = wire.canonical(data)
-        unchanged = (
-            old is not None
-            and data_json == self._hello_json_of.get(iid)
-            and old.address == host
-            and old.port == port
-            and old.pid == env.pid
-            and old.hostname == env.hostname
-            and old.legacy is (seq is None)
-        )
+        old: Node | None = None
+        unchanged = False
+        if peer is not None:
+            old = peer.node
+            unchanged = (
+                data_json == peer.data_json
+                and old.address == host
+                and old.port == port
+                and old.pid == env.pid
+                and old.hostname == env.hostname
+                and old.legacy is (seq is None)
+            )
         if not unchanged:
             try:
                 hello = wire.decode_hello(data)
             except wire.DecodeError as exc:
                 self._drop(exc.reason, (host, port), exc)
                 return
-        if seq is not None:
-            if seq < self._hello_seq.get(iid, -1):
+        if seq is not None and peer is not None:
+            if seq < peer.seq:
                 self.dropped["stale"] += 1  # reordered: an older state than the one we hold
                 return
-            self._hello_seq[iid] = seq
+            peer.seq = seq
         if unchanged:
-            assert old is not None
-            self._hello_data_of[iid] = data  # the bytes just seen now stand for this record
-            ids = self._by_age[old.is_master]
-            del ids[iid]
-            ids[iid] = now
-            if self.report_unchanged_hellos:
-                out.append(Emit("helloReceived", (self._current(iid), False)))
+            assert peer is not None
+            peer.data = data  # the bytes just seen now stand for this record
+            self._unchanged_hello(peer, now, out)
             return
-        self._hello_data_of[iid] = data
-        self._hello_json_of[iid] = data_json
         node = Node(
-            id=env.iid,
+            id=iid,
             pid=env.pid,
             hostname=env.hostname,
             address=host,
@@ -661,23 +613,16 @@ class DiscoveryCore:
             weight=hello.weight,
             advertisement=hello.advertisement,
             last_seen=now,
-            legacy=env.seq is None,
+            legacy=seq is None,
         )
-        self._nodes[env.iid] = node
-        if old is not None:
-            del self._by_age[old.is_master][env.iid]
-        self._by_age[node.is_master][env.iid] = now
-        # Refreshes only move expiries later; a new (or re-classed) entry may be the first due.
-        timeout = self.options.master_timeout if node.is_master else self.options.node_timeout
-        self._expiry_floor = min(self._expiry_floor, now + timeout)
+        self._peers.record(node, data, data_json, seq)
         if old is None:
             out.append(Emit("added", (node,)))
-            self._schedule_reply(now, just_started=env.seq is not None and env.seq <= 2)
+            if not self.options.client:
+                self._timers.schedule_reply(now, just_started=seq is not None and seq <= 2, peers=len(self._peers))
         if node.is_master and (old is None or not old.is_master):
             out.append(Emit("master", (node,)))
-            if self._stepping_down_until is not None:
-                # A successor exists: the hand-over is done, be a normal candidate again.
-                self._stepping_down_until = None
+            self._role.successor_seen()  # a hand-over in progress is done
         if old is not None:
             # Reached only when something but the time changed (see ``unchanged`` above).
             out.append(Emit("nodeUpdated", (node, old)))
@@ -691,83 +636,38 @@ class DiscoveryCore:
             self._elect(now, out)
 
     def _on_goodbye(self, now: float, env: wire.Envelope, out: list[Action]) -> None:
+        peer = self._peers.get(env.iid)
         if env.seq is not None:
-            if env.seq < self._hello_seq.get(env.iid, -1):
+            if peer is not None and env.seq < peer.seq:
                 self.dropped["stale"] += 1  # an old goodbye: the instance has said hello since
                 return
             # Nothing it sent before the goodbye (a late hello, a replay) may bring it back.
             self._replay.close(env.iid, env.seq, now)
-        if env.iid in self._nodes:
-            self._remove(self._current(env.iid), out)
+        if peer is not None:
+            out.append(Emit("removed", (self._peers.remove(env.iid),)))
             self._elect(now, out)
 
-    def _remove(self, node: Node, out: list[Action]) -> None:
-        del self._nodes[node.id]
-        del self._by_age[node.is_master][node.id]
-        self._hello_seq.pop(node.id, None)
-        self._hello_data_of.pop(node.id, None)
-        self._hello_json_of.pop(node.id, None)
-        out.append(Emit("removed", (node,)))
-
     def _expire(self, now: float, out: list[Action]) -> bool:
-        if now < self._expiry_floor or self._link_down_since is not None:
-            return False  # the common case, checked on every datagram: nobody can be due yet
-        removed = False
-        floor = math.inf
-        for is_master, ids in self._by_age.items():
-            timeout = self.options.master_timeout if is_master else self.options.node_timeout
-            while ids:
-                iid, seen = next(iter(ids.items()))
-                expiry = seen + timeout
-                if expiry > now:
-                    floor = min(floor, expiry)
-                    break
-                node = self._current(iid)
-                # Timed out: packets of it we never received must not bring it back either.
-                self._replay.close(node.id, None, now)
-                self._remove(node, out)
-                removed = True
-        self._expiry_floor = floor
-        return removed
-
-    def _schedule_reply(self, now: float, *, just_started: bool) -> None:
-        """Answer a newcomer soon so it learns the cluster in milliseconds, not a hello interval.
-
-        Replies are coalesced (one pending at a time), spread over a window that grows
-        with the cluster (1 ms per known node, at most a quarter hello interval), and
-        at most one per window, so 200 nodes answering one newcomer cannot storm.  A
-        peer that is not itself new (its ``seq`` is past its first packets) heard a
-        hello from us within the window needs no answer: that is the newcomer's own
-        view filling up, and replying would only echo.
-        """
-        if self.options.client or self._reply_at is not None:
-            return
-        window = min(self.options.hello_interval / 4, 0.005 + 0.001 * len(self._nodes))
-        if not just_started and now - self._last_hello_at < window:
-            return
-        at = max(now + self._rng.uniform(0, window), self._last_reply + window)
-        if self._next_hello is not None and at >= self._next_hello:
-            return  # the regular hello comes first
-        self._reply_at = at
+        """Remove every peer past its timeout; ``True`` if any (an election is then due)."""
+        if now < self._peers.next_expiry or self._link_down_since is not None:
+            return False  # the common case: nobody can be due yet
+        gone = self._peers.expired(now)
+        for node in gone:
+            # Timed out: packets of it we never received must not bring it back either.
+            self._replay.close(node.id, None, now)
+            out.append(Emit("removed", (node,)))
+        return bool(gone)
 
     def _elect(self, now: float, out: list[Action]) -> None:
-        if not self._running or now < self._settle_at or self._link_down_since is not None:
+        if not self._running or self._link_down_since is not None:
             return
-        decision = decide(
-            my_rank=(self.options.weight, 0, self.iid),
-            i_am_master=self._is_master,
-            i_am_eligible=self._advertised_eligible(),
-            others=self._nodes.values(),
-            masters_required=self.options.masters_required,
-        )
+        decision = self._role.elect(now, self._peers.records())
         if decision is Decision.PROMOTE:
             log.info("promoting %s to master", self.iid)
-            self._is_master = True
             out.append(Emit("promotion", (self.me(now),)))
             self._hello(now, out)
         elif decision is Decision.DEMOTE:
             log.info("demoting %s: %d higher-ranked masters", self.iid, self.options.masters_required)
-            self._is_master = False
             out.append(Emit("demotion", (self.me(now),)))
             self._hello(now, out)
 

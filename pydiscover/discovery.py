@@ -534,16 +534,17 @@ class AsyncDiscovery:
 
     def _datagram_received(self, data: bytes, addr: Address) -> bool:
         core = self._core
-        core.report_unchanged_hellos = self._emitter.has_listeners("helloReceived")
+        core.set_listening(hello_received=self._emitter.has_listeners("helloReceived"))
         try:
             actions = core.datagram_received(self._now(), data, addr)
         except Exception:  # a bug in the core must not take the socket down
             log.exception("internal error handling a datagram from %s", addr)
             core.dropped["internal_error"] += 1
             return True
-        if actions:  # the core moves no deadline earlier without an action (see datagram_received)
-            self._apply(actions)
-        return not core.last_was_message
+        if not actions:  # the core moves no deadline earlier without an action (see datagram_received)
+            return True
+        self._apply(actions)
+        return not core.delivers_message(actions)  # a message is read at once, hellos may gather
 
     def _link_changed(self, up: bool) -> None:
         now = self._now()

@@ -569,7 +569,7 @@ def test_only_accepted_hellos_are_remembered_and_the_memory_is_bounded() -> None
     big = {**BASE, "advertisement": "x" * 1000}
     for i in range(3000):  # 3 MB of distinct valid hellos: at most REPEAT_CACHE_BYTES kept
         core.datagram_received(0.2, raw_hello(f"n{i}", big), ("10.0.0.2", 1))
-    assert 0 < core._repeats_bytes <= REPEAT_CACHE_BYTES and len(core.nodes) == 3000
+    assert 0 < core._repeats.size <= REPEAT_CACHE_BYTES and len(core.nodes) == 3000
 
 
 def test_a_changed_value_is_never_taken_for_an_equal_one() -> None:
