@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._threads import in_daemon_thread
+from ._threads import HookPool
 from .core import Emit
 from .discovery import AsyncDiscovery, Discovery, wait_with_timeout
 from .node import Node
@@ -26,6 +26,8 @@ from .options import document_options
 log = logging.getLogger("pydiscover.services")
 
 Hook = Callable[[Node], Any]
+#: How many plain (blocking) setup hooks run at once per node.
+SETUP_THREADS = 16
 _USABLE = ("available", "checking")
 
 
@@ -211,6 +213,9 @@ class AsyncServiceDiscovery(AsyncDiscovery):
         self._state = ServiceState()
         self._setup_hooks: dict[str, Hook] = {}
         self._hook_tasks: set[asyncio.Future[Any]] = set()
+        #: Plain setup hooks run here, at most SETUP_THREADS at once (a burst of providers
+        #: queues rather than starting a thread each).
+        self._hook_pool = HookPool(SETUP_THREADS, name="pydiscover-setup-hook")
         # A node's data changes only with "added" or "nodeUpdated": not every hello needs looking at.
         self.on("added", lambda node: self._apply_service(self._state.node_seen(node)))
         self.on("nodeUpdated", lambda node, previous: self._apply_service(self._state.node_seen(node)))
@@ -312,7 +317,7 @@ class AsyncServiceDiscovery(AsyncDiscovery):
                 if inspect.iscoroutinefunction(hook):
                     await hook(request.node)
                 else:
-                    result = await in_daemon_thread(loop, functools.partial(hook, request.node))
+                    result = await self._hook_pool.run(loop, functools.partial(hook, request.node))
                     if inspect.isawaitable(result):
                         await result
             except asyncio.CancelledError:

@@ -28,8 +28,12 @@ class SimNode:
 
 
 class Sim:
-    def __init__(self, *, latency: float = 0.0005, seed: int = 1, record_hellos: bool = True) -> None:
+    def __init__(
+        self, *, latency: float = 0.0005, seed: int = 1, record_hellos: bool = True, record_events: bool = True
+    ) -> None:
         self.now = 0.0
+        #: Keep every node's events in ``SimNode.events`` (off: a long run that only checks state).
+        self.record_events = record_events
         #: Record ``helloReceived`` for hellos that changed nothing (off: a big, fast simulation).
         self.record_hellos = record_hellos
         self.latency = latency
@@ -50,7 +54,7 @@ class Sim:
         core = DiscoveryCore(
             build_options(**options), pid=f"p{idx}", iid=f"n{idx:04d}", rng=random.Random(self.rng.random())
         )
-        core.report_unchanged_hellos = self.record_hellos
+        core.set_listening(hello_received=self.record_hellos)
         self.nodes.append(SimNode(core, ("10.0.0.1", 10000 + idx)))
         if start:
             self.call(idx, core.start)
@@ -82,7 +86,7 @@ class Sim:
             if isinstance(action, Transmit):
                 self.captured.append((self.now, idx, action.datagram))
                 self._push(self.now + self.latency, "deliver", (idx, action.datagram))
-            elif isinstance(action, Emit):
+            elif isinstance(action, Emit) and self.record_events:
                 node.events.append((self.now, action.event, action.args))
         deadline = node.core.next_deadline()
         if deadline is not None and node.alive and self._scheduled.get(idx) != deadline:
@@ -102,15 +106,19 @@ class Sim:
                 break
             at, _, kind, payload = heapq.heappop(self._queue)
             self.now = max(self.now, at)
-            if kind == "tick":
-                if self._scheduled.get(payload) == at:
-                    del self._scheduled[payload]
-                    self._tick_due(payload)
-            else:
-                self._deliver(*payload)
+            self._dispatch(at, kind, payload)
         else:
             raise AssertionError("simulation did not settle within max_steps")
         self.now = max(self.now, t)
+
+    def _dispatch(self, at: float, kind: str, payload: Any) -> None:
+        """One queued event; a subclass adds kinds of its own (testbed.balancer_sim)."""
+        if kind == "tick":
+            if self._scheduled.get(payload) == at:
+                del self._scheduled[payload]
+                self._tick_due(payload)
+        else:
+            self._deliver(*payload)
 
     # The two steps a subclass may change (tests/test_chaos.py adds loss, freezes, clocks).
     def _tick_due(self, idx: int) -> None:

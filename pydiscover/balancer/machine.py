@@ -1,0 +1,197 @@
+"""What the balancer's state machines speak: inputs in, actions out, no I/O and no clock.
+
+:class:`~pydiscover.balancer.resource_machine.ResourceMachine` and
+:class:`~pydiscover.balancer.task_machine.TaskMachine` have the shape of the discovery
+core and of :class:`~pydiscover.services.ServiceState`: every input is a method taking
+``now`` (seconds, any monotonic origin) and returning a list of actions; the next time
+they want to be woken is :meth:`Machine.next_deadline`.  Who carries the actions out is
+a *driver*: :class:`~pydiscover.balancer.driver.Driver` on a discovery's event loop, or
+``testbed.balancer_sim`` in a fake-clock simulation of a whole cluster.  Because both
+feed the same machines the same inputs, what the simulation shows (never two owners,
+every task settled once) is what the runtime does.
+
+What a machine may ask of the node it runs on is :class:`Cluster`: read-only questions
+answered at once (an :class:`~pydiscover.AsyncDiscovery` is one; so is a thin view of a
+simulated core).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from ..core import Emit
+from ..errors import PacketTooLarge
+
+if TYPE_CHECKING:
+    from ..config import Options
+
+
+class Cluster(Protocol):
+    """The node a machine runs on, as the machine may see it (never changed through this)."""
+
+    @property
+    def id(self) -> str:
+        """This node's instance id."""
+        ...
+
+    @property
+    def is_master(self) -> bool: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def options(self) -> Options:
+        """The settings in effect (``hello_interval`` and ``node_timeout`` pace the machines)."""
+        ...
+
+    def has_node(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a live member of this node's table."""
+        ...
+
+    def max_payload(self, channel: str) -> int:
+        """The largest JSON text (bytes) one message on ``channel`` can carry: the one budget rule."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Broadcast ``data`` (JSON) on the machine's channel."""
+
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Call the user's hook named ``hook`` with ``args``; report with ``hook_done(now, call, value, error)``.
+
+    ``call`` is unique per machine.  Names are the machine's own (``"start"``, ``"stop"``,
+    ``"healthcheck"``, ``"resources"``; ``"handler"``).  A driver reports every call it
+    ran exactly once, also when the hook raised (``error``) or was cancelled.
+    """
+
+    call: int
+    hook: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """The machine no longer wants call ``call``: cancel it if it has not begun or can be
+    interrupted (a coroutine); a blocking hook already running finishes unheard."""
+
+    call: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """A submitted task ended: its future gets ``value``, or ``error`` if that is not ``None``."""
+
+    task_id: int
+    value: Any = None
+    error: BaseException | None = None
+    #: The worker whose answer settled it (``None`` for a timeout or an abandon).
+    worker: str | None = None
+    #: The counter this outcome counts in (``completed``, ``failed``, ``timed_out``, ``abandoned``).
+    outcome: str = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """Task ``task_id`` went out as attempt ``attempt`` (tasks only): its future shows the count.
+
+    Informational: a driver hands it to whoever tracks the futures (``on_action``); a
+    simulation may ignore it.
+    """
+
+    task_id: int
+    attempt: int
+
+
+Action = Send | Run | Cancel | Settle | Assigned | Emit
+
+
+def json_size(data: Any) -> int:
+    """Bytes ``data`` takes as JSON in a message (raises ``TypeError`` if it is not JSON)."""
+    return len(orjson.dumps(data))
+
+
+def check_fits(data: Any, budget: int, what: str) -> bytes:
+    """``data`` as JSON if it fits ``budget`` (:meth:`Cluster.max_payload`); else :class:`PacketTooLarge`.
+
+    The balancer's one "does it fit in a datagram" rule.  Callers size ``data`` with its
+    numbers at their largest, so it still fits when sent later.
+    """
+    raw = orjson.dumps(data)
+    if len(raw) > budget:
+        raise PacketTooLarge(what, len(raw), budget)
+    return raw
+
+
+class Machine:
+    """The inputs every balancer machine takes (no-ops here) and its wake-up time.
+
+    Subclasses override what they react to.  Every method returns the actions to carry
+    out, in order; none blocks, sleeps or reads a clock.
+    """
+
+    #: The discovery channel the machine's messages travel on.
+    channel: str
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` should run next (``None``: only when an input arrives)."""
+        return None
+
+    def tick(self, now: float) -> list[Action]:
+        return []
+
+    def started(self, now: float) -> list[Action]:
+        """The discovery started (or started again): begin the rounds."""
+        return []
+
+    def stopped(self, now: float) -> list[Action]:
+        """The discovery stopped: no more sending until :meth:`started`."""
+        return []
+
+    def message(self, now: float, sender: str, data: Any) -> list[Action]:
+        """``data`` arrived on the channel from node ``sender``."""
+        return []
+
+    def node_added(self, now: float, node_id: str) -> list[Action]:
+        return []
+
+    def node_removed(self, now: float, node_id: str) -> list[Action]:
+        return []
+
+    def promoted(self, now: float) -> list[Action]:
+        """This node became master."""
+        return []
+
+    def hook_done(self, now: float, call: int, value: Any, error: BaseException | None) -> list[Action]:
+        """Call ``call`` of a :class:`Run` returned ``value`` (or raised ``error``)."""
+        return []
+
+    def close(self, now: float) -> list[Action]:
+        """The user (or the discovery's stop) closed this machine: release and say goodbye.
+
+        A machine that must wait for calls before its goodbye returns them from
+        :meth:`close_waits_for`; the driver calls :meth:`close_finished` once they are done
+        (or it gave up waiting).
+        """
+        return []
+
+    def close_waits_for(self) -> frozenset[int]:
+        """Calls the close must see finish before :meth:`close_finished` (none by default)."""
+        return frozenset()
+
+    def close_finished(self, now: float, gave_up: bool) -> list[Action]:
+        """What to do once the close waited (``gave_up``: some calls did not finish in time)."""
+        return []
+
+
+__all__ = [
+    "Action", "Assigned", "Cancel", "Cluster", "Emit", "Machine", "Run", "Send", "Settle", "check_fits", "json_size",
+]

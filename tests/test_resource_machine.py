@@ -1,0 +1,351 @@
+"""ResourceMachine on its own: explicit ``now`` values, a fake cluster, hooks answered by hand.
+
+No loop, no sockets, no sleeps: each test feeds inputs and reads the actions back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from pydiscover.balancer.machine import Action, Cancel, Emit, Run, Send
+from pydiscover.balancer.resource_machine import ResourceMachine
+from pydiscover.config import Options
+
+HELLO = 1.0
+
+
+class FakeCluster:
+    """What the machine may ask of its node, set by the test."""
+
+    def __init__(self, node_id: str, *, master: bool = False, budget: int = 1400) -> None:
+        self.id = node_id
+        self.is_master = master
+        self.running = True
+        self.options = Options(hello_interval=HELLO, node_timeout=3.0)
+        self.peers: set[str] = set()
+        self.budget = budget
+
+    def has_node(self, node_id: str) -> bool:
+        return node_id in self.peers
+
+    def max_payload(self, channel: str) -> int:
+        return self.budget
+
+
+def ids(n: int) -> dict[str, dict[str, Any]]:
+    return {f"r{i}": {"id": f"r{i}"} for i in range(n)}
+
+
+def sends(actions: list[Action], kind: str | None = None) -> list[dict[str, Any]]:
+    out = [a.data for a in actions if isinstance(a, Send)]
+    return [d for d in out if kind is None or d["type"] == kind]
+
+
+def runs(actions: list[Action], hook: str) -> list[Run]:
+    return [a for a in actions if isinstance(a, Run) and a.hook == hook]
+
+
+def emits(actions: list[Action], event: str) -> list[Emit]:
+    return [a for a in actions if isinstance(a, Emit) and a.event == event]
+
+
+def machine(node_id: str, resources: dict[str, dict[str, Any]] | None, *, master: bool = False,
+            budget: int = 1400, **kw: Any) -> tuple[FakeCluster, ResourceMachine]:
+    cluster = FakeCluster(node_id, master=master, budget=budget)
+    kw.setdefault("listen_rounds", 0)  # (listening first has a test of its own)
+    return cluster, ResourceMachine(cluster, resources=resources, **kw)
+
+
+def start_all(m: ResourceMachine, now: float, actions: list[Action]) -> list[Action]:
+    """Answer every start in ``actions`` with a handle ``h-<id>``; returns what that caused."""
+    out: list[Action] = []
+    for run in runs(actions, "start"):
+        out += m.hook_done(now, run.call, f"h-{run.args[0]['id']}", None)
+    return out
+
+
+def feed_plan(m: ResourceMachine, now: float, parts: list[dict[str, Any]], sender: str | None = None,
+              ) -> list[Action]:
+    """Deliver a plan's parts, sent by its master unless ``sender`` says otherwise."""
+    out: list[Action] = []
+    for part in parts:
+        out += m.message(now, sender or part["m"], part)
+    return out
+
+
+def test_a_lone_master_plans_splits_under_a_small_budget_and_starts_everything() -> None:
+    _, m = machine("a", ids(40), master=True, budget=120)
+    actions = m.started(0.0)
+    plans = sends(actions, "plan")
+    assert len(plans) > 1 and all(len(orjson.dumps(p)) <= 120 for p in plans)
+    assert {p["c"] for p in plans} == {len(plans)} and sorted(p["k"] for p in plans) == list(range(len(plans)))
+    assert sorted(r for p in plans for r in p["r"]) == sorted(ids(40))
+    assert sends(actions, "ack")[-1] == {"type": "ack", "e": 0, "m": "a"}  # applied at once
+    assert sorted(r.args[0]["id"] for r in runs(actions, "start")) == sorted(ids(40))
+    assert m.busy == frozenset(ids(40)) and m.owned == frozenset()
+    start_all(m, 0.1, actions)
+    assert m.owned == frozenset(ids(40)) and m.handles["r3"] == "h-r3" and m.stats["starts"] == 40
+    # A follower given those parts adopts the same assignment.
+    _, follower = machine("b", ids(40))
+    feed_plan(follower, 0.2, plans, sender="a")
+    assert follower.assignment == m.assignment and follower.epoch == 0
+
+
+def plan_parts(epoch: int, master: str, assignment: dict[str, str], key: str = "type") -> list[dict[str, Any]]:
+    by_node: dict[str, list[str]] = {}
+    for rid, node in sorted(assignment.items()):
+        by_node.setdefault(node, []).append(rid)
+    return [{key: "plan", "e": epoch, "m": master, "k": k, "c": len(by_node), "n": node, "r": rs}
+            for k, (node, rs) in enumerate(sorted(by_node.items()))]
+
+
+def test_the_highest_complete_plan_is_adopted() -> None:
+    _, m = machine("b", ids(2))
+    m.started(0.0)
+    newer = plan_parts(5, "x", {"r0": "b", "r1": "c"})
+    older = plan_parts(3, "x", {"r0": "c", "r1": "b"})
+    feed_plan(m, 0.1, newer[:1])  # incomplete: not adopted
+    assert m.epoch == -1
+    feed_plan(m, 0.2, older)
+    assert m.epoch == 3 and m.assignment == {"r0": "c", "r1": "b"}
+    feed_plan(m, 0.3, newer[1:])
+    assert m.epoch == 5 and m.assignment == {"r0": "b", "r1": "c"}
+    feed_plan(m, 0.4, plan_parts(4, "y", {"r0": "y", "r1": "y"}))  # older than what we hold
+    assert m.epoch == 5
+
+
+def test_a_new_owner_starts_only_after_the_old_owner_released() -> None:
+    ca, a = machine("a", ids(1))
+    cb, b = machine("b", ids(1))
+    ca.peers, cb.peers = {"b"}, {"a"}
+    a.started(0.0)
+    b.started(0.0)
+    first = plan_parts(1, "b", {"r0": "a"})  # b is master
+    feed_plan(b, 0.1, first, sender="b")
+    a.message(0.1, "b", {"type": "ack", "e": 1, "m": "b"})
+    start_all(a, 0.1, feed_plan(a, 0.1, first))
+    assert a.owned == {"r0"}
+    move = plan_parts(2, "b", {"r0": "b"})
+    out_b = feed_plan(b, 1.0, move)
+    assert runs(out_b, "start") == []  # a may still run it
+    out_a = feed_plan(a, 1.0, move)
+    (stop,) = runs(out_a, "stop")
+    assert stop.args == ("h-r0",) and sends(out_a, "ack") == []  # no ack before the stop returned
+    assert runs(b.message(1.1, "a", {"type": "ack", "e": 1, "m": "b"}), "start") == []  # an older plan's ack
+    out_a = a.hook_done(1.5, stop.call, None, None)
+    assert a.owned == frozenset() and emits(out_a, "resourceStopped")[0].args == ({"id": "r0"},)
+    (ack,) = sends(out_a, "ack")
+    assert ack == {"type": "ack", "e": 2, "m": "b"}
+    (start,) = runs(b.message(1.6, "a", ack), "start")
+    assert start.args == ({"id": "r0"},)
+
+
+def test_a_t_field_from_a_0_1_peer_is_read_too() -> None:
+    cb, b = machine("b", ids(1))
+    cb.peers = {"a"}
+    b.started(0.0)
+    b.message(0.1, "a", {"t": "ack", "e": 1, "m": "a"})
+    out = feed_plan(b, 0.2, plan_parts(2, "a", {"r0": "b"}, key="t"))
+    assert b.epoch == 2 and runs(out, "start") == []  # adopted; a acked only plan 1
+    assert runs(b.message(0.3, "a", {"t": "ack", "e": 2, "m": "a"}), "start")
+
+
+def test_close_stops_then_says_bye_and_the_bye_hands_over() -> None:
+    ca, a = machine("a", ids(2))
+    cb, b = machine("b", ids(2))
+    ca.peers, cb.peers = {"b"}, {"a"}
+    for m in (a, b):
+        m.started(0.0)
+    plan = plan_parts(1, "b", {"r0": "a", "r1": "b"})
+    feed_plan(b, 0.1, plan)
+    start_all(b, 0.1, b.message(0.1, "a", {"type": "ack", "e": 1, "m": "b"}))
+    a.message(0.1, "b", {"type": "ack", "e": 1, "m": "b"})
+    start_all(a, 0.1, feed_plan(a, 0.1, plan))
+    assert a.owned == {"r0"} and b.owned == {"r1"}
+    # b plans a's share onto itself, but a has not released it.
+    assert runs(feed_plan(b, 1.0, plan_parts(2, "b", {"r0": "b", "r1": "b"})), "start") == []
+    out = a.close(1.1)
+    assert a.closed and sends(out, "bye") == []
+    (stop,) = runs(out, "stop")
+    assert a.close_waits_for() == {stop.call}
+    a.hook_done(1.2, stop.call, None, None)
+    assert a.owned == frozenset() and a.close_waits_for() == frozenset()
+    (bye,) = sends(a.close_finished(1.3, False), "bye")
+    assert bye["type"] == "bye"
+    (start,) = runs(b.message(1.4, "a", bye), "start")
+    assert start.args == ({"id": "r0"},)
+    assert a.message(1.5, "b", {"type": "ack", "e": 9, "m": "b"}) == [] and a.next_deadline() is None
+
+
+def test_a_start_ending_during_close_is_stopped_before_the_bye() -> None:
+    _, m = machine("a", ids(1), master=True)
+    (start,) = runs(m.started(0.0), "start")
+    m.close(0.1)
+    assert m.close_waits_for() == {start.call}
+    out = m.hook_done(0.2, start.call, "h", None)
+    assert emits(out, "resourceStarted") and m.owned == {"r0"}
+    (stop,) = runs(out, "stop")
+    assert sends(m.close_finished(0.3, False)) == []  # the stop still runs: no bye yet
+    out = m.hook_done(0.4, stop.call, None, None)
+    assert m.owned == frozenset() and [d["type"] for d in sends(out)] == ["bye"]
+
+
+def test_close_cancels_health_checks_and_refreshes_in_flight() -> None:
+    _, m = machine("a", None, master=True, refresh_interval=10.0)
+    (refresh,) = runs(m.started(0.0), "resources")
+    out = m.close(0.5)
+    assert out == [Cancel(refresh.call)] and m.close_waits_for() == frozenset()
+    assert m.hook_done(0.6, refresh.call, [{"id": "x"}], None) == []
+
+
+def test_master_failover_moves_nothing() -> None:
+    names = ["a", "b", "c"]
+    clusters = {n: FakeCluster(n, master=(n == "c")) for n in names}
+    ms = {n: ResourceMachine(clusters[n], resources=ids(12)) for n in names}
+    for n in names:
+        clusters[n].peers = set(names) - {n}
+    for n in names:  # everyone hears everyone's presence
+        for other in names:
+            if other != n:
+                ms[n].message(0.0, other, {"type": "ack", "e": -1, "m": ""})
+    plans = sends(ms["c"].started(0.0), "plan")
+    assert set(ms["c"].assignment.values()) == set(names)
+    for n in "ab":
+        feed_plan(ms[n], 0.1, plans, sender="c")
+    before = ms["b"].assignment
+    clusters["c"].is_master, clusters["b"].is_master = False, True
+    ms["b"].promoted(1.0)
+    out = ms["b"].tick(1.0 + HELLO / 4)
+    assert ms["b"].epoch == 1 and ms["b"].assignment == before  # a new plan, the same owners
+    assert runs(out, "stop") == []
+
+
+def test_a_failed_start_is_retried_after_retry_delay() -> None:
+    _, m = machine("a", ids(1), master=True, retry_delay=0.5)
+    (start,) = runs(m.started(0.0), "start")
+    out = m.hook_done(0.1, start.call, None, RuntimeError("boom"))
+    (failed,) = emits(out, "resourceFailed")
+    assert failed.args[0] == {"id": "r0"} and str(failed.args[1]) == "boom" and m.stats["failures"] == 1
+    assert m.next_deadline() == pytest.approx(0.6)
+    assert runs(m.tick(0.3), "start") == []
+    assert runs(m.tick(0.6), "start")
+
+
+def test_an_unhealthy_resource_is_stopped_and_restarted() -> None:
+    _, m = machine("a", ids(1), master=True, has_healthcheck=True, health_interval=2.0, retry_delay=0.5)
+    start_all(m, 0.0, m.started(0.0))
+    assert m.next_deadline() == 1.0  # the round comes first
+    m.tick(1.0)
+    (check,) = runs(m.tick(2.0), "healthcheck")
+    assert check.args == ("h-r0",) and m.next_deadline() == 3.0  # no new health round while one runs
+    out = m.hook_done(2.1, check.call, None, RuntimeError("sick"))
+    (stop,) = runs(out, "stop")
+    out = m.hook_done(2.2, stop.call, None, None)
+    assert emits(out, "resourceStopped") and emits(out, "resourceFailed") and runs(out, "start") == []
+    assert m.owned == frozenset() and m.stats["stops"] == 1
+    assert runs(m.tick(2.7), "start")
+
+
+def test_an_id_too_long_for_a_plan_part_is_refused() -> None:
+    long_id = "x" * 200
+    with pytest.raises(ValueError, match=f"{long_id}.*budget 150"):
+        machine("a", {long_id: {"id": long_id}}, budget=150)
+    _, m = machine("a", None, master=True, budget=150)
+    (refresh,) = runs(m.started(0.0), "resources")
+    out = m.hook_done(0.1, refresh.call, [{"id": "ok"}, {"id": long_id}], None)
+    (error,) = emits(out, "error")
+    assert isinstance(error.args[0], ValueError) and long_id in str(error.args[0])
+    assert m.assignment == {"ok": "a"} and [r.args[0]["id"] for r in runs(out, "start")] == ["ok"]
+
+
+def test_a_budget_change_recuts_the_plan() -> None:
+    cluster, m = machine("a", ids(30), master=True, budget=1400)
+    out = m.started(0.0)
+    start_all(m, 0.0, out)
+    assert len(sends(out, "plan")) == 1
+    cluster.budget = 150  # e.g. set_key to node-discover's cipher
+    out = m.tick(HELLO)
+    plans = [p for p in sends(out, "plan") if p["e"] == 1]
+    assert len(plans) > 1 and all(len(orjson.dumps(p)) <= 150 for p in plans)
+    assert sorted(r for p in plans for r in p["r"]) == sorted(ids(30))
+    assert m.epoch == 1 and runs(out, "stop") == [] and m.owned == frozenset(ids(30))
+    assert [p["e"] for p in sends(m.tick(2 * HELLO), "plan")] == [1] * len(plans)  # repeated, not re-cut
+
+
+def test_resources_are_read_at_start_and_every_refresh_interval() -> None:
+    _, m = machine("a", None, master=True, refresh_interval=2.5)
+    (read,) = runs(m.started(0.0), "resources")
+    assert runs(m.tick(1.0), "resources") == []  # one read at a time
+    out = m.hook_done(1.1, read.call, [{"id": "a1"}], None)
+    assert [r.args for r in runs(out, "start")] == [({"id": "a1"},)]
+    assert runs(m.tick(2.0), "resources") == [] and runs(m.tick(4.0), "resources")
+
+
+def test_the_machine_is_deterministic() -> None:
+    def trace() -> list[Action]:
+        _, m = machine("a", ids(20), master=True, budget=200, has_healthcheck=True, health_interval=1.5)
+        out = m.started(0.0)
+        out += start_all(m, 0.1, out)
+        for now in (1.0, 1.5, 2.0):
+            out += m.tick(now)
+        out += m.message(2.1, "b", {"type": "ack", "e": 0, "m": "a"})
+        return out
+
+    assert trace() == trace()
+
+
+def test_a_newcomer_listens_first_and_waits_for_a_closing_manager_it_was_never_told_about() -> None:
+    """The gap the simulator found: a closing manager is named by no plan a newcomer adopts."""
+    ca, a = machine("a", ids(1))
+    ca.peers = {"m"}
+    start_all(a, 0.0, a.started(0.0))
+    a.message(0.1, "m", {"type": "ack", "e": 1, "m": "m"})
+    start_all(a, 0.1, feed_plan(a, 0.1, plan_parts(1, "m", {"r0": "a"})))
+    assert a.owned == {"r0"}
+    (stop,) = runs(a.close(1.0), "stop")  # a slow stop: a keeps saying it is closing meanwhile
+    assert a.next_deadline() == 1.0
+    (presence,) = sends(a.tick(1.0), "ack")
+    assert presence == {"type": "ack", "e": 1, "m": "m", "closing": True}
+    assert a.next_deadline() == 1.0 + HELLO
+
+    cn, n = machine("n", ids(1), listen_rounds=2)
+    cn.peers = {"a", "m"}
+    n.started(1.5)
+    move = plan_parts(2, "m", {"r0": "n"})  # the master plans without the closing a
+    n.message(1.55, "m", {"type": "ack", "e": 2, "m": "m"})
+    assert runs(feed_plan(n, 1.6, move), "start") == []  # listening: it has not heard everyone yet
+    n.message(2.0, "a", presence)  # heard within its first rounds
+    assert runs(n.tick(3.5), "start") == []  # a may still run r0
+    bye = sends(a.hook_done(4.0, stop.call, None, None) + a.close_finished(4.0, False), "bye")
+    assert bye and a.next_deadline() is None  # no more presence after the bye
+    (start,) = runs(n.message(4.1, "a", bye[0]), "start")
+    assert start.args == ({"id": "r0"},)
+
+
+def test_a_master_plans_without_a_closing_manager_at_once() -> None:
+    cm, m = machine("m", ids(4), master=True)
+    cm.peers = {"a"}
+    m.started(0.0)
+    m.message(0.1, "a", {"type": "ack", "e": -1, "m": ""})
+    m.tick(0.5)  # the debounced replan
+    assert set(m.assignment.values()) == {"m", "a"}
+    m.message(0.6, "a", {"type": "ack", "e": m.epoch, "m": "m", "closing": True})
+    m.tick(1.0)
+    assert set(m.assignment.values()) == {"m"}
+
+
+def test_a_master_outnumbered_by_a_plan_it_never_saw_plans_above_it() -> None:
+    """After a partition heals, the other side's demoted master holds a higher plan and ignores ours."""
+    cm, m = machine("m", ids(2), master=True)
+    cm.peers = {"x"}
+    m.started(0.0)
+    m.message(0.1, "x", {"type": "ack", "e": -1, "m": ""})
+    m.tick(0.5)
+    ours = m.epoch
+    assert ours >= 0
+    m.message(1.0, "x", {"type": "ack", "e": ours + 3, "m": "x"})  # applied on the other side
+    plans = sends(m.tick(1.5), "plan")
+    assert m.epoch == ours + 4 and plans and {p["e"] for p in plans} == {ours + 4}
