@@ -129,18 +129,6 @@ class BalancerSim(Sim):
         self.feed(idx, member.machine.close)
         self._maybe_finish_close(idx)
 
-    def partition(self, *groups: list[int]) -> None:
-        """Only members of the same group hear each other (the others form a group of their own)."""
-        for node in self.nodes:
-            node.segment = len(groups)
-        for label, group in enumerate(groups):
-            for idx in group:
-                self.nodes[idx].segment = label
-
-    def heal(self) -> None:
-        for node in self.nodes:
-            node.segment = 0
-
     def _link(self, src: int, dst: int) -> bool:
         return src == dst or self.loss <= 0 or self._loss_rng.random() >= self.loss
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,20 @@ class Sim:
         for dst, node in enumerate(self.nodes):
             if node.alive and node.segment == sender.segment and self.link(src, dst):
                 self._received(dst, node.core.datagram_received(self.now, datagram, sender.address))
+
+    # ---------------------------------------------------------------- faults
+    def partition(self, groups: Iterable[Iterable[int]]) -> None:
+        """Only nodes of the same group hear each other (nodes in no group form one of their own)."""
+        groups = [list(group) for group in groups]
+        for node in self.nodes:
+            node.segment = len(groups)
+        for label, members in enumerate(groups):
+            for idx in members:
+                self.nodes[idx].segment = label
+
+    def heal(self) -> None:
+        for node in self.nodes:
+            node.segment = 0
 
     # --------------------------------------------------------------- queries
     def masters(self) -> list[int]:

@@ -176,7 +176,7 @@ def _resource_fault(sim: BalancerSim, faults: Faults, weights: Iterator[int]) ->
     elif kind == "partition" and len(alive) > 1:
         cut = rng.randint(1, len(alive) - 1)
         shuffled = rng.sample(alive, len(alive))
-        sim.partition(shuffled[:cut])
+        sim.partition([shuffled[:cut]])
         faults.last_unsafe = sim.now
     elif kind == "heal":
         sim.heal()
@@ -262,7 +262,7 @@ def _task_fault(sim: BalancerSim, faults: Faults, add: Callable[[], None]) -> No
     elif kind == "loss":
         sim.loss = rng.choice([0.0, 0.05, 0.2, 0.5])
     elif kind == "partition" and len(alive) > 1:
-        sim.partition(rng.sample(alive, rng.randint(1, len(alive) - 1)))
+        sim.partition([rng.sample(alive, rng.randint(1, len(alive) - 1))])
     elif kind == "heal":
         sim.heal()
     else:

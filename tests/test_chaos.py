@@ -139,15 +139,6 @@ class ChaosSim(Sim):
         return [i for i in self.masters() if i != idx]
 
     # -------------------------------------------------------------- faults
-    def partition(self, groups: Iterable[Iterable[int]]) -> None:
-        for label, members in enumerate(groups):
-            for idx in members:
-                self.nodes[idx].segment = label
-
-    def heal(self) -> None:
-        for node in self.nodes:
-            node.segment = 0
-
     def freeze(self, idx: int) -> None:
         self.frozen.add(idx)
         self._scheduled.pop(idx, None)
