@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import threading
@@ -85,19 +86,20 @@ class HookPool:
                 result, error = fn(), None
             except BaseException as exc:
                 result, error = None, exc
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
                 loop.call_soon_threadsafe(settle, result, error)
 
         self.submit(job)
         return future
 
     def resize(self, size: int) -> None:
-        """Allow ``size`` threads from now on (threads above it end when their job does)."""
+        """Allow ``size`` threads from now on (threads above it end once no job waits)."""
         if size < 1:
             raise ValueError(f"a hook pool needs at least one thread, got {size}")
         with self._cond:
             self.size = size
             self._grow()
+            self._cond.notify_all()  # idle threads above the size end now
 
     def release_idle(self) -> None:
         """Idle threads end now, and from now on as soon as they run out of work (the owner closed).
@@ -122,7 +124,7 @@ class HookPool:
     def _work(self) -> None:
         with self._cond:
             while True:
-                if self._jobs and self._threads <= self.size:
+                if self._jobs:  # (a thread above a shrunk size finishes the work queued, then ends)
                     _, job = self._jobs.popitem(last=False)
                     self._idle -= 1
                     self._cond.release()
@@ -135,7 +137,7 @@ class HookPool:
                     self._idle += 1
                     continue
                 if self._threads > self.size or not self._cond.wait(self._linger):
-                    if self._jobs and self._threads <= self.size:
+                    if self._jobs:
                         continue  # work arrived as the wait ended
                     self._threads -= 1
                     self._idle -= 1

@@ -6,8 +6,11 @@ what :class:`~pydiscover.balancer.driver.Driver` feeds it at run time: channel
 messages, ``added``/``removed``/``promotion``, hook results and its own deadlines.
 User hooks take the time a *hook model* says and then return or raise; a crash takes
 the process (its hooks and what they ran) with it.  Faults are the simulator's:
-``crash``, ``stop_member`` (a graceful close, then the goodbye), partitions
-(``partition``/``heal``) and datagram loss (``loss``).
+``crash``, ``stop_member`` (a graceful close: like the driver, it waits for what
+``close_waits_for`` names, asked anew after every call, then says goodbye), ``bounce``
+(the discovery stops and starts again under a machine that lives on), partitions
+(``partition``/``heal``) and datagram loss (``loss``).  Not modelled: a close that gives
+up waiting (the driver's ``close_timeout``; the simulated hooks end well before it).
 
 Deterministic for a seed, so a failing seed replays exactly.
 """
@@ -19,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydiscover.balancer.machine import Action, Assigned, Cancel, Machine, Run, Send, Settle
+from pydiscover.balancer.machine import Action, Assigned, Cancel, Cancelled, Machine, Run, Send, Settle
 from pydiscover.config import Options
 from pydiscover.core import DiscoveryCore, Emit
 
@@ -78,6 +81,10 @@ class Member:
 
     machine: Machine
     alive: bool = True
+    #: Crashed: it said nothing more (a graceful stop ends with ``alive`` false and this false).
+    crashed: bool = False
+    #: Its discovery is stopped for a while (``bounce``): the machine lives on, told ``stopped``.
+    down: bool = False
     #: Closing gracefully: the calls its close waits for, then the goodbye and the core's stop.
     closing: bool = False
     events: list[tuple[float, str, tuple[Any, ...]]] = field(default_factory=list)
@@ -117,6 +124,7 @@ class BalancerSim(Sim):
         """The process dies: no goodbye, its hooks and what they ran are gone."""
         self.kill(idx)
         self.members[idx].alive = False
+        self.members[idx].crashed = True
         for key in [k for k in self.calls if k[0] == idx]:
             del self.calls[key]
 
@@ -129,6 +137,23 @@ class BalancerSim(Sim):
         self.feed(idx, member.machine.close)
         self._maybe_finish_close(idx)
 
+    def bounce(self, idx: int, down_for: float) -> None:
+        """Stop the member's discovery and start it again ``down_for`` later (same instance).
+
+        As the driver does for a machine that lives through a stop: ``stopped``, then every
+        call in flight reported cancelled, then ``started`` once the discovery runs again.
+        """
+        member = self.members[idx]
+        if not member.alive or member.closing or member.down:
+            return
+        member.down = True
+        self.feed(idx, member.machine.stopped)
+        for key in [k for k in self.calls if k[0] == idx]:
+            del self.calls[key]
+            self.feed(idx, member.machine.hook_done, key[1], None, Cancelled())
+        self.call(idx, self.nodes[idx].core.stop)
+        self._push(self.now + down_for, "start", idx)
+
     def _link(self, src: int, dst: int) -> bool:
         return src == dst or self.loss <= 0 or self._loss_rng.random() >= self.loss
 
@@ -138,8 +163,8 @@ class BalancerSim(Sim):
         return [i for i, m in self.members.items() if m.alive]
 
     def active(self) -> list[int]:
-        """Members running and not closing: what a fault may still hit, where work converges."""
-        return [i for i, m in self.members.items() if m.alive and not m.closing]
+        """Members running, not closing and not down: what a fault may still hit, where work converges."""
+        return [i for i, m in self.members.items() if m.alive and not m.closing and not m.down]
 
     def machine(self, idx: int) -> Any:
         return self.members[idx].machine
@@ -178,7 +203,7 @@ class BalancerSim(Sim):
                 self._push(self.now + took, "hook", (idx, action.call))
             elif isinstance(action, Cancel):
                 if self.calls.pop((idx, action.call), None) is not None:
-                    self.feed(idx, member.machine.hook_done, action.call, None, _Cancelled())
+                    self.feed(idx, member.machine.hook_done, action.call, None, Cancelled())
             elif isinstance(action, Settle):
                 member.settled.append((self.now, action))
             elif isinstance(action, Assigned):
@@ -198,6 +223,12 @@ class BalancerSim(Sim):
             if self._machine_due.get(payload) == at and self.members[payload].alive:
                 del self._machine_due[payload]
                 self.feed(payload, self.members[payload].machine.tick)
+        elif kind == "start":
+            member = self.members[payload]
+            if member.alive and member.down:
+                member.down = False
+                self.call(payload, self.nodes[payload].core.start)
+                self.feed(payload, member.machine.started)
         elif kind == "hook":
             call = self.calls.pop(payload, None)
             if call is not None:  # not crashed or cancelled meanwhile
@@ -240,10 +271,6 @@ class BalancerSim(Sim):
         member.alive = False
         for key in [k for k in self.calls if k[0] == idx]:  # blocking hooks nobody waits for end with the process
             del self.calls[key]
-
-
-class _Cancelled(Exception):
-    """What a cancelled call reports in the simulation (the runtime reports ``asyncio.CancelledError``)."""
 
 
 __all__ = ["BalancerSim", "CoreView", "HookCall", "HookModel", "Member"]

@@ -10,8 +10,10 @@ milliseconds.  Checked after every step of the simulation:
   time when the faults so far are crashes, stops and slow hooks (the safe-to-start rule
   covers them), and from a bounded time after the last loss or partition otherwise;
   after the faults end, every resource runs exactly once with an even spread.
-* TaskBalancer: every task a live submitter submitted ends exactly once (a result, a
-  failure or a timeout), never twice.
+* TaskBalancer: every task submitted by a member that did not crash (a crash takes its
+  futures with it) ends exactly once (a result, a failure, a timeout or an abandon on
+  stop or close), never twice; members also stop and restart their discovery under a
+  living balancer.
 
 ``PYDISCOVER_SIM_SEEDS`` sets how many seeds (200 by default; the long form is 10,000),
 ``PYDISCOVER_SIM_SEED`` replays one.  A failure names its seed.
@@ -204,7 +206,8 @@ def tasks_scenario(seed: int) -> None:
         return TaskMachine(view, strategy=strategy, rng=random.Random(rng.random()))
 
     sim = BalancerSim(make, hooks, seed=seed)
-    faults = Faults(rng, ("crash", "restart", "stop", "master_crash", "loss", "partition", "heal"))
+    faults = Faults(rng, ("crash", "restart", "stop", "bounce", "master_crash", "master_stop", "master_bounce",
+                          "loss", "partition", "heal"))
     submitted: dict[int, list[int]] = {}  # submitter -> task ids
 
     def add() -> None:
@@ -213,7 +216,8 @@ def tasks_scenario(seed: int) -> None:
 
     for _ in range(rng.randint(2, 5)):
         add()
-    sim.after_step = lambda: check_settled_once(sim, submitted, final=False)
+    settled_once = SettledOnce(sim, submitted)
+    sim.after_step = settled_once
     t = 1.0
     next_fault = iter(faults.times())
     fault_at = next(next_fault, FAULTS_END)
@@ -222,8 +226,8 @@ def tasks_scenario(seed: int) -> None:
         if t >= fault_at:
             _task_fault(sim, faults, add)
             fault_at = next(next_fault, FAULTS_END)
-        for idx in sim.alive():
-            if sim.nodes[idx].core.is_master and not sim.members[idx].closing:
+        for idx in sim.active():
+            if sim.nodes[idx].core.is_master:
                 for _ in range(rng.randint(0, 3)):
                     key = str(rng.randint(0, 50)).encode()
                     task_id = sim.feed(idx, sim.machine(idx).submit, rng.randint(0, 1000), timeout, attempts, key)
@@ -232,30 +236,54 @@ def tasks_scenario(seed: int) -> None:
     sim.loss = 0.0
     sim.heal()
     sim.run_until(FAULTS_END + timeout * (attempts + 1) + 5 * TIMINGS["node_timeout"])
-    check_settled_once(sim, submitted, final=True)
+    settled_once(final=True)
 
 
-def check_settled_once(sim: BalancerSim, submitted: dict[int, list[int]], *, final: bool) -> None:
-    for idx, member in sim.members.items():
-        ended = Counter(settle.task_id for _, settle in member.settled)
-        twice = [task_id for task_id, n in ended.items() if n > 1]
-        assert not twice, f"n{idx}: tasks {twice} ended twice"
-        unknown = set(ended) - set(submitted.get(idx, []))
-        assert not unknown, f"n{idx}: tasks {sorted(unknown)} ended without being submitted"
-        if final and member.alive:
-            missing = set(submitted.get(idx, [])) - set(ended)
-            assert not missing, f"n{idx}: tasks {sorted(missing)} never ended"
-            assert sim.machine(idx).pending == 0
+class SettledOnce:
+    """Every task ends at most once, and (``final``) every task of a member that did not crash ended.
+
+    Incremental: each call looks only at the settlements since the last one.
+    """
+
+    def __init__(self, sim: BalancerSim, submitted: dict[int, list[int]]) -> None:
+        self.sim, self.submitted = sim, submitted
+        self.ended: dict[int, set[int]] = {}
+        self.checked: dict[int, int] = {}
+
+    def __call__(self, *, final: bool = False) -> None:
+        for idx, member in self.sim.members.items():
+            ended = self.ended.setdefault(idx, set())
+            new = member.settled[self.checked.get(idx, 0):]
+            self.checked[idx] = len(member.settled)
+            for _, settle in new:
+                assert settle.task_id not in ended, f"n{idx}: task {settle.task_id} ended twice"
+                ended.add(settle.task_id)
+            if new:
+                unknown = ended - set(self.submitted.get(idx, []))
+                assert not unknown, f"n{idx}: tasks {sorted(unknown)} ended without being submitted"
+            if final and not member.crashed:  # (a crash takes its futures with it)
+                missing = set(self.submitted.get(idx, [])) - ended
+                assert not missing, f"n{idx}: tasks {sorted(missing)} never ended"
+                assert self.sim.machine(idx).pending == 0
 
 
 def _task_fault(sim: BalancerSim, faults: Faults, add: Callable[[], None]) -> None:
     rng, alive = faults.rng, sim.active()
     kind = rng.choice(faults.kinds)
     masters = [i for i in alive if sim.nodes[i].core.is_master]
-    if kind in ("crash", "stop") and len(alive) > 1:
-        (sim.crash if kind == "crash" else sim.stop_member)(rng.choice(alive))
-    elif kind == "master_crash" and masters and len(alive) > 1:
-        sim.crash(masters[0])
+    if kind in ("crash", "stop", "bounce", "master_crash", "master_stop", "master_bounce") and len(alive) > 1:
+        if kind.startswith("master_"):
+            if not masters:
+                return
+            victim = masters[0]
+        else:
+            victim = rng.choice(alive)
+        if kind.endswith("crash"):
+            sim.crash(victim)
+        elif kind.endswith("stop"):
+            sim.stop_member(victim)
+        else:  # its discovery stops and starts again; the balancer lives on
+            sim.bounce(victim, rng.uniform(0.1, 3 * TIMINGS["node_timeout"]))
     elif kind == "restart" or len(alive) < 2:
         kind = "restart"
         add()
@@ -271,12 +299,52 @@ def _task_fault(sim: BalancerSim, faults: Faults, add: Callable[[], None]) -> No
 
 
 # ---------------------------------------------------------------------- tests
+#: Long forms run longer than the suite's default timeout allows.
+SCALED_TIMEOUT = pytest.mark.timeout(max(180.0, 60 + 0.5 * len(seeds())))
+
+
+@SCALED_TIMEOUT
 def test_resource_ownership_is_exclusive_and_converges_evenly() -> None:
     run_seeds(resources_scenario)
 
 
+@SCALED_TIMEOUT
 def test_every_task_ends_exactly_once() -> None:
     run_seeds(tasks_scenario)
+
+
+def newcomer_during_a_slow_close(listen_rounds: int) -> None:
+    """A manager closes with slow stops; a newcomer joins meanwhile and is given its share."""
+    resources = {f"r{i}": {"id": f"r{i}"} for i in range(6)}
+
+    def hooks(node: int, hook: str, args: tuple[Any, ...]) -> tuple[float, Any, BaseException | None]:
+        return (3.0 if hook == "stop" else 0.05), f"h:{args[0]['id']}" if hook == "start" else None, None
+
+    def make(view: CoreView) -> ResourceMachine:
+        return ResourceMachine(view, resources=resources, listen_rounds=listen_rounds)
+
+    sim = BalancerSim(make, hooks, seed=1)
+    faults = Faults(random.Random(1), ())
+    master = sim.add_member(weight=10, **TIMINGS)
+    leaver = sim.add_member(**TIMINGS)
+    sim.run_until(10.0)
+    assert sim.machine(leaver).owned, "the leaver runs its share before it closes"
+    sim.after_step = lambda: check_one_owner(sim, True, faults)
+    sim.stop_member(leaver)
+    sim.run_until(10.3)
+    sim.add_member(**TIMINGS)
+    sim.run_until(30.0)
+    assert sorted(rid for idx in sim.alive() for rid in sim.machine(idx).owned) == sorted(resources)
+    assert master in sim.alive()
+
+
+def test_a_newcomer_never_starts_what_a_closing_manager_still_stops() -> None:
+    newcomer_during_a_slow_close(listen_rounds=2)
+
+
+def test_without_listening_first_the_newcomer_would_run_a_resource_twice() -> None:
+    with pytest.raises(AssertionError, match="run on both"):
+        newcomer_during_a_slow_close(listen_rounds=0)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -167,7 +168,7 @@ async def test_cancel_interrupts_coroutines_and_is_reported_once() -> None:
     await a.start()
     driver.feed(machine.message, "x", {"work": 1})
     await driver.close()  # waits for the cancelled coroutine to unwind, not for its 30 s
-    assert machine.log[-1] == ("done", (None, "CancelledError"))
+    assert machine.log[-1] == ("done", (None, "Cancelled"))
     assert machine.closed_with is False
     await a.stop()
 
@@ -199,3 +200,63 @@ def test_a_driver_refuses_a_channel_already_joined() -> None:
     d.join("echo")
     with pytest.raises(ValueError, match="'echo' is taken"):
         Driver(d, Echo(d.engine), {}, join_error="{channel!r} is taken")
+
+
+def test_a_shrunk_pool_still_runs_new_jobs_at_once_and_sheds_its_idle_threads() -> None:
+    pool = HookPool(4)
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+
+    def blocker() -> None:
+        started.release()
+        gate.wait(5)
+
+    for _ in range(4):
+        pool.submit(blocker)
+    for _ in range(4):
+        assert started.acquire(timeout=3)
+    gate.set()
+    eventually(lambda: pool.threads == 4, 3, "four threads, idle")
+    pool.resize(1)
+    eventually(lambda: pool.threads == 1, 3, "the idle threads above the new size ended")
+    ran = threading.Event()
+    pool.submit(ran.set)
+    assert ran.wait(3)  # not after the idle timeout
+
+
+class StartThenStop(Echo):
+    """A start ending during the close is answered by a stop: the close must wait for it too."""
+
+    closing = False
+
+    def close(self, now: float) -> list[Action]:
+        self.closing = True
+        return []
+
+    def hook_done(self, now: float, call: int, value: Any, error: BaseException | None) -> list[Action]:
+        self.in_flight.discard(call)
+        self.log.append(("done", value))
+        return [self._run("stop")] if value == "started" and self.closing else []
+
+
+async def test_close_asks_again_what_to_wait_for_until_nothing_is_left() -> None:
+    a = AsyncDiscovery(transport=MemoryTransport(MemoryBus()), **QUICK)
+    stop_ended = threading.Event()
+
+    def start() -> str:
+        time.sleep(0.2)
+        return "started"
+
+    def stop() -> str:
+        time.sleep(0.3)
+        stop_ended.set()
+        return "stopped"
+
+    machine = StartThenStop(a.engine)
+    driver = Driver(a, machine, {"start": start, "stop": stop})
+    await a.start()
+    driver.feed(lambda now: [machine._run("start")])
+    await driver.close()
+    assert stop_ended.is_set() and machine.closed_with is False
+    assert [entry for entry in machine.log if entry[0] == "done"] == [("done", "started"), ("done", "stopped")]
+    await a.stop()

@@ -31,7 +31,7 @@ from ..core import Emit
 from ..discovery import AsyncDiscovery, Discovery
 from ..errors import PacketTooLarge
 from ..node import Node, Packet
-from .machine import Action, Cancel, Machine, Run, Send
+from .machine import Action, Cancel, Cancelled, Machine, Run, Send, message_kind
 
 log = logging.getLogger("pydiscover.balancer.driver")
 
@@ -83,7 +83,8 @@ class _Call:
 class Driver:
     """Feeds ``machine`` from ``discovery`` and carries its actions out; see the module docstring.
 
-    Built from any thread, before or after the discovery starts: it joins
+    Built before or after the discovery starts (from any thread for a ``Discovery``, on
+    the loop's thread for a running ``AsyncDiscovery``): it joins
     ``machine.channel`` at once (``ValueError(join_error)`` if it cannot).  With
     ``close_on_stop`` the discovery's stop closes the machine before the goodbye (what
     it holds is released before peers take it over); without, the machine is told
@@ -222,7 +223,7 @@ class Driver:
                 entry.task.cancel()
             else:
                 self._pool.cancel(call)
-            self._report(call, None, asyncio.CancelledError())
+            self._report(call, None, Cancelled())
 
     def _on_added(self, node: Node) -> None:
         self._event(self.machine.node_added, node.id)
@@ -282,7 +283,7 @@ class Driver:
         try:
             self.engine.send(self.machine.channel, data)
         except (PacketTooLarge, TypeError):
-            log.exception("could not send a %r message on %r", _kind(data), self.machine.channel)
+            log.exception("could not send a %r message on %r", message_kind(data), self.machine.channel)
 
     def _run(self, action: Run) -> None:
         fn = self._hooks.get(action.hook)
@@ -317,12 +318,12 @@ class Driver:
     def _settle_plain(self, call: int, loop: asyncio.AbstractEventLoop | None, value: Any,
                       error: BaseException | None) -> None:
         """A plain hook returned: an awaitable it returned is awaited on the loop first."""
-        if error is None and inspect.isawaitable(value) and call in self._calls:
-            if loop is not None and loop.is_running():
+        if error is None and inspect.isawaitable(value):
+            if call in self._calls and loop is not None and loop.is_running():
                 self._await(call, loop, value)
                 return
             if inspect.iscoroutine(value):
-                value.close()  # no loop to run it on (never awaited otherwise: a warning at exit)
+                value.close()  # nobody to run it for (never awaited otherwise: a warning at exit)
             value, error = None, RuntimeError("the hook returned an awaitable and the discovery's loop is gone")
         self._report(call, value, error)
 
@@ -333,7 +334,7 @@ class Driver:
             if task.cancelled():  # perhaps before it began: then the awaitable never ran
                 if inspect.iscoroutine(awaitable):
                     awaitable.close()
-                self._report(call, None, asyncio.CancelledError())
+                self._report(call, None, Cancelled())
             else:
                 self._report(call, *task.result())
 
@@ -346,9 +347,9 @@ class Driver:
             return
         entry.cancelled = True
         if entry.task is not None:
-            entry.task.cancel()  # it reports the CancelledError as it unwinds
+            entry.task.cancel()  # it reports the cancellation as it unwinds
         elif self._pool.cancel(call):
-            self._report(call, None, asyncio.CancelledError())
+            self._report(call, None, Cancelled())
 
     def _report(self, call: int, value: Any, error: BaseException | None) -> None:
         """Hand a call's outcome to the machine, once."""
@@ -383,26 +384,37 @@ class Driver:
         for event, handler in self._listeners:
             self.engine.remove_listener(event, handler)
         self.engine.leave(self.machine.channel)  # nothing more to hear; a goodbye needs no membership
+        waits = self._close_waits()
+        if waits and self._live_loop() is not None:
+            self._close_task = asyncio.ensure_future(self._finish_close(), loop=self.engine.loop)
+            return self._close_task
+        self._finish_close_now(gave_up=bool(waits))
+        return FINISHED
+
+    def _close_waits(self) -> list[asyncio.Future[Any]]:
+        """What the close still waits for: the machine's answer, asked anew (a start that
+        ends during the close adds the stop that releases it)."""
         waits: list[asyncio.Future[Any]] = []
         for call in self.machine.close_waits_for():
             entry = self._calls.get(call)
             if entry is None or entry.done is None or (entry.cancelled and entry.task is None):
                 continue  # reported already, or a blocking hook nobody can interrupt: not waited for
             waits.append(entry.task if entry.task is not None else entry.done)
-        if waits and self._live_loop() is not None:
-            self._close_task = asyncio.ensure_future(self._finish_close(waits), loop=self.engine.loop)
-            return self._close_task
-        self._finish_close_now(gave_up=bool(waits))
-        return FINISHED
+        return waits
 
-    async def _finish_close(self, waits: list[asyncio.Future[Any]]) -> None:
-        gave_up = True  # unless the wait ends normally
+    async def _finish_close(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
+        gave_up = True  # unless the waiting ends normally
         try:
-            _, late = await asyncio.wait(waits, timeout=self.close_timeout)
-            gave_up = bool(late)
-            if late:
-                log.warning("%d hook(s) of %r still running %.0fs into close; going on without them",
-                            len(late), self.machine.channel, self.close_timeout)
+            while waits := self._close_waits():
+                left = deadline - loop.time()
+                if left <= 0:
+                    log.warning("%d hook(s) of %r still running %.0fs into close; going on without them",
+                                len(waits), self.machine.channel, self.close_timeout)
+                    return
+                await asyncio.wait(waits, timeout=left)
+            gave_up = False
         finally:
             self._finish_close_now(gave_up=gave_up)
 
@@ -427,8 +439,6 @@ async def _outcome(awaitable: Awaitable[Any]) -> tuple[Any, BaseException | None
         return None, exc
 
 
-def _kind(data: Any) -> Any:
-    return data.get("type", data.get("t")) if isinstance(data, dict) else type(data).__name__
 
 
 __all__ = ["FINISHED", "Driver", "HookPool", "is_coroutine_function", "running_loop"]

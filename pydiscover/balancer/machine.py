@@ -57,6 +57,22 @@ class Cluster(Protocol):
         ...
 
 
+class Cancelled(BaseException):
+    """What ``hook_done`` reports for a call cancelled or abandoned before it answered.
+
+    A ``BaseException``, like :class:`asyncio.CancelledError`: no failure of the hook.
+    Drivers report this for every cancellation, whatever its cause, so a machine needs
+    no ``asyncio`` to recognise one.
+    """
+
+
+def message_kind(data: Any) -> Any:
+    """A balancer message's kind: its ``"type"`` (or ``"t"``, from a 0.1 resource manager)."""
+    if not isinstance(data, dict):
+        return None
+    return data["type"] if "type" in data else data.get("t")
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
     """Broadcast ``data`` (JSON) on the machine's channel."""
@@ -193,5 +209,6 @@ class Machine:
 
 
 __all__ = [
-    "Action", "Assigned", "Cancel", "Cluster", "Emit", "Machine", "Run", "Send", "Settle", "check_fits", "json_size",
+    "Action", "Assigned", "Cancel", "Cancelled", "Cluster", "Emit", "Machine", "Run", "Send", "Settle", "check_fits",
+    "json_size", "message_kind",
 ]

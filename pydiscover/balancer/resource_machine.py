@@ -42,7 +42,7 @@ from typing import Any
 
 from .. import wire
 from .assignment import rebalance
-from .machine import Action, Cancel, Cluster, Emit, Machine, Run, Send, json_size
+from .machine import Action, Cancel, Cluster, Emit, Machine, Run, Send, json_size, message_kind
 
 log = logging.getLogger("pydiscover.balancer.resources")
 
@@ -68,11 +68,6 @@ def validate_resources(items: Any) -> dict[str, Resource]:
             raise ValueError(f"duplicate resource id {item['id']!r}")
         out[item["id"]] = item
     return out
-
-
-def _kind(data: dict[str, Any]) -> Any:
-    """A message's kind: ``"type"``, or ``"t"`` from a 0.1 peer."""
-    return data["type"] if "type" in data else data.get("t")
 
 
 class _Call:
@@ -273,7 +268,7 @@ class ResourceMachine(Machine):
         if not isinstance(data, dict) or self._closed:
             return []
         self._presence[sender] = now
-        kind = _kind(data)
+        kind = message_kind(data)
         try:
             key: PlanKey = (int(data["e"]), str(data["m"]))
         except (KeyError, TypeError, ValueError):

@@ -36,7 +36,7 @@ import orjson
 
 from ..errors import DiscoveryError, PacketTooLarge
 from .assignment import rendezvous
-from .machine import Action, Assigned, Cancel, Cluster, Machine, Run, Send, Settle, check_fits
+from .machine import Action, Assigned, Cancel, Cancelled, Cluster, Machine, Run, Send, Settle, check_fits
 
 log = logging.getLogger("pydiscover.balancer.tasks")  # the runtime's name: log filters keep working
 
@@ -308,7 +308,7 @@ class TaskMachine(Machine):
         if job is None or self.closed:
             return []  # cancelled (close, stop): nobody waits for its answer
         submitter, task_id, attempt = job
-        if error is not None and type(error).__name__ == "CancelledError":
+        if isinstance(error, Cancelled):
             actions: list[Action] = []  # cancelled by someone else: silence, so the master reassigns it
         elif error is not None:
             log.debug("task %s from %s raised", task_id, submitter, exc_info=error)
