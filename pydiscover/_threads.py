@@ -7,8 +7,8 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
+import queue
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -41,6 +41,12 @@ class HookPool:
     interpreter from exiting (``ThreadPoolExecutor`` threads are joined at exit, before
     the goodbye is sent).  Queued jobs can be withdrawn (:meth:`cancel`) until a thread
     takes them; idle threads end after :data:`IDLE_THREAD_SECONDS`.
+
+    Threads wait on a ``queue.SimpleQueue`` of job keys (C code: a hand-off costs a few
+    microseconds, where a ``threading.Condition`` costs several times that); the jobs sit
+    in a dict beside it, so withdrawing one is a ``pop``.  The counters say whether a job
+    needs a new thread: ``_idle`` threads wait unclaimed, ``_unclaimed`` jobs wait for a
+    busy thread to finish.
     """
 
     def __init__(self, size: int, name: str = "pydiscover-hook") -> None:
@@ -48,10 +54,12 @@ class HookPool:
             raise ValueError(f"a hook pool needs at least one thread, got {size}")
         self.size = size
         self._name = name
-        self._jobs: OrderedDict[int, Callable[[], None]] = OrderedDict()
-        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # None: end, one thread
+        self._jobs: dict[int, Callable[[], None]] = {}
+        self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
+        self._unclaimed = 0
         self._linger = IDLE_THREAD_SECONDS
         self._keys = itertools.count(-1, -1)  # generated keys are negative: callers' own are not
 
@@ -62,11 +70,20 @@ class HookPool:
 
     def submit(self, job: Callable[[], None], key: int | None = None) -> int:
         """Queue ``job`` (under ``key``, unique among queued jobs, or a new one); a thread starts if none is free."""
-        with self._cond:
+        start = False
+        with self._lock:
             key = next(self._keys) if key is None else key
             self._jobs[key] = job
-            self._grow()
-            self._cond.notify()
+            if self._idle:
+                self._idle -= 1  # that thread is this job's
+            elif self._threads < self.size:
+                self._threads += 1
+                start = True
+            else:
+                self._unclaimed += 1  # the next thread to finish takes it
+        self._queue.put(key)
+        if start:
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
         return key
 
     def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -96,49 +113,62 @@ class HookPool:
         """Allow ``size`` threads from now on (threads above it end once no job waits)."""
         if size < 1:
             raise ValueError(f"a hook pool needs at least one thread, got {size}")
-        with self._cond:
+        with self._lock:
             self.size = size
-            self._grow()
-            self._cond.notify_all()  # idle threads above the size end now
+            more = min(self._unclaimed, size - self._threads)
+            if more > 0:  # queued jobs get the threads they waited for
+                self._unclaimed -= more
+                self._threads += more
+            fewer = min(self._idle, self._threads - size)
+            self._end_idle(max(fewer, 0))
+        for _ in range(max(more, 0)):
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
 
     def release_idle(self) -> None:
         """Idle threads end now, and from now on as soon as they run out of work (the owner closed).
 
         Jobs submitted later still run: a closing owner may still need one (a stop hook).
         """
-        with self._cond:
+        with self._lock:
             self._linger = 0.0
-            self._cond.notify_all()
+            self._end_idle(self._idle)
 
     def cancel(self, key: int) -> bool:
         """Withdraw a queued job; ``False`` if a thread already took it (or it never was)."""
-        with self._cond:
+        with self._lock:
             return self._jobs.pop(key, None) is not None
 
-    def _grow(self) -> None:  # holding the lock
-        while len(self._jobs) > self._idle and self._threads < self.size:
-            self._threads += 1
-            self._idle += 1  # counted idle until it takes a job, so one job starts one thread
-            threading.Thread(target=self._work, name=self._name, daemon=True).start()
+    def _end_idle(self, count: int) -> None:  # holding the lock
+        """``count`` idle threads end: they are uncounted now and each takes one ``None``."""
+        self._idle -= count
+        self._threads -= count
+        for _ in range(count):
+            self._queue.put(None)
 
     def _work(self) -> None:
-        with self._cond:
-            while True:
-                if self._jobs:  # (a thread above a shrunk size finishes the work queued, then ends)
-                    _, job = self._jobs.popitem(last=False)
-                    self._idle -= 1
-                    self._cond.release()
-                    try:
-                        job()  # jobs catch the hook's exceptions themselves; this is a last resort
-                    except BaseException:
-                        log.exception("hook job failed")
-                    finally:
-                        self._cond.acquire()
-                    self._idle += 1
-                    continue
-                if self._threads > self.size or not self._cond.wait(self._linger):
-                    if self._jobs:
-                        continue  # work arrived as the wait ended
-                    self._threads -= 1
-                    self._idle -= 1
+        while True:
+            try:
+                key = self._queue.get(timeout=self._linger)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # nobody claimed this thread meanwhile: it ends
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                continue  # a job was queued for it as the wait ended
+            if key is None:
+                return  # counted out already (_end_idle)
+            job = self._jobs.pop(key, None)  # None: withdrawn (a pop is atomic: cancel's or ours wins)
+            if job is not None:
+                try:
+                    job()  # jobs catch the hook's exceptions themselves; this is a last resort
+                except BaseException:
+                    log.exception("hook job failed")
+            with self._lock:
+                if self._unclaimed:
+                    self._unclaimed -= 1  # a queued job is this thread's next
+                elif self._threads > self.size:
+                    self._threads -= 1  # the pool shrank: this one ends
                     return
+                else:
+                    self._idle += 1

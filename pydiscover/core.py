@@ -113,6 +113,7 @@ class DiscoveryCore:
         self._report_unchanged = report_unchanged_hellos
         self._last_was_message = False
         self._codec = options.codec
+        self._budgets: dict[str, int] = {}  # max_payload per packet name, for this codec
         self._wall_offset = 0.0
         # While our own link to the cluster is down (a broker transport lost its server),
         # peers' silence is not evidence they died: no removals, no elections.
@@ -350,6 +351,7 @@ class DiscoveryCore:
         self._receive_limit = self._receive_limit_for(codec)
         self._replay.retention = self._replay_retention(codec)
         self._repeats.clear()  # what the old keys opened, the new ones may not
+        self._budgets.clear()
 
     def advertise(self, advertisement: Any) -> None:
         """Set what goes out with every hello (the next one included); checked for size now.
@@ -524,7 +526,17 @@ class DiscoveryCore:
         return raw
 
     def max_payload(self, event: str) -> int:
-        """The largest JSON text (bytes) of ``data`` that a packet named ``event`` can carry."""
+        """The largest JSON text (bytes) of ``data`` that a packet named ``event`` can carry.
+
+        Asked for every message a layer checks before promising it, so remembered per
+        name until the codec changes (the only other input that can change).
+        """
+        budget = self._budgets.get(event)
+        if budget is None:
+            budget = self._budgets[event] = self._compute_max_payload(event)
+        return budget
+
+    def _compute_max_payload(self, event: str) -> int:
         limit = self.options.max_datagram
         low, high = 0, limit  # the largest plaintext whose sealed form fits (codecs grow monotonically)
         while low < high:

@@ -120,7 +120,6 @@ class Driver:
         self._inline = False  # plain hooks run on the caller's thread (during close(inline=True))
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._close_task: asyncio.Future[None] | None = None
         self._listeners: list[tuple[str, Callable[..., Any]]] = [
             ("started", self._on_started),
@@ -243,18 +242,22 @@ class Driver:
             self.engine.emit("error", exc)
 
     def _rearm(self) -> None:
-        """One timer, at the machine's next deadline, while the discovery runs."""
-        loop = self.engine.loop
-        deadline = self.machine.next_deadline() if self.engine.running else None
-        if deadline is None or loop is None or not loop.is_running():
-            self._cancel_timer()
+        """One timer, at the machine's next deadline, while the discovery runs.
+
+        Runs after every input, so the common case comes first: a timer armed no later
+        than the deadline stays (an early wake-up finds nothing due and re-arms).  A stop
+        cancels the timer, so one armed on a loop that is gone is never kept.
+        """
+        deadline = self.machine.next_deadline()
+        armed = self._timer_at
+        if armed is not None and deadline is not None and armed <= deadline:
             return
-        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline \
-                and self._timer_loop is loop:
-            return  # armed no later: an early wake-up finds nothing due and re-arms
         self._cancel_timer()
+        loop = self.engine.loop
+        if deadline is None or loop is None or not loop.is_running() or not self.engine.running:
+            return
         self._timer = loop.call_at(deadline, self._wake)
-        self._timer_at, self._timer_loop = deadline, loop
+        self._timer_at = deadline
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -110,7 +110,8 @@ class ResourceManager:
         Returns an awaitable that completes once everything is released.  On the
         discovery's loop thread (a coroutine of an ``AsyncDiscovery``, a handler of a
         ``Discovery``) this call must not block the loop, so it does at once what needs
-        no waiting: the manager is closed, its rounds cancelled, the channel left, and a
+        no waiting: the manager is closed, its rounds end (until its ``bye`` it only says,
+        every round, that it is closing), the channel is left, and a
         plain ``stop`` hook runs right here for each resource not mid-start or mid-stop,
         so ``owned`` is empty on return.  What needs waiting (coroutine ``stop`` hooks,
         starts and stops in flight, then the ``bye``) is left to the returned task: await
