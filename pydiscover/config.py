@@ -47,6 +47,9 @@ class Options:
     multicast_ttl: int = 1
     interface: str | None = None
     unicast: tuple[Endpoint, ...] = ()
+    #: Send to every peer heard from, not only to ``unicast`` (resolved: on in unicast mode
+    #: unless set; see :class:`~pydiscover.discovery.AsyncDiscovery`).
+    learn_peers: bool = False
     masters_required: int = 1
     weight: float = 0.0
     client: bool = False

@@ -27,16 +27,22 @@ from ._threads import run_coro_with_timeout
 from .core import Action, DiscoveryCore, Emit
 from .errors import TransportError
 from .events import SafeEmitter
-from .node import Node
+from .node import Node, Packet
 from .options import (
     Encryption,
+    Endpoint,
     Options,
     build_options,
     document_options,
     engine_options,
     explains_unknown_options,
+    parse_destination,
     parse_unicast,
 )
+from .peerbook import MAX_LEARNED as MAX_LEARNED  # re-exported: read at each node's creation
+from .peerbook import MAX_PENDING as MAX_PENDING
+from .peerbook import PEERS_CHANNEL as PEERS_CHANNEL
+from .peerbook import DestinationsChanged, PeerAction, PeerBook
 from .security import Codec, Secret, make_codec
 from .transports.base import Address, Transport
 from .transports.udp import UdpTransport
@@ -71,6 +77,13 @@ STOP_TIMEOUT = 60.0
 
 #: At most one ``error`` event per transport error reason in this many seconds.
 ERROR_REPORT_INTERVAL = 5.0
+
+_PEER_EVENTS = frozenset({"added", "removed", "nodeUpdated", PEERS_CHANNEL})
+
+
+def _endpoint_text(endpoint: Endpoint) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _ErrorReports:
@@ -190,6 +203,7 @@ class AsyncDiscovery:
         multicast_ttl: int = Options.multicast_ttl,
         interface: str | None = None,
         unicast: str | Sequence[str] | None = None,
+        learn_peers: bool | None = None,
         key: Secret | Sequence[Secret] | None = None,
         encryption: Encryption | None = None,
         replay_window: float = Options.replay_window,
@@ -224,6 +238,19 @@ class AsyncDiscovery:
         #: Awaited at the start of stop(), before the goodbye (layers such as the balancer).
         self._before_stop: list[Callable[[], Awaitable[None]]] = []
         self._transport_errors = _ErrorReports()
+        #: Destinations and learned peers; ``None`` on a transport that reaches every member by itself.
+        self._book: PeerBook | None = None
+        if self._transport.supports_destinations:
+            self._book = PeerBook(
+                self.options.unicast, self.options.learn_peers, node_timeout=self.options.node_timeout,
+                max_learned=MAX_LEARNED, max_pending=MAX_PENDING,
+            )
+            # Joined even when not learning: a learning peer's question is then answered
+            # or ignored here, not counted as a message on an unknown channel.
+            self._core.join(PEERS_CHANNEL)
+        elif self.options.learn_peers:
+            log.debug("learn_peers: %s reaches every member by itself, nothing to learn",
+                      type(self._transport).__name__)
         self._init_layer()
 
     def _init_layer(self) -> None:
@@ -251,6 +278,8 @@ class AsyncDiscovery:
         self._transport.set_error_listener(self._transport_error)
         await self._transport.open(self._datagram_received)
         self._loop = loop
+        if self._book is not None:
+            self._book.start(self._transport.local_address)
         self._apply(self._core.start(loop.time(), time.time()))
         self._emitter.emit("started", self._facade)
         return True
@@ -268,6 +297,8 @@ class AsyncDiscovery:
         self._apply(self._core.stop(self._loop.time()))
         self._cancel_timer()
         await self._transport.close()
+        if self._book is not None:
+            self._carry_out(self._book.clear())
         self._emitter.emit("stopped", self._facade)
         await self._drain_handlers()
         for _ in range(3):
@@ -357,7 +388,7 @@ class AsyncDiscovery:
 
     def leave(self, channel: str) -> bool:
         """Stop receiving ``channel`` and drop its handlers."""
-        if not self._core.leave(channel):
+        if channel == PEERS_CHANNEL or not self._core.leave(channel):
             return False
         self._emitter.remove_all_listeners(channel)
         return True
@@ -369,6 +400,8 @@ class AsyncDiscovery:
         data that is not JSON-serializable.  node-discover peers ignore falsy data
         (``None``, ``0``, ``""``, ``False``): send an object to reach them.
         """
+        if channel == PEERS_CHANNEL:
+            return False
         actions = self._core.send(self._now(), channel, data)
         if actions is None or not self._core.running:
             return False
@@ -493,25 +526,83 @@ class AsyncDiscovery:
     @property
     def channels(self) -> frozenset[str]:
         """The channels joined."""
-        return self._core.channels
+        return self._core.channels - {PEERS_CHANNEL}
 
     @property
     def local_address(self) -> Address | None:
         """The bound socket address (useful with ``port=0``-style setups and in tests)."""
         return self._transport.local_address
 
+    # -------------------------------------------------------- destinations
     @property
-    def unicast(self) -> list[str]:
-        """The unicast destination list as ``"host:port"`` strings (empty unless in unicast mode)."""
-        return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in getattr(self, "_unicast", self.options.unicast)]
+    def unicast(self) -> tuple[str, ...]:
+        """The destinations given (option ``unicast``, ``add_destination``) as ``"host:port"`` strings.
+
+        A tuple, so that ``d.unicast.append(...)`` fails instead of changing a copy: change
+        them with :meth:`add_destination`, :meth:`remove_destination` or by assigning a
+        new list (in every mode; not the peers learned, see :attr:`destinations`).
+        """
+        return tuple(_endpoint_text(e) for e in self._book.manual) if self._book is not None else ()
 
     @unicast.setter
-    def unicast(self, value: str | list[str]) -> None:
-        if not isinstance(self._transport, UdpTransport) or not self.options.unicast:
-            raise ValueError("unicast can only be changed on a UDP transport created in unicast mode")
-        endpoints = parse_unicast(value, self.options.port)
-        self._transport.set_unicast(endpoints)
-        self._unicast = endpoints
+    def unicast(self, value: str | Sequence[str]) -> None:
+        book = self._destinations_book()
+        self._set_manual(book, parse_unicast(value, self.options.port))
+
+    def add_destination(self, host: str, port: int) -> bool:
+        """Send every packet to ``host:port`` too, from the next one on (in every mode: peers behind a router).
+
+        ``host`` is an IP address or a name (resolved once, now).  Before ``start()`` it is
+        remembered and used from the start.  ``False`` if it was a destination already.
+        Raises ``ValueError``/``TypeError`` for a bad host or port (or IPv6 on an IPv4
+        socket), and ``ValueError`` on a transport that reaches every member by itself (Redis, memory).
+        """
+        book = self._destinations_book()
+        endpoint = parse_destination(host, port)
+        if endpoint in book.manual:
+            return False
+        self._set_manual(book, [*book.manual, endpoint])
+        return True
+
+    def remove_destination(self, host: str, port: int) -> bool:
+        """Stop sending to ``host:port`` (a destination given); ``False`` if it is not one.
+
+        A learned peer at that address stays a destination while it is a member (turn
+        ``learn_peers`` off to send only to the list given).
+        """
+        book = self._destinations_book()
+        endpoint = parse_destination(host, port)
+        if endpoint not in book.manual:
+            return False
+        self._set_manual(book, [e for e in book.manual if e != endpoint])
+        return True
+
+    @property
+    def destinations(self) -> tuple[Endpoint, ...]:
+        """Every ``(host, port)`` packets go to now: the broadcast or multicast group, the destinations
+        given, the peers learned (empty on a transport that reaches every member by itself)."""
+        return self._transport.destinations
+
+    @property
+    def learn_peers(self) -> bool:
+        """Whether this node sends to every peer it hears from (see the ``learn_peers`` option)."""
+        return self._book is not None and self._book.learn
+
+    def _destinations_book(self) -> PeerBook:
+        if self._book is None:
+            raise ValueError(
+                f"{type(self._transport).__name__} has no destinations to change: "
+                "it reaches every member of its cluster by itself"
+            )
+        return self._book
+
+    def _set_manual(self, book: PeerBook, manual: Sequence[Endpoint]) -> None:
+        previous = book.manual
+        try:
+            self._carry_out(book.set_manual(manual))  # the transport checks them all: changes nothing on error
+        except BaseException:
+            book.set_manual(previous)
+            raise
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -520,12 +611,16 @@ class AsyncDiscovery:
         dropped = dict(self._core.dropped)
         for reason, count in self._transport.errors.items():
             dropped[reason] = dropped.get(reason, 0) + count
+        book = self._book
         return {
             "packets_in": counters["packets_in"],
             "packets_out": counters["packets_out"],
             "bytes_in": counters["bytes_in"],
             "bytes_out": counters["bytes_out"],
             "dropped": dropped,
+            # learn_peers: peers learned now, and those refused over the bounds since creation.
+            "learned": book.learned if book is not None else 0,
+            "not_learned": book.not_learned if book is not None else 0,
         }
 
     # ------------------------------------------------------------ plumbing
@@ -563,8 +658,11 @@ class AsyncDiscovery:
         self._timer = None
         self._timer_at = None
         try:
-            self._core.sync_wall_clock(self._now(), time.time())
-            actions = self._core.tick(self._now())
+            now = self._now()
+            self._core.sync_wall_clock(now, time.time())
+            actions = self._core.tick(now)
+            if self._book is not None:
+                self._carry_out(self._book.tick(now))
         except Exception:
             log.exception("internal error in tick")
             self._core.dropped["internal_error"] += 1
@@ -576,15 +674,52 @@ class AsyncDiscovery:
         self._apply(actions)
 
     def _apply(self, actions: list[Action]) -> None:
+        book = self._book
         for action in actions:
             if isinstance(action, Emit):
+                if book is not None and action.event in _PEER_EVENTS and self._feed_book(book, action):
+                    continue
                 self._emitter.emit(action.event, *action.args)
             else:
                 self._transport.send(action.datagram)
         self._reschedule()
 
+    def _feed_book(self, book: PeerBook, action: Emit) -> bool:
+        """Hand the book a core event and carry out its answer; ``True`` if the event is the book's alone."""
+        now = self._now()
+        if action.event == PEERS_CHANNEL:
+            packet: Packet = action.args[1]
+            if packet.iid != self.id:
+                core = self._core
+                self._carry_out(book.message(
+                    now, action.args[0], (packet.address, packet.port), core.has_node(packet.iid),
+                    members=((n.address, n.port) for n in core.nodes.values()),
+                    budget=core.max_payload(PEERS_CHANNEL),
+                ))
+            return True
+        node: Node = action.args[0]
+        if action.event == "added":
+            self._carry_out(book.node_added(now, node.id, (node.address, node.port)))
+        elif action.event == "removed":
+            self._carry_out(book.node_removed(now, node.id))
+        else:  # nodeUpdated
+            self._carry_out(book.node_moved(now, node.id, (node.address, node.port)))
+        return False
+
+    def _carry_out(self, actions: list[PeerAction]) -> None:
+        for action in actions:
+            if isinstance(action, DestinationsChanged):
+                self._transport.set_destinations(action.endpoints)
+                continue
+            for sent in self._core.send(self._now(), PEERS_CHANNEL, action.data) or ():
+                if not isinstance(sent, Emit):
+                    self._transport.send_to(sent.datagram, action.endpoint)
+
     def _reschedule(self) -> None:
         deadline = self._core.next_deadline()
+        book_deadline = self._book.next_deadline() if self._book is not None else None
+        if book_deadline is not None and (deadline is None or book_deadline < deadline):
+            deadline = book_deadline
         if self._loop is None or deadline == self._timer_at:
             return
         if deadline is not None and self._timer_at is not None and self._timer_at <= deadline:
@@ -662,6 +797,7 @@ class Discovery:
         multicast_ttl: int = Options.multicast_ttl,
         interface: str | None = None,
         unicast: str | Sequence[str] | None = None,
+        learn_peers: bool | None = None,
         key: Secret | Sequence[Secret] | None = None,
         encryption: Encryption | None = None,
         replay_window: float = Options.replay_window,
@@ -906,13 +1042,33 @@ class Discovery:
         return self._async.local_address
 
     @property
-    def unicast(self) -> list[str]:
-        """See :attr:`AsyncDiscovery.unicast`; assignable on a node created in unicast mode."""
-        return self._async.unicast
+    def unicast(self) -> tuple[str, ...]:
+        """See :attr:`AsyncDiscovery.unicast`: a tuple; assign a new list to change it (in every mode)."""
+        return self.call(lambda: self._async.unicast)
 
     @unicast.setter
-    def unicast(self, value: str | list[str]) -> None:
-        self.call(setattr, self._async, "unicast", value)
+    def unicast(self, value: str | Sequence[str]) -> None:
+        # Names are resolved here, on the caller's thread; the loop gets IP literals only.
+        texts = [_endpoint_text(e) for e in parse_unicast(value, self.options.port)]
+        self.call(setattr, self._async, "unicast", texts)
+
+    def add_destination(self, host: str, port: int) -> bool:
+        """See :meth:`AsyncDiscovery.add_destination` (a name is resolved on the calling thread)."""
+        return self.call(self._async.add_destination, *parse_destination(host, port))
+
+    def remove_destination(self, host: str, port: int) -> bool:
+        """See :meth:`AsyncDiscovery.remove_destination`."""
+        return self.call(self._async.remove_destination, *parse_destination(host, port))
+
+    @property
+    def destinations(self) -> tuple[Endpoint, ...]:
+        """See :attr:`AsyncDiscovery.destinations`."""
+        return self.call(lambda: self._async.destinations)
+
+    @property
+    def learn_peers(self) -> bool:
+        """See :attr:`AsyncDiscovery.learn_peers`."""
+        return self._async.learn_peers
 
     @property
     def stats(self) -> dict[str, Any]:

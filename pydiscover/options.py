@@ -46,6 +46,7 @@ __all__ = [
     "document_options",
     "engine_options",
     "explains_unknown_options",
+    "parse_destination",
     "parse_endpoint",
     "parse_unicast",
 ]
@@ -127,13 +128,39 @@ def parse_endpoint(text: str, default_port: int) -> Endpoint:
         return (host if ip.version == 6 else str(ip), port)
     except ValueError:
         pass
-    try:  # a name: resolve once, now, so a typo fails at construction
+    return (_resolve(host, port, f"unicast entry {text!r}"), port)
+
+
+def _resolve(host: str, port: int, where: str) -> str:
+    """A name resolved once, now, so a typo fails when it is given rather than never."""
+    try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except OSError as exc:
-        raise ValueError(f"unicast entry {text!r}: cannot resolve {host!r}: {exc}") from None
+        raise ValueError(f"{where}: cannot resolve {host!r}: {exc}") from None
     # Prefer IPv4, like node-discover's udp4 socket, so "localhost" means 127.0.0.1.
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    return (str(infos[0][4][0]), port)
+    return str(infos[0][4][0])
+
+
+def parse_destination(host: Any, port: Any) -> Endpoint:
+    """``add_destination``'s arguments -> ``(ip, port)``: an IP address (v6 with an optional
+    ``%zone``) or a host name (resolved now), and a port 1-65535."""
+    if not isinstance(host, str):
+        raise TypeError(f"destination host must be a string, got {type(host).__name__}")
+    port = _int("destination port", port, 1, 65535)
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        raise ValueError("destination host must be a non-empty string")
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+        return (text if ip.version == 6 else str(ip), port)
+    except ValueError:
+        pass
+    if ":" in text or any(c.isspace() for c in text):
+        raise ValueError(f"destination host {host!r} is neither an IP address nor a host name (give the port apart)")
+    return (_resolve(text, port, f"destination {host!r}"), port)
 
 
 def _port_text(entry: str, text: str) -> int:
@@ -143,15 +170,19 @@ def _port_text(entry: str, text: str) -> int:
 
 
 def parse_unicast(value: Any, default_port: int) -> tuple[Endpoint, ...]:
-    """A list of entries or one comma-separated string (node-discover's two forms)."""
+    """A list of entries or one comma-separated string (node-discover's two forms).
+
+    An empty list is unicast mode with no destination yet (a first node that knows
+    nobody: the others name it, and it learns them, or is told with ``add_destination``).
+    """
     if isinstance(value, str):
         items = [part for part in value.split(",") if part.strip()]
+        if not items:
+            raise ValueError("unicast must name at least one host (for none yet, pass an empty list: unicast=[])")
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
         raise TypeError(f"unicast must be a string or a list of strings, got {type(value).__name__}")
-    if not items:
-        raise ValueError("unicast must name at least one host")
     return tuple(parse_endpoint(item, default_port) for item in items)
 
 
@@ -168,6 +199,7 @@ def build_options(
     multicast_ttl: int = Options.multicast_ttl,
     interface: str | None = None,
     unicast: str | Sequence[str] | None = None,
+    learn_peers: bool | None = None,
     key: Secret | Sequence[Secret] | None = None,
     encryption: Encryption | None = None,
     replay_window: float = Options.replay_window,
@@ -235,7 +267,9 @@ def build_options(
                 raise ValueError(f"interface {interface!r}: no such network interface") from None
     ttl = _int("multicast_ttl", multicast_ttl, 0, 255)
     endpoints = parse_unicast(unicast, port) if unicast is not None else ()
-    if not endpoints:
+    if learn_peers is not None:
+        _bool("learn_peers", learn_peers)
+    if unicast is None:
         # Linux delivers broadcast and multicast only to sockets bound to the wildcard
         # (or to the group itself); a unicast bind would silently hear nothing.
         group = multicast or broadcast or DEFAULT_BROADCAST
@@ -287,11 +321,12 @@ def build_options(
         master_timeout=master_t,
         address=str(bind) if "%" not in address else address,
         port=port,
-        broadcast=broadcast if (broadcast or multicast or endpoints) else DEFAULT_BROADCAST,
+        broadcast=broadcast if (broadcast or multicast or unicast is not None) else DEFAULT_BROADCAST,
         multicast=multicast,
         multicast_ttl=ttl,
         interface=interface,
         unicast=endpoints,
+        learn_peers=(unicast is not None) if learn_peers is None else learn_peers,
         masters_required=required,
         weight=weight,
         client=_bool("client", client),
@@ -329,7 +364,11 @@ OPTION_HELP: dict[str, str] = {
     "multicast_ttl": "Hops a multicast hello may take.",
     "interface": "Multicast interface: an IPv4 address, or an IPv6 interface name or index.",
     "unicast": "Destinations instead of broadcast: ``\"host[:port]\"`` or ``\"[v6addr]:port\"``, a list or "
-    "a comma-separated string; changeable at run time (``d.unicast = [...]``).",
+    "a comma-separated string; ``[]``: unicast mode with none yet.  Changeable at run time in every mode "
+    "(``add_destination``, ``remove_destination``, ``d.unicast = [...]``).",
+    "learn_peers": "Send to every peer heard from, not only to the ``unicast`` list, so one seed address is "
+    "enough to join (a peer leaves the list with its node; at most 1024 are learned; with a key only "
+    "authenticated peers).  ``None``: on in unicast mode, off with broadcast and multicast.",
     "key": "A secret (str or bytes) or a list of them (the first seals, all open): packets are sealed; "
     "see the security page.",
     "encryption": "With a key: ``\"aead\"`` (AES-256-GCM, the default) or ``\"node-discover\"`` (its legacy, "

@@ -33,7 +33,7 @@ LOOP = {"broadcast": "127.255.255.255"}
         ({"interface": "nosuchif0", "multicast": "ff02::1:4242"}, ValueError, "interface"),
         ({"broadcast": "127.255.255.255", "multicast": "239.1.2.3"}, ValueError, "exclusive"),
         ({"unicast": 5}, TypeError, "unicast"),
-        ({"unicast": []}, ValueError, "unicast"),
+        ({"unicast": ""}, ValueError, "unicast"),  # [] is unicast mode with no destination yet
         ({"unicast": "127.0.0.1:99999"}, ValueError, "unicast"),
         ({"unicast": "[::1"}, ValueError, "unicast"),
         ({"masters_required": 0}, ValueError, "masters_required"),

@@ -7,8 +7,10 @@ datagram to the core unparsed.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from ..config import Endpoint
 
 #: ``(host, port, ...)`` as the socket reports it.
 Address = tuple[Any, ...]
@@ -60,6 +62,36 @@ class Transport(abc.ABC):
     def local_address(self) -> Address | None:
         """Where this transport receives, once open (``None`` if it has no such notion)."""
         return None
+
+    # -------------------------------------------------- optional: destinations
+    #: Whether :meth:`set_destinations` and :meth:`send_to` work.  Only a transport that
+    #: addresses its peers (UDP) has destinations; a bus or a broker (memory, Redis)
+    #: reaches every member by itself, so it keeps these defaults: the runtime then
+    #: refuses ``add_destination`` with a clear error and learns no peers.
+    supports_destinations: bool = False
+
+    @property
+    def destinations(self) -> tuple[Endpoint, ...]:
+        """Every ``(host, port)`` that :meth:`send` writes to now (empty: the transport reaches all by itself)."""
+        return ()
+
+    def set_destinations(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the ``(host, port)`` unicast destinations :meth:`send` writes to, from the next send on.
+
+        A broadcast or multicast destination stays: these go next to it.  Raise
+        ``ValueError`` for an endpoint the transport cannot reach (e.g. IPv6 on an IPv4
+        socket) and change nothing then.  Optional: the default raises ``NotImplementedError``.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no destinations to change: it reaches every member of its cluster by itself"
+        )
+
+    def send_to(self, datagram: bytes, endpoint: Endpoint) -> None:
+        """Send ``datagram`` to ``endpoint`` only; never raises for network errors.
+
+        Optional, like :meth:`set_destinations` (the runtime answers one peer with it).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot send to one endpoint")
 
     def _count_error(self, reason: str, count: int = 1) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + count

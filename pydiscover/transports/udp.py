@@ -1,6 +1,8 @@
 """UDP transport: broadcast, IPv4/IPv6 multicast, or a unicast list, on one socket.
 
 Destination precedence is node-discover's: unicast, else multicast, else broadcast.
+Unicast destinations can be changed at run time and added next to a broadcast or
+multicast group (:meth:`UdpTransport.set_destinations`): peers behind a router.
 The socket is bound with ``SO_REUSEADDR`` (like node-discover) so several processes on
 one host share the port and all receive broadcast and multicast datagrams.
 """
@@ -87,6 +89,8 @@ class UdpTransport(Transport):
     ``read_coalesce``.
     """
 
+    supports_destinations = True
+
     def __init__(
         self,
         *,
@@ -118,51 +122,90 @@ class UdpTransport(Transport):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
         self._backlog: deque[tuple[bytes, Address]] = deque()
+        #: Unicast mode: a list was given, or neither broadcast nor multicast (a node that
+        #: knows nobody yet and is told its destinations later, or learns them).
+        self.unicast_mode = bool(unicast) or (broadcast is None and multicast is None)
         self._family = socket.AF_INET6 if self._needs_v6(unicast) else socket.AF_INET
         if self._family == socket.AF_INET6 and not _is_v6(address):
             if address != "0.0.0.0":
                 raise ValueError(f"address {address!r} is IPv4 but a destination is IPv6")
             self.address = "::"  # dual-stack: v4 peers appear as ::ffff:a.b.c.d
         self._scope = _v6_scope(interface) if self._family == socket.AF_INET6 else 0
+        #: The broadcast or multicast destination (none in unicast mode), then the unicast ones.
+        self._group: list[Address] = []
+        self._group_endpoints: tuple[Endpoint, ...] = ()
+        self._unicast: tuple[Endpoint, ...] = ()
         self._destinations: list[Address] = []
-        self.set_unicast(unicast) if unicast else self._set_group_destination()
+        if not self.unicast_mode:
+            self._set_group_destination()
+        self.set_destinations(unicast)
 
     def _needs_v6(self, unicast: Sequence[Endpoint]) -> bool:
-        if unicast:
+        if self.unicast_mode:
             return _is_v6(self.address) or any(_is_v6(host) for host, _ in unicast)
         return _is_v6(self.multicast) if self.multicast else _is_v6(self.address)
 
     def _set_group_destination(self) -> None:
         target = self.multicast or self.broadcast
-        if target is None:
-            raise ValueError("one of broadcast, multicast or unicast is required")
+        assert target is not None
+        self._group = [self._address_of(target, self.port, self._scope)]
+        self._group_endpoints = ((target, self.port),)
+
+    def _address_of(self, host: str, port: int, scope: int | None = None) -> Address:
+        """``(host, port)`` as this socket's family sends to it; ``ValueError`` if it cannot."""
         if self._family == socket.AF_INET6:
-            self._destinations = [(target, self.port, 0, self._scope)]
-        else:
-            self._destinations = [(target, self.port)]
+            if not _is_v6(host):
+                host = f"::ffff:{host}"
+            base, _, zone = host.partition("%")
+            return (base, port, 0, scope if scope is not None else (_v6_scope(zone) if zone else 0))
+        if _is_v6(host):
+            raise ValueError(
+                f"destination {host!r} is IPv6 but the socket is IPv4; include an IPv6 entry "
+                "at construction or bind an IPv6 address (address='::')"
+            )
+        return (host, port)
 
     @property
-    def destinations(self) -> list[Address]:
-        return list(self._destinations)
+    def destinations(self) -> tuple[Endpoint, ...]:
+        """Every ``(host, port)`` a send goes to now: the broadcast or multicast group, then the unicast ones."""
+        return self._group_endpoints + self._unicast
+
+    def set_destinations(self, endpoints: Sequence[Endpoint]) -> None:
+        """Replace the unicast destinations (next to the group, if any), from the next send on.
+
+        Duplicates (the same socket address written twice, or the group itself) are sent
+        to once.  All are checked before any is used: on ``ValueError`` nothing changes.
+        """
+        seen = {address: None for address in self._group}
+        kept: list[Endpoint] = []
+        for host, port in endpoints:
+            address = self._address_of(host, port)
+            if address not in seen:
+                seen[address] = None
+                kept.append((host, port))
+        self._destinations = list(seen)
+        self._unicast = tuple(kept)
 
     def set_unicast(self, endpoints: Sequence[Endpoint]) -> None:
-        """Replace the unicast destination list (takes effect for the next send)."""
-        dests: list[Address] = []
-        for host, port in endpoints:
-            if self._family == socket.AF_INET6:
-                if not _is_v6(host):
-                    host = f"::ffff:{host}"
-                base, _, zone = host.partition("%")
-                scope = _v6_scope(zone) if zone else 0
-                dests.append((base, port, 0, scope))
-            else:
-                if _is_v6(host):
-                    raise ValueError(
-                        f"unicast {host!r} is IPv6 but the socket is IPv4; include an IPv6 entry "
-                        "at construction or bind an IPv6 address"
-                    )
-                dests.append((host, port))
-        self._destinations = dests
+        """The old name of :meth:`set_destinations`."""
+        self.set_destinations(endpoints)
+
+    def send_to(self, datagram: bytes, endpoint: Endpoint) -> None:
+        """Send ``datagram`` to ``endpoint`` only (a reply to one peer); counts errors like :meth:`send`."""
+        sock = self._sock
+        if sock is None:
+            self._count_error("not_open")
+            return
+        dest = self._address_of(*endpoint)
+        if self._backlog:
+            self._hold(datagram, dest)
+            return
+        try:
+            sock.sendto(datagram, dest)
+        except (BlockingIOError, InterruptedError):
+            self._hold(datagram, dest)
+        except OSError as exc:
+            self._send_failed(dest, exc)
 
     def _make_socket(self) -> socket.socket:
         sock = socket.socket(self._family, socket.SOCK_DGRAM)

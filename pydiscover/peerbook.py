@@ -1,0 +1,308 @@
+"""Where hellos go: the destinations given, the peers learned, the endpoints being tried.
+
+A pure state machine of the core's shape: every input is a method taking ``now`` (the
+runtime's monotonic clock, never read here) and returning a list of actions,
+:class:`SendTo` (a message on :data:`PEERS_CHANNEL` for one endpoint) and
+:class:`DestinationsChanged` (the full list the transport sends to from now on); it next
+wants :meth:`PeerBook.tick` at :meth:`PeerBook.next_deadline`.  The runtime
+(:class:`~pydiscover.discovery.AsyncDiscovery`) feeds it the core's ``added``,
+``removed`` and ``nodeUpdated`` events and the messages on :data:`PEERS_CHANNEL`, and
+carries the actions out.
+
+Learning (``learn_peers``): every node added is a destination until it is removed, so a
+node that names one seed reaches whoever answers it.  That alone connects each node with
+its seeds only; to join the others, a node asks each configured destination it hears
+from for its members' endpoints (one message on :data:`PEERS_CHANNEL`) and says hello to
+each for one ``node_timeout`` (*pending*).  They add it, learn it and answer; then it
+learns them.  Nothing is added to the wire format: node-discover peers keep working
+(they send only to their own list, and ignore the channel).
+
+With a key, the core adds a node (emits ``added``) only for a packet that opened with
+the key ring, and delivers a channel message only then: with ``encryption="aead"`` that
+proves a key holder sent it (AES-GCM authenticates), so spoofed plaintext hellos are
+never learned.  node-discover's cipher is unauthenticated: a packet must still decrypt
+to a JSON object under the key, which a stranger cannot produce at will.
+
+Not to be confused with :mod:`pydiscover.peers`, the core's table of live nodes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from .config import Endpoint
+
+log = logging.getLogger("pydiscover.peerbook")
+
+#: Peers learned from their hellos (``learn_peers``) at most; more are counted
+#: (``stats["not_learned"]``) and logged once, so spoofed hellos cannot grow the list.
+MAX_LEARNED = 1024
+#: Endpoints a seed named that have not answered yet, at most (each is tried for one ``node_timeout``).
+MAX_PENDING = 256
+#: The runtime's own channel: a node asks the peers it was configured with for the
+#: endpoints of their members, and says hello to each.  node-discover peers ignore it
+#: (a channel they did not join); users cannot join, leave or send on it.
+PEERS_CHANNEL = "pydiscover.peers"
+
+#: The question, and the JSON around an answer's list (for the datagram budget).
+ASK: dict[str, Any] = {"ask": "peers"}
+_ANSWER_OVERHEAD = len('{"peers":[]}')
+
+
+class SendTo(NamedTuple):
+    """Send ``data`` on :data:`PEERS_CHANNEL` to ``endpoint`` only."""
+
+    endpoint: Endpoint
+    data: dict[str, Any]
+
+
+class DestinationsChanged(NamedTuple):
+    """From the next send on, unicast packets go to these endpoints (next to any broadcast or group)."""
+
+    endpoints: tuple[Endpoint, ...]
+
+
+PeerAction = SendTo | DestinationsChanged
+
+
+def endpoint_from_wire(item: Any) -> Endpoint | None:
+    """A ``[ip, port]`` pair from a peer, or ``None``: only IP literals (never a name to resolve)."""
+    if not isinstance(item, list) or len(item) != 2:
+        return None
+    host, port = item
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    return (host, port)
+
+
+class PeerBook:
+    """The destinations of one node: given (``manual``), learned (per node id), pending (named by a seed).
+
+    Times are seconds of one clock that never goes back: pending endpoints are kept in
+    the order they were added, which is then the order they expire in (so the next
+    deadline is found in O(1)).
+    """
+
+    def __init__(
+        self,
+        manual: Sequence[Endpoint],
+        learn: bool,
+        *,
+        node_timeout: float,
+        max_learned: int = MAX_LEARNED,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.learn = learn
+        self.node_timeout = node_timeout
+        self.max_learned = max_learned
+        self.max_pending = max_pending
+        self._manual: tuple[Endpoint, ...] = tuple(dict.fromkeys(manual))
+        #: Node id -> the endpoint its packets come from; ``_refs`` counts nodes per endpoint.
+        self._learned: dict[str, Endpoint] = {}
+        self._refs: dict[Endpoint, int] = {}
+        #: Endpoints a seed named -> when they are forgotten unless learned by then (in that order).
+        self._pending: dict[Endpoint, float] = {}
+        #: Configured destinations asked for their members -> until when their answers count.
+        self._asked: dict[Endpoint, float] = {}
+        #: Peers refused over the bounds since creation (a restart keeps the count).
+        self.not_learned = 0
+        self._warned_full = False
+        self._running = False
+        #: Our own ``(host, port)`` once started, and whether the socket is IPv4 only.
+        self._local: tuple[Any, ...] | None = None
+        self._ipv4_only = False
+
+    # ------------------------------------------------------------ queries
+    @property
+    def manual(self) -> tuple[Endpoint, ...]:
+        """The destinations given (option ``unicast``, ``add_destination``), in order."""
+        return self._manual
+
+    @property
+    def learned(self) -> int:
+        """How many peers are learned now."""
+        return len(self._learned)
+
+    @property
+    def pending(self) -> tuple[Endpoint, ...]:
+        """The endpoints a seed named that are being tried (in the order they expire)."""
+        return tuple(self._pending)
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every unicast destination now: given, learned, pending (each once, in that order)."""
+        return tuple(dict.fromkeys([*self._manual, *self._refs, *self._pending]))
+
+    def known(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is a destination now."""
+        return endpoint in self._refs or endpoint in self._pending or endpoint in self._manual
+
+    def next_deadline(self) -> float | None:
+        """When the first pending endpoint is forgotten (call :meth:`tick` then), or ``None``."""
+        return next(iter(self._pending.values()), None)
+
+    # ------------------------------------------------------------ inputs
+    def set_manual(self, endpoints: Sequence[Endpoint]) -> list[PeerAction]:
+        """Replace the destinations given (duplicates dropped).
+
+        The runtime hands the resulting list to the transport, which may refuse it: then
+        it calls this again with the previous :attr:`manual`.
+        """
+        self._manual = tuple(dict.fromkeys(endpoints))
+        return [DestinationsChanged(self.endpoints())]
+
+    def start(self, local_address: tuple[Any, ...] | None) -> None:
+        """The node runs, receiving at ``local_address`` (``(host, port, ...)`` as the socket says, or ``None``)."""
+        self._running = True
+        self._local = tuple(local_address[:2]) if local_address is not None else None
+        self._ipv4_only = local_address is not None and len(local_address) == 2  # an IPv6 peer is not for us
+
+    def clear(self) -> list[PeerAction]:
+        """A stopped node knows nobody: forget what was learned, tried and asked while running."""
+        self._running = False
+        self._pending.clear()
+        self._learned.clear()
+        self._refs.clear()
+        self._asked.clear()
+        return [DestinationsChanged(self.endpoints())]
+
+    def node_added(self, now: float, iid: str, endpoint: Endpoint) -> list[PeerAction]:
+        """Node ``iid`` was added; its packets come from ``endpoint``."""
+        if not self.learn:
+            return []
+        out: list[PeerAction] = []
+        if iid in self._learned:  # added twice without a removal: it may have moved
+            out += self.node_moved(now, iid, endpoint)
+        elif self._learn(iid, endpoint):
+            out.append(DestinationsChanged(self.endpoints()))
+        if endpoint in self._manual and self._running:
+            # A destination given answered: ask it for its members, so we reach them too.
+            self._asked[endpoint] = now + self.node_timeout
+            out.append(SendTo(endpoint, dict(ASK)))
+        return out
+
+    def node_removed(self, now: float, iid: str) -> list[PeerAction]:
+        """Node ``iid`` was removed (timed out or said goodbye): its learned destination leaves with it."""
+        if not self.learn or not self._forget(iid):
+            return []
+        return [DestinationsChanged(self.endpoints())]
+
+    def node_moved(self, now: float, iid: str, endpoint: Endpoint) -> list[PeerAction]:
+        """Node ``iid`` was updated; if its packets now come from another ``endpoint``, follow it."""
+        if not self.learn or self._learned.get(iid, endpoint) == endpoint:
+            return []
+        changed = self._forget(iid)
+        if self._learn(iid, endpoint) or changed:
+            return [DestinationsChanged(self.endpoints())]
+        return []
+
+    def message(
+        self,
+        now: float,
+        data: Any,
+        sender: Endpoint,
+        sender_is_member: bool,
+        *,
+        members: Iterable[Endpoint] = (),
+        budget: int = 0,
+    ) -> list[PeerAction]:
+        """A message on :data:`PEERS_CHANNEL` from ``sender`` (not from this node).
+
+        A question from a member is answered with ``members`` (this node's members'
+        endpoints; read only then), split so that each answer's JSON fits ``budget``
+        bytes (``core.max_payload(PEERS_CHANNEL)``).  An answer counts only from a
+        destination we asked, within one ``node_timeout`` of asking.
+        """
+        if not self.learn or not isinstance(data, dict):
+            return []
+        if data.get("ask") == "peers":
+            # Only members are answered (with a key: key holders).
+            return self._answer(sender, members, budget) if sender_is_member else []
+        peers = data.get("peers")
+        if isinstance(peers, list) and now <= self._asked.get(sender, -1.0):  # only an answer we asked for
+            return self._try_endpoints(now, peers[: self.max_pending])
+        return []
+
+    def tick(self, now: float) -> list[PeerAction]:
+        """Forget the pending endpoints nobody answered from within their ``node_timeout``."""
+        expired = False
+        while self._pending:
+            endpoint, deadline = next(iter(self._pending.items()))
+            if deadline > now:
+                break
+            del self._pending[endpoint]
+            expired = True
+        for endpoint in [e for e, until in self._asked.items() if until < now]:
+            del self._asked[endpoint]
+        return [DestinationsChanged(self.endpoints())] if expired else []
+
+    # ------------------------------------------------------------ rules
+    def _learn(self, iid: str, endpoint: Endpoint) -> bool:
+        """Learn ``iid`` at ``endpoint``; ``True`` if the destination list changed."""
+        if len(self._learned) >= self.max_learned:
+            self.not_learned += 1
+            if not self._warned_full:
+                self._warned_full = True
+                log.warning("learn_peers: %d peers learned already; not learning more (stats['not_learned'])",
+                            self.max_learned)
+            return False
+        was_known = self.known(endpoint)
+        self._learned[iid] = endpoint
+        self._refs[endpoint] = self._refs.get(endpoint, 0) + 1
+        self._pending.pop(endpoint, None)  # it answered: a destination while it is a member
+        return not was_known
+
+    def _forget(self, iid: str) -> bool:
+        """Forget ``iid``; ``True`` if the destination list changed."""
+        endpoint = self._learned.pop(iid, None)
+        if endpoint is None:
+            return False
+        left = self._refs[endpoint] - 1
+        if left:
+            self._refs[endpoint] = left
+            return False
+        del self._refs[endpoint]
+        return endpoint not in self._manual
+
+    def _answer(self, asker: Endpoint, members: Iterable[Endpoint], budget: int) -> list[PeerAction]:
+        """The members' endpoints but the asker's, in as many messages as they need (each within ``budget``)."""
+        endpoints = [e for e in dict.fromkeys(members) if e != asker][: self.max_pending]
+        room = budget - _ANSWER_OVERHEAD
+        out: list[PeerAction] = []
+        chunk: list[list[Any]] = []
+        size = 0
+        for host, port in endpoints:
+            item_size = len(host) + len(str(port)) + 10  # ["host", port], with room to spare
+            if chunk and size + item_size > room:
+                out.append(SendTo(asker, {"peers": chunk}))
+                chunk, size = [], 0
+            chunk.append([host, port])
+            size += item_size
+        if chunk:
+            out.append(SendTo(asker, {"peers": chunk}))
+        return out
+
+    def _try_endpoints(self, now: float, items: list[Any]) -> list[PeerAction]:
+        """Say hello to the endpoints a seed named, for one ``node_timeout``: whoever is there answers."""
+        added = False
+        for item in items:
+            endpoint = endpoint_from_wire(item)
+            if (
+                endpoint is None
+                or self.known(endpoint)
+                or self._local == endpoint
+                or (self._ipv4_only and ":" in endpoint[0])
+            ):
+                continue
+            if len(self._pending) >= self.max_pending:
+                self.not_learned += 1
+                continue
+            self._pending[endpoint] = now + self.node_timeout
+            added = True
+        return [DestinationsChanged(self.endpoints())] if added else []

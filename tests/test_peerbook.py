@@ -1,0 +1,241 @@
+"""PeerBook on its own: where hellos go, with an explicit ``now`` (no sockets, no clock, no sleeps)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import pytest
+
+from pydiscover.config import Endpoint
+from pydiscover.peerbook import (
+    ASK,
+    MAX_LEARNED,
+    MAX_PENDING,
+    PEERS_CHANNEL,
+    DestinationsChanged,
+    PeerAction,
+    PeerBook,
+    SendTo,
+    endpoint_from_wire,
+)
+
+SEED: Endpoint = ("10.0.0.1", 12345)
+A: Endpoint = ("10.0.0.2", 12345)
+B: Endpoint = ("10.0.0.3", 12345)
+C: Endpoint = ("10.0.0.4", 12345)
+ME = ("10.0.0.9", 12345)
+TIMEOUT = 2.0
+
+
+def book(manual: tuple[Endpoint, ...] = (SEED,), *, learn: bool = True, **bounds: int) -> PeerBook:
+    b = PeerBook(manual, learn, node_timeout=TIMEOUT, **bounds)
+    b.start(ME)
+    return b
+
+
+def changed(actions: list[PeerAction]) -> tuple[Endpoint, ...] | None:
+    """The last destination list the actions hand to the transport, or ``None``."""
+    lists = [a.endpoints for a in actions if isinstance(a, DestinationsChanged)]
+    return lists[-1] if lists else None
+
+
+def sends(actions: list[PeerAction]) -> list[SendTo]:
+    return [a for a in actions if isinstance(a, SendTo)]
+
+
+def test_constants_and_the_runtime_reexports() -> None:
+    import pydiscover.discovery as runtime
+
+    assert (MAX_LEARNED, MAX_PENDING, PEERS_CHANNEL) == (1024, 256, "pydiscover.peers")
+    reexported = (runtime.MAX_LEARNED, runtime.MAX_PENDING, runtime.PEERS_CHANNEL)
+    assert reexported == (MAX_LEARNED, MAX_PENDING, PEERS_CHANNEL)
+
+
+def test_manual_destinations_are_deduplicated_and_replaced() -> None:
+    b = PeerBook([SEED, A, SEED], True, node_timeout=TIMEOUT)
+    assert b.manual == (SEED, A) and b.endpoints() == (SEED, A)
+    assert b.set_manual([B, B]) == [DestinationsChanged((B,))]
+    assert b.manual == (B,) and b.next_deadline() is None
+
+
+# ------------------------------------------------------ learning and forgetting
+def test_an_added_node_is_learned_and_leaves_with_its_node() -> None:
+    b = book()
+    out = b.node_added(1.0, "a", A)
+    assert out == [DestinationsChanged((SEED, A))] and b.learned == 1
+    assert b.node_removed(2.0, "a") == [DestinationsChanged((SEED,))] and b.learned == 0
+    assert b.node_removed(3.0, "a") == []  # not learned any more
+
+
+def test_two_nodes_at_one_endpoint_keep_it_until_both_leave() -> None:
+    b = book(())
+    assert changed(b.node_added(1.0, "a1", A)) == (A,)
+    assert b.node_added(1.0, "a2", A) == []  # the list did not change
+    assert b.node_removed(2.0, "a1") == [] and b.endpoints() == (A,)
+    assert changed(b.node_removed(2.0, "a2")) == ()
+
+
+def test_a_learned_node_at_a_given_destination_changes_nothing_and_the_destination_stays() -> None:
+    b = PeerBook([A], True, node_timeout=TIMEOUT)  # not started: learns, but asks nobody
+    assert b.node_added(1.0, "a", A) == [] and b.learned == 1
+    assert b.node_removed(2.0, "a") == [] and b.endpoints() == (A,)
+
+
+def test_without_learn_peers_nothing_is_learned_or_asked() -> None:
+    b = book(learn=False)
+    assert b.node_added(1.0, "s", SEED) == [] and b.node_added(1.0, "a", A) == []
+    assert b.learned == 0 and b.endpoints() == (SEED,)
+    assert b.message(1.0, ASK, SEED, True, members=[A], budget=1000) == []
+
+
+def test_a_moved_node_is_followed() -> None:
+    b = book(())
+    b.node_added(1.0, "a", A)
+    assert b.node_moved(2.0, "a", A) == []  # updated, not moved
+    assert b.node_moved(2.0, "b", B) == []  # never learned
+    assert b.node_moved(3.0, "a", B) == [DestinationsChanged((B,))] and b.learned == 1
+    assert changed(b.node_removed(4.0, "a")) == ()
+
+
+def test_a_node_added_twice_counts_once() -> None:
+    b = book(())
+    b.node_added(1.0, "a", A)
+    assert changed(b.node_added(2.0, "a", B)) == (B,) and b.learned == 1
+    assert changed(b.node_removed(3.0, "a")) == ()
+
+
+def test_learning_is_bounded_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    b = book((), max_learned=1024)
+    with caplog.at_level(logging.WARNING, logger="pydiscover.peerbook"):
+        for i in range(1030):
+            b.node_added(1.0, f"n{i}", (f"10.1.{i // 256}.{i % 256}", 1))
+    assert b.learned == 1024 and b.not_learned == 6 and len(b.endpoints()) == 1024
+    assert sum("not learning more" in r.getMessage() for r in caplog.records) == 1
+    b.node_removed(2.0, "n0")  # room again
+    assert changed(b.node_added(2.0, "late", ("10.2.0.1", 1))) is not None and b.learned == 1024
+
+
+def test_clear_forgets_the_run_but_keeps_the_destinations_given_and_the_count() -> None:
+    b = book(max_learned=1)
+    b.node_added(1.0, "a", A)
+    b.node_added(1.0, "b", B)  # over the bound
+    b.node_added(1.0, "s", SEED)  # over the bound, but still asked
+    b.message(1.5, {"peers": [list(C)]}, SEED, True)
+    assert b.endpoints() == (SEED, A, C)
+    assert b.clear() == [DestinationsChanged((SEED,))]
+    assert b.learned == 0 and b.not_learned == 2 and b.next_deadline() is None
+    assert b.message(1.6, {"peers": [list(C)]}, SEED, True) == []  # the question was forgotten too
+    assert sends(b.node_added(2.0, "s", SEED)) == []  # stopped: asks nobody
+
+
+# ------------------------------------------------------ asking a seed
+def test_a_given_destination_that_answers_is_asked_and_its_answer_tried_until_tick() -> None:
+    b = book()
+    out = b.node_added(10.0, "s", SEED)
+    assert sends(out) == [SendTo(SEED, {"ask": "peers"})]
+    out = b.message(10.5, {"peers": [list(A), list(B), list(SEED), list(ME)]}, SEED, True)
+    assert out == [DestinationsChanged((SEED, A, B))]  # known ones and ourselves left out
+    assert b.pending == (A, B) and b.next_deadline() == 12.5
+    assert changed(b.node_added(11.0, "a", A)) is None  # it answered: learned, no longer pending
+    assert b.pending == (B,) and b.learned == 2
+    assert b.tick(12.4) == [] and b.pending == (B,)
+    assert b.tick(12.5) == [DestinationsChanged((SEED, A))]
+    assert b.pending == () and b.next_deadline() is None
+
+
+def test_pending_endpoints_expire_in_the_order_they_were_named() -> None:
+    b = book()
+    b.node_added(0.0, "s", SEED)
+    b.message(1.0, {"peers": [list(A)]}, SEED, True)
+    b.node_added(1.5, "s2", SEED)  # asked again
+    b.message(1.5, {"peers": [list(B)]}, SEED, True)
+    assert b.next_deadline() == 3.0
+    assert changed(b.tick(3.0)) == (SEED, B) and b.next_deadline() == 3.5
+    assert changed(b.tick(10.0)) == (SEED,)
+
+
+def test_only_answers_we_asked_for_within_the_window_count() -> None:
+    b = book((SEED, C))
+    peers = {"peers": [list(A)]}
+    assert b.message(1.0, peers, SEED, True) == []  # never asked
+    b.node_added(1.0, "s", SEED)
+    assert b.message(1.0, peers, A, True) == []  # asked someone else
+    assert b.message(1.0 + TIMEOUT + 0.01, peers, SEED, True) == []  # too late
+    b.node_added(5.0, "s2", SEED)
+    assert b.message(5.0 + TIMEOUT, peers, SEED, True) == [DestinationsChanged((SEED, C, A))]
+
+
+def test_only_members_are_answered_and_never_with_their_own_endpoint() -> None:
+    b = book(())
+    assert b.message(1.0, ASK, A, False, members=[B], budget=1000) == []
+    out = b.message(1.0, ASK, A, True, members=[A, B, B, C], budget=1000)
+    assert out == [SendTo(A, {"peers": [list(B), list(C)]})]
+    assert b.message(1.0, ASK, A, True, members=[A], budget=1000) == []  # nobody else to name
+
+
+def test_the_answer_is_split_to_fit_a_small_budget() -> None:
+    members = [(f"10.0.1.{i}", 40000 + i) for i in range(10)]
+    budget = 80
+    out = book(()).message(1.0, ASK, SEED, True, members=members, budget=budget)
+    assert len(out) > 1 and all(isinstance(a, SendTo) and a.endpoint == SEED for a in out)
+    named = [tuple(p) for a in sends(out) for p in a.data["peers"]]
+    assert named == members
+    for a in sends(out):
+        assert len(orjson.dumps(a.data)) <= budget
+
+
+def test_a_too_long_answer_names_at_most_max_pending() -> None:
+    members = [(f"10.0.{i // 256}.{i % 256}", 1) for i in range(20)]
+    out = book((), max_pending=5).message(1.0, ASK, SEED, True, members=members, budget=10_000)
+    assert [tuple(p) for a in sends(out) for p in a.data["peers"]] == members[:5]
+
+
+def test_pending_is_bounded() -> None:
+    b = book(max_pending=2)
+    b.node_added(1.0, "s", SEED)
+    out = b.message(1.0, {"peers": [list(A), list(B), list(C)]}, SEED, True)  # an answer is cut at the bound
+    assert changed(out) == (SEED, A, B) and b.not_learned == 0
+    assert b.message(1.1, {"peers": [list(C), ["10.0.0.5", 1]]}, SEED, True) == []  # a second part: no room
+    assert b.not_learned == 2 and b.pending == (A, B)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        ["seed.example", 1],  # a name: never resolved from the wire
+        ["10.0.0.5", 0],
+        ["10.0.0.5", 65536],
+        ["10.0.0.5", True],
+        ["10.0.0.5", "80"],
+        [10, 80],
+        ["10.0.0.5"],
+        "10.0.0.5:80",
+        {"host": "10.0.0.5", "port": 80},
+    ],
+)
+def test_endpoints_from_the_wire_must_be_ip_literals(item: Any) -> None:
+    assert endpoint_from_wire(item) is None
+    b = book()
+    b.node_added(1.0, "s", SEED)
+    assert b.message(1.0, {"peers": [item]}, SEED, True) == [] and b.pending == ()
+
+
+def test_ipv6_endpoints_are_taken_only_on_a_dual_stack_socket() -> None:
+    v6 = ["fe80::1%eth0", 12345]
+    assert endpoint_from_wire(v6) == ("fe80::1%eth0", 12345)
+    b = book()  # started on an IPv4 address
+    b.node_added(1.0, "s", SEED)
+    assert b.message(1.0, {"peers": [v6]}, SEED, True) == []
+    dual = PeerBook([SEED], True, node_timeout=TIMEOUT)
+    dual.start(("::", 12345, 0, 0))
+    dual.node_added(1.0, "s", SEED)
+    assert changed(dual.message(1.0, {"peers": [v6]}, SEED, True)) == (SEED, ("fe80::1%eth0", 12345))
+
+
+def test_messages_that_are_neither_question_nor_answer_are_ignored() -> None:
+    b = book()
+    b.node_added(1.0, "s", SEED)
+    for data in (None, [], "peers", {"ask": "nodes"}, {"peers": "10.0.0.2"}):
+        assert b.message(1.0, data, SEED, True, members=[A], budget=1000) == []
