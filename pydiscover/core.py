@@ -575,6 +575,14 @@ class DiscoveryCore:
         self.message_bytes(wire.HELLO, self._hello_data(advertisement), what="hello with this advertisement")
         return wire.snapshot(advertisement)
 
+    def hello(self, now: float) -> list[Action]:
+        """Say hello now (node-discover's ``hello()``); the beat goes on from here.  Nothing
+        when stopped or a client (a client never says hello)."""
+        out: list[Action] = []
+        if self._running and not self.options.client:
+            self._hello(now, out)
+        return out
+
     def _hello(self, now: float, out: list[Action]) -> None:
         self._timers.hello_sent(now)
         out.append(self._transmit(now, wire.HELLO, self._hello_data(self._advertisement)))

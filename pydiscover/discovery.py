@@ -435,6 +435,10 @@ class AsyncDiscovery:
         """Become master now (peers of lower rank demote)."""
         self._apply(self._core.promote(self._now()))
 
+    def hello(self) -> None:
+        """Say hello now rather than at the next beat (nothing when stopped or a ``client``)."""
+        self._apply(self._core.hello(self._now()))
+
     def demote(self, permanent: bool = False) -> None:
         """Stop being master; ``permanent`` keeps this node out of elections until :meth:`promote`."""
         self._apply(self._core.demote(self._now(), permanent))
@@ -1005,6 +1009,10 @@ class Discovery:
     def promote(self) -> None:
         """See :meth:`AsyncDiscovery.promote`."""
         self.call(self._async.promote)
+
+    def hello(self) -> None:
+        """See :meth:`AsyncDiscovery.hello`."""
+        self.call(self._async.hello)
 
     def demote(self, permanent: bool = False) -> None:
         """See :meth:`AsyncDiscovery.demote`."""
