@@ -240,6 +240,7 @@ class AsyncDiscovery:
         self._transport_errors = _ErrorReports()
         #: Destinations and learned peers; ``None`` on a transport that reaches every member by itself.
         self._book: PeerBook | None = None
+        self._book_error_logged = False
         if self._transport.supports_destinations:
             self._book = PeerBook(
                 self.options.unicast, self.options.learn_peers, node_timeout=self.options.node_timeout,
@@ -603,7 +604,7 @@ class AsyncDiscovery:
     def _set_manual(self, book: PeerBook, manual: Sequence[Endpoint]) -> None:
         previous = book.manual
         try:
-            self._carry_out(book.set_manual(manual))  # the transport checks them all: changes nothing on error
+            self._carry_out(book.set_manual(manual), strict=True)  # the transport checks them all: no change on error
         except BaseException:
             book.set_manual(previous)
             raise
@@ -695,9 +696,14 @@ class AsyncDiscovery:
             packet: Packet = action.args[1]
             if packet.iid != self.id:
                 core = self._core
+                # The endpoint the core recorded for the member the packet claims to be (a
+                # copy of the table only for a member: a stranger's packet costs O(1)).
+                nodes = core.nodes if core.has_node(packet.iid) else {}
+                member = nodes.get(packet.iid)
                 self._carry_out(book.message(
-                    now, action.args[0], (packet.address, packet.port), core.has_node(packet.iid),
-                    members=((n.address, n.port) for n in core.nodes.values()),
+                    now, action.args[0], (packet.address, packet.port),
+                    (member.address, member.port) if member is not None else None,
+                    members=((n.address, n.port) for n in nodes.values()),
                     budget=core.max_payload(PEERS_CHANNEL),
                 ))
             return True
@@ -710,14 +716,31 @@ class AsyncDiscovery:
             self._carry_out(book.node_moved(now, node.id, (node.address, node.port)))
         return False
 
-    def _carry_out(self, actions: list[PeerAction]) -> None:
+    def _carry_out(self, actions: list[PeerAction], *, strict: bool = False) -> None:
+        """Carry out the book's actions.
+
+        ``strict`` (the user's own change of destinations): an error is raised, and the
+        caller restores the list.  Otherwise (the book's answer to a packet or a timer) a
+        failing action never raises out of the datagram path: it is logged once, counted
+        (``stats["dropped"]["internal_error"]``), the transport keeps its previous
+        destinations (it checks a list all or nothing), and the other actions still run.
+        """
         for action in actions:
-            if isinstance(action, DestinationsChanged):
-                self._transport.set_destinations(action.endpoints)
-                continue
-            for sent in self._core.send(self._now(), PEERS_CHANNEL, action.data) or ():
-                if not isinstance(sent, Emit):
-                    self._transport.send_to(sent.datagram, action.endpoint)
+            try:
+                if isinstance(action, DestinationsChanged):
+                    self._transport.set_destinations(action.endpoints)
+                    continue
+                for sent in self._core.send(self._now(), PEERS_CHANNEL, action.data) or ():
+                    if not isinstance(sent, Emit):
+                        self._transport.send_to(sent.datagram, action.endpoint)
+            except Exception:
+                if strict:
+                    raise
+                self._core.dropped["internal_error"] += 1
+                if not self._book_error_logged:
+                    self._book_error_logged = True
+                    log.exception("internal error carrying out %r (logged once; stats['dropped']['internal_error'])",
+                                  action)
 
     def _reschedule(self) -> None:
         deadline = self._core.next_deadline()

@@ -14,7 +14,9 @@ node that names one seed reaches whoever answers it.  That alone connects each n
 its seeds only; to join the others, a node asks each configured destination it hears
 from for its members' endpoints (one message on :data:`PEERS_CHANNEL`) and says hello to
 each for one ``node_timeout`` (*pending*).  They add it, learn it and answer; then it
-learns them.  Nothing is added to the wire format: node-discover peers keep working
+learns them.  Every node answers (learning or not), but only a member, only at the
+endpoint its hellos come from, and once per ``node_timeout``: the answer cannot be
+aimed at a third party.  Nothing is added to the wire format: node-discover peers keep working
 (they send only to their own list, and ignore the channel).
 
 With a key, the core adds a node (emits ``added``) only for a packet that opened with
@@ -69,17 +71,39 @@ PeerAction = SendTo | DestinationsChanged
 
 
 def endpoint_from_wire(item: Any) -> Endpoint | None:
-    """A ``[ip, port]`` pair from a peer, or ``None``: only IP literals (never a name to resolve)."""
+    """A ``[ip, port]`` pair from a peer, or ``None``.
+
+    Only plain unicast IP literals: never a name to resolve, never a zone (``%eth0`` names
+    an interface of the sender's, not ours), never a multicast, unspecified, reserved
+    (IPv4: 240.0.0.0/4), limited-broadcast or IPv6 link-local address (unusable without
+    a zone).  The host is returned in its canonical form (a v4-mapped IPv6 address as
+    its IPv4 one).  ``x.x.x.255`` is kept: it is a unicast address in subnets wider than
+    /24 (in unicast mode the socket has no ``SO_BROADCAST``, so the kernel refuses a
+    directed broadcast on a local subnet).
+    """
     if not isinstance(item, list) or len(item) != 2:
         return None
     host, port = item
     if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         return None
+    if "%" in host:
+        return None
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return None
-    return (host, port)
+    plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None else ip
+    if (
+        plain.is_multicast
+        or plain.is_unspecified
+        or (plain.is_reserved if isinstance(plain, ipaddress.IPv4Address) else plain.is_link_local)
+        or plain == _LIMITED_BROADCAST  # reserved too (240.0.0.0/4), named for the reader
+    ):
+        return None
+    return (str(plain), port)  # a v4-mapped address as the IPv4 one, as the transport reports peers
+
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 class PeerBook:
@@ -111,6 +135,8 @@ class PeerBook:
         self._pending: dict[Endpoint, float] = {}
         #: Configured destinations asked for their members -> until when their answers count.
         self._asked: dict[Endpoint, float] = {}
+        #: Members answered -> until when they are not answered again (one answer per ``node_timeout``).
+        self._answered: dict[Endpoint, float] = {}
         #: Peers refused over the bounds since creation (a restart keeps the count).
         self.not_learned = 0
         self._warned_full = False
@@ -170,6 +196,7 @@ class PeerBook:
         self._learned.clear()
         self._refs.clear()
         self._asked.clear()
+        self._answered.clear()
         return [DestinationsChanged(self.endpoints())]
 
     def node_added(self, now: float, iid: str, endpoint: Endpoint) -> list[PeerAction]:
@@ -194,8 +221,18 @@ class PeerBook:
         return [DestinationsChanged(self.endpoints())]
 
     def node_moved(self, now: float, iid: str, endpoint: Endpoint) -> list[PeerAction]:
-        """Node ``iid`` was updated; if its packets now come from another ``endpoint``, follow it."""
-        if not self.learn or self._learned.get(iid, endpoint) == endpoint:
+        """Node ``iid`` was updated; if its packets now come from another ``endpoint``, follow it.
+
+        A member not learned (refused over :attr:`max_learned`) is learned now if there is
+        room again (not counted again in :attr:`not_learned` if there is not).
+        """
+        if not self.learn:
+            return []
+        if iid not in self._learned:
+            if len(self._learned) < self.max_learned and self._learn(iid, endpoint):
+                return [DestinationsChanged(self.endpoints())]
+            return []
+        if self._learned[iid] == endpoint:
             return []
         changed = self._forget(iid)
         if self._learn(iid, endpoint) or changed:
@@ -207,25 +244,33 @@ class PeerBook:
         now: float,
         data: Any,
         sender: Endpoint,
-        sender_is_member: bool,
+        member: Endpoint | None,
         *,
         members: Iterable[Endpoint] = (),
         budget: int = 0,
     ) -> list[PeerAction]:
         """A message on :data:`PEERS_CHANNEL` from ``sender`` (not from this node).
 
-        A question from a member is answered with ``members`` (this node's members'
+        ``member`` is the endpoint the core recorded for the node the packet claims to
+        come from (its ``iid``), or ``None`` if that is no member.  A question is answered
+        only if it comes from there (``sender == member``: a stranger who names a
+        member's id cannot aim the answer elsewhere), at most once per asker per
+        ``node_timeout``, with or without :attr:`learn` (a seed that does not learn still
+        introduces its members).  The answer lists ``members`` (this node's members'
         endpoints; read only then), split so that each answer's JSON fits ``budget``
-        bytes (``core.max_payload(PEERS_CHANNEL)``).  An answer counts only from a
-        destination we asked, within one ``node_timeout`` of asking.
+        bytes (``core.max_payload(PEERS_CHANNEL)``).  An answer counts only if
+        :attr:`learn`, from a destination we asked, within one ``node_timeout`` of asking.
         """
-        if not self.learn or not isinstance(data, dict):
+        if not isinstance(data, dict):
             return []
         if data.get("ask") == "peers":
-            # Only members are answered (with a key: key holders).
-            return self._answer(sender, members, budget) if sender_is_member else []
+            # Only members are answered (with a key: key holders), at the endpoint they say hello from.
+            if member is None or sender != member or now < self._answered.get(sender, -1.0):
+                return []
+            self._answered[sender] = now + self.node_timeout
+            return self._answer(sender, members, budget)
         peers = data.get("peers")
-        if isinstance(peers, list) and now <= self._asked.get(sender, -1.0):  # only an answer we asked for
+        if self.learn and isinstance(peers, list) and now <= self._asked.get(sender, -1.0):  # an answer we asked for
             return self._try_endpoints(now, peers[: self.max_pending])
         return []
 
@@ -240,6 +285,8 @@ class PeerBook:
             expired = True
         for endpoint in [e for e, until in self._asked.items() if until < now]:
             del self._asked[endpoint]
+        for endpoint in [e for e, until in self._answered.items() if until <= now]:
+            del self._answered[endpoint]
         return [DestinationsChanged(self.endpoints())] if expired else []
 
     # ------------------------------------------------------------ rules

@@ -83,18 +83,20 @@ def test_a_learned_node_at_a_given_destination_changes_nothing_and_the_destinati
     assert b.node_removed(2.0, "a") == [] and b.endpoints() == (A,)
 
 
-def test_without_learn_peers_nothing_is_learned_or_asked() -> None:
+def test_without_learn_peers_nothing_is_learned_or_asked_but_members_are_answered() -> None:
     b = book(learn=False)
     assert b.node_added(1.0, "s", SEED) == [] and b.node_added(1.0, "a", A) == []
+    assert b.node_moved(2.0, "a", B) == []
     assert b.learned == 0 and b.endpoints() == (SEED,)
-    assert b.message(1.0, ASK, SEED, True, members=[A], budget=1000) == []
+    # A seed that does not learn still introduces its members to a joiner (not only itself).
+    assert b.message(1.0, ASK, SEED, SEED, members=[SEED, A], budget=1000) == [SendTo(SEED, {"peers": [list(A)]})]
+    assert b.message(1.0, {"peers": [list(C)]}, SEED, SEED) == [] and b.pending == ()  # never asked, never tries
 
 
 def test_a_moved_node_is_followed() -> None:
     b = book(())
     b.node_added(1.0, "a", A)
     assert b.node_moved(2.0, "a", A) == []  # updated, not moved
-    assert b.node_moved(2.0, "b", B) == []  # never learned
     assert b.node_moved(3.0, "a", B) == [DestinationsChanged((B,))] and b.learned == 1
     assert changed(b.node_removed(4.0, "a")) == ()
 
@@ -117,16 +119,27 @@ def test_learning_is_bounded_with_one_warning(caplog: pytest.LogCaptureFixture) 
     assert changed(b.node_added(2.0, "late", ("10.2.0.1", 1))) is not None and b.learned == 1024
 
 
+def test_a_member_refused_at_the_bound_is_learned_when_updated_once_there_is_room() -> None:
+    b = book((), max_learned=1)
+    b.node_added(1.0, "a", A)
+    assert b.node_added(1.0, "b", B) == [] and b.not_learned == 1  # refused: full
+    assert b.node_moved(2.0, "b", B) == [] and b.not_learned == 1  # still full: not counted twice
+    b.node_removed(3.0, "a")
+    assert b.node_moved(4.0, "b", B) == [DestinationsChanged((B,))] and b.learned == 1
+    assert b.node_moved(5.0, "b", B) == []  # learned: an update at the same endpoint changes nothing
+    assert changed(b.node_removed(6.0, "b")) == ()
+
+
 def test_clear_forgets_the_run_but_keeps_the_destinations_given_and_the_count() -> None:
     b = book(max_learned=1)
     b.node_added(1.0, "a", A)
     b.node_added(1.0, "b", B)  # over the bound
     b.node_added(1.0, "s", SEED)  # over the bound, but still asked
-    b.message(1.5, {"peers": [list(C)]}, SEED, True)
+    b.message(1.5, {"peers": [list(C)]}, SEED, SEED)
     assert b.endpoints() == (SEED, A, C)
     assert b.clear() == [DestinationsChanged((SEED,))]
     assert b.learned == 0 and b.not_learned == 2 and b.next_deadline() is None
-    assert b.message(1.6, {"peers": [list(C)]}, SEED, True) == []  # the question was forgotten too
+    assert b.message(1.6, {"peers": [list(C)]}, SEED, SEED) == []  # the question was forgotten too
     assert sends(b.node_added(2.0, "s", SEED)) == []  # stopped: asks nobody
 
 
@@ -135,7 +148,7 @@ def test_a_given_destination_that_answers_is_asked_and_its_answer_tried_until_ti
     b = book()
     out = b.node_added(10.0, "s", SEED)
     assert sends(out) == [SendTo(SEED, {"ask": "peers"})]
-    out = b.message(10.5, {"peers": [list(A), list(B), list(SEED), list(ME)]}, SEED, True)
+    out = b.message(10.5, {"peers": [list(A), list(B), list(SEED), list(ME)]}, SEED, SEED)
     assert out == [DestinationsChanged((SEED, A, B))]  # known ones and ourselves left out
     assert b.pending == (A, B) and b.next_deadline() == 12.5
     assert changed(b.node_added(11.0, "a", A)) is None  # it answered: learned, no longer pending
@@ -148,9 +161,9 @@ def test_a_given_destination_that_answers_is_asked_and_its_answer_tried_until_ti
 def test_pending_endpoints_expire_in_the_order_they_were_named() -> None:
     b = book()
     b.node_added(0.0, "s", SEED)
-    b.message(1.0, {"peers": [list(A)]}, SEED, True)
+    b.message(1.0, {"peers": [list(A)]}, SEED, SEED)
     b.node_added(1.5, "s2", SEED)  # asked again
-    b.message(1.5, {"peers": [list(B)]}, SEED, True)
+    b.message(1.5, {"peers": [list(B)]}, SEED, SEED)
     assert b.next_deadline() == 3.0
     assert changed(b.tick(3.0)) == (SEED, B) and b.next_deadline() == 3.5
     assert changed(b.tick(10.0)) == (SEED,)
@@ -159,26 +172,48 @@ def test_pending_endpoints_expire_in_the_order_they_were_named() -> None:
 def test_only_answers_we_asked_for_within_the_window_count() -> None:
     b = book((SEED, C))
     peers = {"peers": [list(A)]}
-    assert b.message(1.0, peers, SEED, True) == []  # never asked
+    assert b.message(1.0, peers, SEED, SEED) == []  # never asked
     b.node_added(1.0, "s", SEED)
-    assert b.message(1.0, peers, A, True) == []  # asked someone else
-    assert b.message(1.0 + TIMEOUT + 0.01, peers, SEED, True) == []  # too late
+    assert b.message(1.0, peers, A, A) == []  # asked someone else
+    assert b.message(1.0 + TIMEOUT + 0.01, peers, SEED, SEED) == []  # too late
     b.node_added(5.0, "s2", SEED)
-    assert b.message(5.0 + TIMEOUT, peers, SEED, True) == [DestinationsChanged((SEED, C, A))]
+    assert b.message(5.0 + TIMEOUT, peers, SEED, SEED) == [DestinationsChanged((SEED, C, A))]
 
 
 def test_only_members_are_answered_and_never_with_their_own_endpoint() -> None:
     b = book(())
-    assert b.message(1.0, ASK, A, False, members=[B], budget=1000) == []
-    out = b.message(1.0, ASK, A, True, members=[A, B, B, C], budget=1000)
+    assert b.message(1.0, ASK, A, None, members=[B], budget=1000) == []
+    out = b.message(1.0, ASK, A, A, members=[A, B, B, C], budget=1000)
     assert out == [SendTo(A, {"peers": [list(B), list(C)]})]
-    assert b.message(1.0, ASK, A, True, members=[A], budget=1000) == []  # nobody else to name
+    assert b.message(1.0, ASK, B, B, members=[B], budget=1000) == []  # nobody else to name
+
+
+def test_an_ask_is_answered_only_from_the_members_own_endpoint() -> None:
+    # Without a key anyone can claim a member's id: the answer must not go where the packet says.
+    b = book(())
+    victim: Endpoint = ("192.0.2.7", 53)
+    assert b.message(1.0, ASK, victim, A, members=[A, B], budget=1000) == []  # spoofed source
+    assert b.message(1.0, ASK, A, None, members=[A, B], budget=1000) == []  # no member
+    assert b.message(1.0, ASK, A, A, members=[A, B], budget=1000) == [SendTo(A, {"peers": [list(B)]})]
+
+
+def test_an_asker_is_answered_at_most_once_per_node_timeout() -> None:
+    b = book(())
+    members = [A, B, C]
+    assert sends(b.message(1.0, ASK, A, A, members=members, budget=1000)) != []
+    assert b.message(1.0 + TIMEOUT - 0.01, ASK, A, A, members=members, budget=1000) == []  # again: no
+    assert sends(b.message(1.0, ASK, B, B, members=members, budget=1000)) != []  # another asker: yes
+    b.tick(1.0 + TIMEOUT)  # forgets the answers given that long ago
+    assert sends(b.message(1.0 + TIMEOUT, ASK, A, A, members=members, budget=1000)) != []
+    b.clear()
+    b.start(ME)
+    assert sends(b.message(1.1 + TIMEOUT, ASK, B, B, members=members, budget=1000)) != []  # a restart forgets
 
 
 def test_the_answer_is_split_to_fit_a_small_budget() -> None:
     members = [(f"10.0.1.{i}", 40000 + i) for i in range(10)]
     budget = 80
-    out = book(()).message(1.0, ASK, SEED, True, members=members, budget=budget)
+    out = book(()).message(1.0, ASK, SEED, SEED, members=members, budget=budget)
     assert len(out) > 1 and all(isinstance(a, SendTo) and a.endpoint == SEED for a in out)
     named = [tuple(p) for a in sends(out) for p in a.data["peers"]]
     assert named == members
@@ -188,16 +223,16 @@ def test_the_answer_is_split_to_fit_a_small_budget() -> None:
 
 def test_a_too_long_answer_names_at_most_max_pending() -> None:
     members = [(f"10.0.{i // 256}.{i % 256}", 1) for i in range(20)]
-    out = book((), max_pending=5).message(1.0, ASK, SEED, True, members=members, budget=10_000)
+    out = book((), max_pending=5).message(1.0, ASK, SEED, SEED, members=members, budget=10_000)
     assert [tuple(p) for a in sends(out) for p in a.data["peers"]] == members[:5]
 
 
 def test_pending_is_bounded() -> None:
     b = book(max_pending=2)
     b.node_added(1.0, "s", SEED)
-    out = b.message(1.0, {"peers": [list(A), list(B), list(C)]}, SEED, True)  # an answer is cut at the bound
+    out = b.message(1.0, {"peers": [list(A), list(B), list(C)]}, SEED, SEED)  # an answer is cut at the bound
     assert changed(out) == (SEED, A, B) and b.not_learned == 0
-    assert b.message(1.1, {"peers": [list(C), ["10.0.0.5", 1]]}, SEED, True) == []  # a second part: no room
+    assert b.message(1.1, {"peers": [list(C), ["10.0.0.5", 1]]}, SEED, SEED) == []  # a second part: no room
     assert b.not_learned == 2 and b.pending == (A, B)
 
 
@@ -213,29 +248,49 @@ def test_pending_is_bounded() -> None:
         ["10.0.0.5"],
         "10.0.0.5:80",
         {"host": "10.0.0.5", "port": 80},
+        ["fe80::1%bogus", 80],  # a zone names the sender's interface, not ours
+        ["1.2.3.4%x", 80],
+        ["2001:db8::1%1", 80],
+        ["fe80::1", 80],  # link-local: unusable without a zone
+        ["0.0.0.0", 80],
+        ["::", 80],
+        ["255.255.255.255", 80],
+        ["240.0.0.1", 80],
+        ["224.0.0.1", 80],
+        ["239.255.255.250", 80],
+        ["ff02::1", 80],
+        ["::ffff:224.0.0.1", 80],
+        ["::ffff:255.255.255.255", 80],
     ],
 )
 def test_endpoints_from_the_wire_must_be_ip_literals(item: Any) -> None:
     assert endpoint_from_wire(item) is None
     b = book()
     b.node_added(1.0, "s", SEED)
-    assert b.message(1.0, {"peers": [item]}, SEED, True) == [] and b.pending == ()
+    assert b.message(1.0, {"peers": [item]}, SEED, SEED) == [] and b.pending == ()
+
+
+def test_unicast_endpoints_from_the_wire_are_canonical() -> None:
+    assert endpoint_from_wire(["2001:DB8::1", 1]) == ("2001:db8::1", 1)
+    assert endpoint_from_wire(["::ffff:10.0.0.5", 1]) == ("10.0.0.5", 1)  # as the transport reports peers
+    assert endpoint_from_wire(["::1", 1]) == ("::1", 1) and endpoint_from_wire(["127.0.0.1", 1]) == ("127.0.0.1", 1)
+    assert endpoint_from_wire(["10.0.1.255", 1]) == ("10.0.1.255", 1)  # unicast in a /23
 
 
 def test_ipv6_endpoints_are_taken_only_on_a_dual_stack_socket() -> None:
-    v6 = ["fe80::1%eth0", 12345]
-    assert endpoint_from_wire(v6) == ("fe80::1%eth0", 12345)
+    v6 = ["2001:db8::1", 12345]
+    assert endpoint_from_wire(v6) == ("2001:db8::1", 12345)
     b = book()  # started on an IPv4 address
     b.node_added(1.0, "s", SEED)
-    assert b.message(1.0, {"peers": [v6]}, SEED, True) == []
+    assert b.message(1.0, {"peers": [v6]}, SEED, SEED) == []
     dual = PeerBook([SEED], True, node_timeout=TIMEOUT)
     dual.start(("::", 12345, 0, 0))
     dual.node_added(1.0, "s", SEED)
-    assert changed(dual.message(1.0, {"peers": [v6]}, SEED, True)) == (SEED, ("fe80::1%eth0", 12345))
+    assert changed(dual.message(1.0, {"peers": [v6]}, SEED, SEED)) == (SEED, ("2001:db8::1", 12345))
 
 
 def test_messages_that_are_neither_question_nor_answer_are_ignored() -> None:
     b = book()
     b.node_added(1.0, "s", SEED)
     for data in (None, [], "peers", {"ask": "nodes"}, {"peers": "10.0.0.2"}):
-        assert b.message(1.0, data, SEED, True, members=[A], budget=1000) == []
+        assert b.message(1.0, data, SEED, SEED, members=[A], budget=1000) == []

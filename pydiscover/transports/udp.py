@@ -136,6 +136,8 @@ class UdpTransport(Transport):
         self._group_endpoints: tuple[Endpoint, ...] = ()
         self._unicast: tuple[Endpoint, ...] = ()
         self._destinations: list[Address] = []
+        #: The socket address of each unicast destination now: a change parses only new endpoints.
+        self._parsed: dict[Endpoint, Address] = {}
         if not self.unicast_mode:
             self._set_group_destination()
         self.set_destinations(unicast)
@@ -175,14 +177,23 @@ class UdpTransport(Transport):
 
         Duplicates (the same socket address written twice, or the group itself) are sent
         to once.  All are checked before any is used: on ``ValueError`` nothing changes.
+        Endpoints already destinations are not parsed again (a learning node changes its
+        list one peer at a time).
         """
+        cached = self._parsed
+        parsed: dict[Endpoint, Address] = {}
         seen = {address: None for address in self._group}
         kept: list[Endpoint] = []
         for host, port in endpoints:
-            address = self._address_of(host, port)
+            endpoint = (host, port)
+            address = cached.get(endpoint)
+            if address is None:
+                address = parsed.get(endpoint) or self._address_of(*endpoint)
+            parsed[endpoint] = address
             if address not in seen:
                 seen[address] = None
-                kept.append((host, port))
+                kept.append(endpoint)
+        self._parsed = parsed
         self._destinations = list(seen)
         self._unicast = tuple(kept)
 
@@ -196,7 +207,7 @@ class UdpTransport(Transport):
         if sock is None:
             self._count_error("not_open")
             return
-        dest = self._address_of(*endpoint)
+        dest = self._parsed.get(endpoint) or self._address_of(*endpoint)
         if self._backlog:
             self._hold(datagram, dest)
             return
