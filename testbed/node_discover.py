@@ -54,6 +54,18 @@ def node_discover_available() -> bool:
     return node_missing_reason() is None and node_discover_problem() is None
 
 
+def require_node_discover() -> None:
+    """In a test: skip where Node.js is missing; fail where node-discover 1.2.1 is (the test script installs it)."""
+    import pytest  # (testbed serves the benchmarks too: only tests come here)
+
+    reason = node_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    problem = node_discover_problem()
+    if problem:
+        pytest.fail(problem)
+
+
 def node_has_legacy_cipher() -> bool:
     """Whether this Node.js still has ``crypto.createCipher`` (gone in Node 22), which node-discover's key needs."""
     probe = "process.exit(typeof require('crypto').createCipher === 'function' ? 0 : 1)"

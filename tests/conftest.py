@@ -6,17 +6,22 @@ The helpers shared with the benchmarks live in ``testbed/``; ``free_udp_port`` i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from testbed.ports import free_udp_port
 
-__all__ = ["LOOPBACK_BROADCAST", "async_eventually", "eventually", "free_udp_port"]
+if TYPE_CHECKING:
+    from pydiscover import AsyncDiscovery
+
+__all__ = ["LOOPBACK_BROADCAST", "async_eventually", "eventually", "free_udp_port", "running"]
 
 LOOPBACK_BROADCAST = "127.255.255.255"
 
@@ -42,6 +47,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if problems:
         pytest.exit(f"PYDISCOVER_EXPECT_INSTALLED is set but pydiscover was imported from {where}: "
                     + "; ".join(problems), returncode=1)
+
+
+@contextlib.asynccontextmanager
+async def running(*nodes: AsyncDiscovery) -> AsyncIterator[None]:
+    """Start ``nodes`` in order; stop them all at the end, whatever happened."""
+    try:
+        for d in nodes:
+            await d.start()
+        yield
+    finally:
+        for d in nodes:
+            await d.stop()
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> float:

@@ -21,7 +21,7 @@ from conftest import LOOPBACK_BROADCAST, eventually, free_udp_port
 
 from pydiscover import compat
 from pydiscover.compat import Discover, translate_options
-from testbed.node_discover import node_discover_problem, node_env, node_has_legacy_cipher, node_missing_reason
+from testbed.node_discover import node_env, node_has_legacy_cipher, require_node_discover
 from testbed.ports import free_udp_ports
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "node_discover"
@@ -363,12 +363,7 @@ setTimeout(function () { d.stop(); process.exit(0); }, 8000);
 @pytest.mark.interop
 @pytest.mark.timeout(60)
 def test_with_a_real_node_discover_and_a_key() -> None:
-    reason = node_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    problem = node_discover_problem()
-    if problem:
-        pytest.fail(problem)
+    require_node_discover()
     if not node_has_legacy_cipher():
         pytest.skip("this Node.js has no crypto.createCipher: node-discover cannot use a key")
     py_port, js_port = free_udp_ports(2)

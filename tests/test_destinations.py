@@ -10,12 +10,11 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import LOOPBACK_BROADCAST, async_eventually, eventually, free_udp_port
+from conftest import LOOPBACK_BROADCAST, async_eventually, eventually, free_udp_port, running
 
 import pydiscover.discovery as runtime
 from pydiscover import AsyncDiscovery, Discovery, Node
@@ -34,17 +33,6 @@ def node(port: int, **options: Any) -> AsyncDiscovery:
 
 def seed(port: int) -> str:
     return f"127.0.0.1:{port}"
-
-
-@asynccontextmanager
-async def running(*nodes: AsyncDiscovery) -> AsyncIterator[None]:
-    try:
-        for d in nodes:
-            await d.start()
-        yield
-    finally:
-        for d in nodes:
-            await d.stop()
 
 
 def ports_seen(d: AsyncDiscovery) -> set[int]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from testbed.node_discover import node_discover_problem, node_has_legacy_cipher, node_missing_reason
+from testbed.node_discover import node_has_legacy_cipher, require_node_discover
 from testbed.proc_cluster import Cluster, NodeProc
 
 HELLO_INTERVAL = 0.5
@@ -38,12 +38,7 @@ MUST_SHOW = [("js", 4.0), ("js", 1.0), ("py", 3.0), ("py", 2.0)]
 
 @pytest.fixture(scope="module")
 def node_discover() -> None:
-    reason = node_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    problem = node_discover_problem()
-    if problem:
-        pytest.fail(problem)
+    require_node_discover()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ skipped with the reason; ``./scripts/test`` installs it when run as root.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
 import signal
@@ -17,12 +16,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import async_eventually
+from conftest import async_eventually, running
 
 from pydiscover import AsyncDiscovery, Discovery, TransportUnavailable
 from testbed import ROOT
@@ -69,17 +68,6 @@ def node(url: str, ns: str | None, **extra: Any) -> AsyncDiscovery:
     if ns is not None:
         options["namespace"] = ns
     return AsyncDiscovery(transport=url, **options)
-
-
-@contextlib.asynccontextmanager
-async def running(*nodes: AsyncDiscovery) -> AsyncIterator[None]:
-    try:
-        for d in nodes:
-            await d.start()
-        yield
-    finally:
-        for d in nodes:
-            await d.stop()
 
 
 def full_view(nodes: list[AsyncDiscovery]) -> bool:

@@ -207,16 +207,7 @@ class UdpTransport(Transport):
         if sock is None:
             self._count_error("not_open")
             return
-        dest = self._parsed.get(endpoint) or self._address_of(*endpoint)
-        if self._backlog:
-            self._hold(datagram, dest)
-            return
-        try:
-            sock.sendto(datagram, dest)
-        except (BlockingIOError, InterruptedError):
-            self._hold(datagram, dest)
-        except OSError as exc:
-            self._send_failed(dest, exc)
+        self._send_one(sock, datagram, self._parsed.get(endpoint) or self._address_of(*endpoint))
 
     def _make_socket(self) -> socket.socket:
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
@@ -336,15 +327,19 @@ class UdpTransport(Transport):
             self._count_error("not_open")
             return
         for dest in self._destinations:
-            if self._backlog:
-                self._hold(datagram, dest)
-                continue
-            try:
-                sock.sendto(datagram, dest)
-            except (BlockingIOError, InterruptedError):
-                self._hold(datagram, dest)
-            except OSError as exc:
-                self._send_failed(dest, exc)
+            self._send_one(sock, datagram, dest)
+
+    def _send_one(self, sock: socket.socket, datagram: bytes, dest: Address) -> None:
+        """Write now, or queue behind a backlog (order kept) or a full kernel buffer."""
+        if self._backlog:
+            self._hold(datagram, dest)
+            return
+        try:
+            sock.sendto(datagram, dest)
+        except (BlockingIOError, InterruptedError):
+            self._hold(datagram, dest)
+        except OSError as exc:
+            self._send_failed(dest, exc)
 
     def _send_failed(self, dest: Address, exc: OSError) -> None:
         self._report_error("send_error", f"send to {dest[0]}:{dest[1]} failed: {exc}")
