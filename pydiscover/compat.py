@@ -446,8 +446,7 @@ class Discover(EventEmitter):
         self.settings["weight"] = engine_options.weight
         if native["unicast"] is not None:
             group: NodeObject | None = None
-            initial = [f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-                       for host, port in engine_options.unicast]
+            initial = list(self._d.unicast)  # the engine's own "host:port" texts
         else:
             address = engine_options.multicast or engine_options.broadcast or ""
             group = {"address": address, "port": engine_options.port}
