@@ -244,7 +244,7 @@ class AsyncDiscovery:
         if self._transport.supports_destinations:
             self._book = PeerBook(
                 self.options.unicast, self.options.learn_peers, node_timeout=self.options.node_timeout,
-                max_learned=MAX_LEARNED, max_pending=MAX_PENDING,
+                ask_interval=self.options.hello_interval, max_learned=MAX_LEARNED, max_pending=MAX_PENDING,
             )
             # Joined even when not learning: a learning peer's question is then answered
             # or ignored here, not counted as a message on an unknown channel.

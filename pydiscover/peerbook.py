@@ -14,10 +14,17 @@ node that names one seed reaches whoever answers it.  That alone connects each n
 its seeds only; to join the others, a node asks each configured destination it hears
 from for its members' endpoints (one message on :data:`PEERS_CHANNEL`) and says hello to
 each for one ``node_timeout`` (*pending*).  They add it, learn it and answer; then it
-learns them.  Every node answers (learning or not), but only a member, only at the
-endpoint its hellos come from, and once per ``node_timeout``: the answer cannot be
-aimed at a third party.  Nothing is added to the wire format: node-discover peers keep working
-(they send only to their own list, and ignore the channel).
+learns them.  The question is asked again (:data:`ASK_TRIES` in all, one hello interval
+apart) until an answer comes, so a lost datagram, or a seed that had not heard our hello
+yet when the question came, costs one interval, not the cluster.  A seed whose packets
+come from another address than the one configured (a host with several addresses, NAT,
+a name that resolves elsewhere) is not recognised by its endpoint: while a configured
+destination has no member at it and no answer has come, a node asks every node that
+finds it by itself (one it was not sending to).  Every node answers (learning or not),
+also with an empty list, but only a member, only at the endpoint its hellos come from,
+and at most once per :data:`ANSWER_INTERVAL`: the answer cannot be aimed at a third
+party.  Nothing is added to the wire format: node-discover peers keep working (they
+send only to their own list, and ignore the channel).
 
 With a key, the core adds a node (emits ``added``) only for a packet that opened with
 the key ring, and delivers a channel message only then: with ``encryption="aead"`` that
@@ -48,6 +55,13 @@ MAX_PENDING = 256
 #: endpoints of their members, and says hello to each.  node-discover peers ignore it
 #: (a channel they did not join); users cannot join, leave or send on it.
 PEERS_CHANNEL = "pydiscover.peers"
+
+#: How often a node asks a destination that has not answered yet (every hello interval, at
+#: least :data:`ASK_INTERVAL_MIN` seconds apart).
+ASK_TRIES = 3
+ASK_INTERVAL_MIN = 0.4
+#: A member's question is answered at most once per this many seconds (under the askers' interval).
+ANSWER_INTERVAL = 0.2
 
 #: The question, and the JSON around an answer's list (for the datagram budget).
 ASK: dict[str, Any] = {"ask": "peers"}
@@ -120,11 +134,14 @@ class PeerBook:
         learn: bool,
         *,
         node_timeout: float,
+        ask_interval: float = ASK_INTERVAL_MIN,
         max_learned: int = MAX_LEARNED,
         max_pending: int = MAX_PENDING,
     ) -> None:
         self.learn = learn
         self.node_timeout = node_timeout
+        #: Seconds between two questions to a destination that has not answered.
+        self.ask_interval = max(ask_interval, ASK_INTERVAL_MIN)
         self.max_learned = max_learned
         self.max_pending = max_pending
         self._manual: tuple[Endpoint, ...] = tuple(dict.fromkeys(manual))
@@ -133,9 +150,13 @@ class PeerBook:
         self._refs: dict[Endpoint, int] = {}
         #: Endpoints a seed named -> when they are forgotten unless learned by then (in that order).
         self._pending: dict[Endpoint, float] = {}
-        #: Configured destinations asked for their members -> until when their answers count.
+        #: Members asked for their members -> until when their answers count.
         self._asked: dict[Endpoint, float] = {}
-        #: Members answered -> until when they are not answered again (one answer per ``node_timeout``).
+        #: Members asked that have not answered yet -> (when to ask again, questions left).
+        self._unanswered: dict[Endpoint, tuple[float, int]] = {}
+        #: Whether any answer came since start (until then, nodes that find us are asked too).
+        self._answer_heard = False
+        #: Members answered -> until when they are not answered again (:data:`ANSWER_INTERVAL`).
         self._answered: dict[Endpoint, float] = {}
         #: Peers refused over the bounds since creation (a restart keeps the count).
         self.not_learned = 0
@@ -169,9 +190,18 @@ class PeerBook:
         """Whether ``endpoint`` is a destination now."""
         return endpoint in self._refs or endpoint in self._pending or endpoint in self._manual
 
+    @property
+    def unanswered(self) -> tuple[Endpoint, ...]:
+        """The members asked for their members that have not answered yet."""
+        return tuple(self._unanswered)
+
     def next_deadline(self) -> float | None:
-        """When the first pending endpoint is forgotten (call :meth:`tick` then), or ``None``."""
-        return next(iter(self._pending.values()), None)
+        """When a pending endpoint is forgotten or a question asked again (call :meth:`tick` then), or ``None``."""
+        deadline = next(iter(self._pending.values()), None)
+        for again, _ in self._unanswered.values():  # a few: the seeds, until they answer
+            if deadline is None or again < deadline:
+                deadline = again
+        return deadline
 
     # ------------------------------------------------------------ inputs
     def set_manual(self, endpoints: Sequence[Endpoint]) -> list[PeerAction]:
@@ -196,6 +226,8 @@ class PeerBook:
         self._learned.clear()
         self._refs.clear()
         self._asked.clear()
+        self._unanswered.clear()
+        self._answer_heard = False
         self._answered.clear()
         return [DestinationsChanged(self.endpoints())]
 
@@ -203,21 +235,24 @@ class PeerBook:
         """Node ``iid`` was added; its packets come from ``endpoint``."""
         if not self.learn:
             return []
+        found_us = not self.known(endpoint)  # it sends to us, we did not send to it
         out: list[PeerAction] = []
         if iid in self._learned:  # added twice without a removal: it may have moved
             out += self.node_moved(now, iid, endpoint)
         elif self._learn(iid, endpoint):
             out.append(DestinationsChanged(self.endpoints()))
-        if endpoint in self._manual and self._running:
-            # A destination given answered: ask it for its members, so we reach them too.
-            self._asked[endpoint] = now + self.node_timeout
-            out.append(SendTo(endpoint, dict(ASK)))
+        if self._running and (endpoint in self._manual or (found_us and self._seed_unrecognised())):
+            # A destination given answered (or may have, from another address): ask it for
+            # its members, so we reach them too.
+            out += self._ask(now, endpoint, ASK_TRIES)
         return out
 
     def node_removed(self, now: float, iid: str) -> list[PeerAction]:
         """Node ``iid`` was removed (timed out or said goodbye): its learned destination leaves with it."""
         if not self.learn or not self._forget(iid):
             return []
+        # Gone from the destinations: so is any question to it (a member's endpoint is in _refs).
+        self._unanswered = {e: v for e, v in self._unanswered.items() if self.known(e)}
         return [DestinationsChanged(self.endpoints())]
 
     def node_moved(self, now: float, iid: str, endpoint: Endpoint) -> list[PeerAction]:
@@ -255,11 +290,12 @@ class PeerBook:
         come from (its ``iid``), or ``None`` if that is no member.  A question is answered
         only if it comes from there (``sender == member``: a stranger who names a
         member's id cannot aim the answer elsewhere), at most once per asker per
-        ``node_timeout``, with or without :attr:`learn` (a seed that does not learn still
-        introduces its members).  The answer lists ``members`` (this node's members'
+        :data:`ANSWER_INTERVAL`, with or without :attr:`learn` (a seed that does not learn
+        still introduces its members).  The answer lists ``members`` (this node's members'
         endpoints; read only then), split so that each answer's JSON fits ``budget``
-        bytes (``core.max_payload(PEERS_CHANNEL)``).  An answer counts only if
-        :attr:`learn`, from a destination we asked, within one ``node_timeout`` of asking.
+        bytes (``core.max_payload(PEERS_CHANNEL)``); with none to list it is an empty
+        list, so the asker stops asking.  An answer counts only if :attr:`learn`, from a
+        member we asked, within one ``node_timeout`` of asking.
         """
         if not isinstance(data, dict):
             return []
@@ -267,15 +303,26 @@ class PeerBook:
             # Only members are answered (with a key: key holders), at the endpoint they say hello from.
             if member is None or sender != member or now < self._answered.get(sender, -1.0):
                 return []
-            self._answered[sender] = now + self.node_timeout
+            self._answered[sender] = now + ANSWER_INTERVAL
             return self._answer(sender, members, budget)
         peers = data.get("peers")
         if self.learn and isinstance(peers, list) and now <= self._asked.get(sender, -1.0):  # an answer we asked for
+            self._unanswered.pop(sender, None)
+            self._answer_heard = True
             return self._try_endpoints(now, peers[: self.max_pending])
         return []
 
     def tick(self, now: float) -> list[PeerAction]:
-        """Forget the pending endpoints nobody answered from within their ``node_timeout``."""
+        """Ask again the members that have not answered; forget the pending endpoints nobody
+        answered from within their ``node_timeout``."""
+        out: list[PeerAction] = []
+        for endpoint, (again, left) in list(self._unanswered.items()):
+            if again <= now:
+                del self._unanswered[endpoint]
+                if left > 0:
+                    out += self._ask(now, endpoint, left)
+                else:
+                    log.debug("learn_peers: %s:%d never answered %d questions", *endpoint, ASK_TRIES)
         expired = False
         while self._pending:
             endpoint, deadline = next(iter(self._pending.items()))
@@ -287,9 +334,23 @@ class PeerBook:
             del self._asked[endpoint]
         for endpoint in [e for e, until in self._answered.items() if until <= now]:
             del self._answered[endpoint]
-        return [DestinationsChanged(self.endpoints())] if expired else []
+        if expired:
+            out.append(DestinationsChanged(self.endpoints()))
+        return out
 
     # ------------------------------------------------------------ rules
+    def _ask(self, now: float, endpoint: Endpoint, tries: int) -> list[PeerAction]:
+        """Ask ``endpoint`` for its members now, and again later (``tries`` questions in all) until it answers."""
+        if endpoint not in self._unanswered and len(self._unanswered) >= self.max_pending:
+            return []
+        self._asked[endpoint] = now + self.node_timeout
+        self._unanswered[endpoint] = (now + self.ask_interval, tries - 1)
+        return [SendTo(endpoint, dict(ASK))]
+
+    def _seed_unrecognised(self) -> bool:
+        """No answer yet, and a destination given has no member at it (its packets may come from elsewhere)."""
+        return not self._answer_heard and any(e not in self._refs for e in self._manual)
+
     def _learn(self, iid: str, endpoint: Endpoint) -> bool:
         """Learn ``iid`` at ``endpoint``; ``True`` if the destination list changed."""
         if len(self._learned) >= self.max_learned:
@@ -318,7 +379,8 @@ class PeerBook:
         return endpoint not in self._manual
 
     def _answer(self, asker: Endpoint, members: Iterable[Endpoint], budget: int) -> list[PeerAction]:
-        """The members' endpoints but the asker's, in as many messages as they need (each within ``budget``)."""
+        """The members' endpoints but the asker's, in as many messages as they need (each within
+        ``budget``); one empty list if there are none, so the asker knows it was heard."""
         endpoints = [e for e in dict.fromkeys(members) if e != asker][: self.max_pending]
         room = budget - _ANSWER_OVERHEAD
         out: list[PeerAction] = []
@@ -331,7 +393,7 @@ class PeerBook:
                 chunk, size = [], 0
             chunk.append([host, port])
             size += item_size
-        if chunk:
+        if chunk or not out:
             out.append(SendTo(asker, {"peers": chunk}))
         return out
 

@@ -145,6 +145,23 @@ async def test_five_nodes_one_seed_full_view_survives_the_seed_and_a_sixth_joins
             await d.stop()
 
 
+async def test_a_seed_that_says_hello_from_another_address_still_introduces_its_members() -> None:
+    """The seed is configured as 127.0.0.2 (an alias: NAT, a multi-homed host, a name that
+    resolves elsewhere look the same) but its hellos come from 127.0.0.1.  It is not
+    recognised by its endpoint, so the newcomer asks the node that found it; without that
+    question nodes 1 and 2 would each know the seed only."""
+    ps, p1, p2 = free_udp_port(), free_udp_port(), free_udp_port()
+    the_seed = AsyncDiscovery(port=ps, address="0.0.0.0", unicast=[], **TIMING)  # hears 127.0.0.2 too
+    one = node(p1, unicast=[seed(ps)])
+    two = node(p2, unicast=[f"127.0.0.2:{ps}"])
+    async with running(the_seed, one):
+        await async_eventually(lambda: ports_seen(one) == {ps}, 10 * HELLO, "node 1 joins the seed")
+        async with running(two):
+            await async_eventually(lambda: ports_seen(one) == {ps, p2} and ports_seen(two) == {ps, p1},
+                                   15 * HELLO, "nodes 1 and 2 meet through the seed they name differently")
+            assert ("127.0.0.1", ps) in two.destinations and ("127.0.0.2", ps) in two.destinations
+
+
 # ------------------------------------------------------ destinations at run time
 async def test_add_destination_at_run_time_finds_a_node_and_remove_destination_undoes_it() -> None:
     pa, pb = free_udp_port(), free_udp_port()

@@ -10,7 +10,10 @@ import pytest
 
 from pydiscover.config import Endpoint
 from pydiscover.peerbook import (
+    ANSWER_INTERVAL,
     ASK,
+    ASK_INTERVAL_MIN,
+    ASK_TRIES,
     MAX_LEARNED,
     MAX_PENDING,
     PEERS_CHANNEL,
@@ -63,9 +66,10 @@ def test_manual_destinations_are_deduplicated_and_replaced() -> None:
 # ------------------------------------------------------ learning and forgetting
 def test_an_added_node_is_learned_and_leaves_with_its_node() -> None:
     b = book()
+    b.node_added(0.5, "s", SEED)  # the seed answered at its own endpoint
     out = b.node_added(1.0, "a", A)
-    assert out == [DestinationsChanged((SEED, A))] and b.learned == 1
-    assert b.node_removed(2.0, "a") == [DestinationsChanged((SEED,))] and b.learned == 0
+    assert out == [DestinationsChanged((SEED, A))] and b.learned == 2
+    assert b.node_removed(2.0, "a") == [DestinationsChanged((SEED,))] and b.learned == 1
     assert b.node_removed(3.0, "a") == []  # not learned any more
 
 
@@ -185,7 +189,8 @@ def test_only_members_are_answered_and_never_with_their_own_endpoint() -> None:
     assert b.message(1.0, ASK, A, None, members=[B], budget=1000) == []
     out = b.message(1.0, ASK, A, A, members=[A, B, B, C], budget=1000)
     assert out == [SendTo(A, {"peers": [list(B), list(C)]})]
-    assert b.message(1.0, ASK, B, B, members=[B], budget=1000) == []  # nobody else to name
+    # Nobody else to name: an empty answer, so the asker stops asking.
+    assert b.message(1.0, ASK, B, B, members=[B], budget=1000) == [SendTo(B, {"peers": []})]
 
 
 def test_an_ask_is_answered_only_from_the_members_own_endpoint() -> None:
@@ -197,17 +202,82 @@ def test_an_ask_is_answered_only_from_the_members_own_endpoint() -> None:
     assert b.message(1.0, ASK, A, A, members=[A, B], budget=1000) == [SendTo(A, {"peers": [list(B)]})]
 
 
-def test_an_asker_is_answered_at_most_once_per_node_timeout() -> None:
+def test_an_asker_is_answered_at_most_once_per_answer_interval() -> None:
+    assert ANSWER_INTERVAL < ASK_INTERVAL_MIN  # an asker asking again is always answered again
     b = book(())
     members = [A, B, C]
     assert sends(b.message(1.0, ASK, A, A, members=members, budget=1000)) != []
-    assert b.message(1.0 + TIMEOUT - 0.01, ASK, A, A, members=members, budget=1000) == []  # again: no
+    assert b.message(1.0 + ANSWER_INTERVAL - 0.01, ASK, A, A, members=members, budget=1000) == []  # again: no
     assert sends(b.message(1.0, ASK, B, B, members=members, budget=1000)) != []  # another asker: yes
-    b.tick(1.0 + TIMEOUT)  # forgets the answers given that long ago
-    assert sends(b.message(1.0 + TIMEOUT, ASK, A, A, members=members, budget=1000)) != []
+    b.tick(1.0 + ANSWER_INTERVAL)  # forgets the answers given that long ago
+    assert sends(b.message(1.0 + ANSWER_INTERVAL, ASK, A, A, members=members, budget=1000)) != []
     b.clear()
     b.start(ME)
-    assert sends(b.message(1.1 + TIMEOUT, ASK, B, B, members=members, budget=1000)) != []  # a restart forgets
+    assert sends(b.message(1.01 + ANSWER_INTERVAL, ASK, B, B, members=members, budget=1000)) != []  # restart
+
+
+def test_a_seed_is_asked_again_until_it_answers_then_never() -> None:
+    b = PeerBook([SEED], True, node_timeout=TIMEOUT, ask_interval=0.5)
+    b.start(ME)
+    assert sends(b.node_added(1.0, "s", SEED)) == [SendTo(SEED, ASK)]
+    assert b.unanswered == (SEED,) and b.next_deadline() == 1.5
+    assert b.tick(1.49) == []
+    assert sends(b.tick(1.5)) == [SendTo(SEED, ASK)]  # the question or its answer was lost
+    assert b.next_deadline() == 2.0
+    assert changed(b.message(1.7, {"peers": [list(A)]}, SEED, SEED)) == (SEED, A)
+    assert b.unanswered == () and b.next_deadline() == 1.7 + TIMEOUT  # only A's trial is left
+    assert sends(b.tick(2.0)) == []
+
+
+def test_a_seed_that_never_answers_is_asked_ask_tries_times() -> None:
+    b = PeerBook([SEED], True, node_timeout=TIMEOUT, ask_interval=0.01)  # never faster than the floor
+    b.start(ME)
+    asked = len(sends(b.node_added(1.0, "s", SEED)))
+    now = 1.0
+    for _ in range(10):
+        deadline = b.next_deadline()
+        if deadline is None:
+            break
+        assert deadline - now >= ASK_INTERVAL_MIN - 1e-9
+        now = deadline
+        asked += len(sends(b.tick(now)))
+    assert asked == ASK_TRIES and b.unanswered == () and b.next_deadline() is None
+
+
+def test_a_question_to_a_member_that_leaves_is_not_asked_again() -> None:
+    b = book((SEED,))
+    b.node_added(1.0, "s", A)  # the seed, from another address: asked
+    assert b.unanswered == (A,)
+    assert b.node_removed(1.1, "s") != [] and b.unanswered == () and b.next_deadline() is None
+    b = book(())
+    b.node_added(1.0, "a", A)  # found us, but we were given no destination: nothing to ask
+    assert b.unanswered == ()
+    b = book()
+    b.node_added(1.0, "s", SEED)
+    b.node_added(1.0, "x", A)  # the seed is recognised: A is not asked
+    assert b.unanswered == (SEED,)
+    b.node_removed(1.1, "s")
+    assert b.unanswered == (SEED,)  # a given destination: still asked (it may come back)
+
+
+def test_a_seed_answering_from_another_address_is_asked_where_its_packets_come_from() -> None:
+    # Configured as 10.0.0.1 (an alias, NAT, a name that resolves elsewhere); it says hello from 10.0.0.2.
+    b = book((SEED,))
+    out = b.node_added(1.0, "s", A)
+    assert sends(out) == [SendTo(A, ASK)] and changed(out) == (SEED, A)
+    assert changed(b.message(1.1, {"peers": [list(B)]}, A, A)) == (SEED, A, B)
+    # An answer came: nodes that find us later are learned, not asked (each would answer with everyone).
+    assert sends(b.node_added(1.2, "c", C)) == []
+
+
+def test_nodes_we_reached_ourselves_are_not_asked_even_before_an_answer() -> None:
+    b = book((SEED,))
+    b.node_added(1.0, "s", A)  # an unrecognised seed: asked
+    b.message(1.0, {"peers": [list(B)]}, A, A)
+    b2 = book((SEED,))
+    assert sends(b2.node_added(1.0, "s", SEED)) == [SendTo(SEED, ASK)]
+    b2.message(1.0, {"peers": [list(B)]}, SEED, SEED)  # B is pending: we say hello to it
+    assert sends(b2.node_added(1.1, "b", B)) == []  # it answered our hello: no question
 
 
 def test_the_answer_is_split_to_fit_a_small_budget() -> None:
