@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, TypeVar, overload
@@ -43,6 +43,7 @@ from .peerbook import MAX_LEARNED as MAX_LEARNED  # re-exported: read at each no
 from .peerbook import MAX_PENDING as MAX_PENDING
 from .peerbook import PEERS_CHANNEL as PEERS_CHANNEL
 from .peerbook import DestinationsChanged, PeerAction, PeerBook
+from .registry import Registration, Registry
 from .security import Codec, Secret, make_codec
 from .transports.base import Address, Transport
 from .transports.udp import UdpTransport
@@ -171,6 +172,24 @@ def _make_transport(options: Options, transport: Any) -> tuple[Transport, Option
     raise TypeError(f"transport must be a Transport instance or a redis:// URL, got {type(transport).__name__}")
 
 
+def _make_registry(registry: Any, options: Options, transport: Transport) -> Registry | None:
+    """The registry for ``registry`` (``None``; an ``etcd://`` URL; a :class:`Registry` object)."""
+    if registry is None:
+        return None
+    if not transport.supports_destinations:
+        raise ValueError(
+            f"registry: {type(transport).__name__} reaches every member by itself; a registry "
+            "lists UDP endpoints (leave transport unset)"
+        )
+    if isinstance(registry, Registry):
+        return registry
+    if isinstance(registry, str):
+        from .etcd import EtcdRegistry  # imports the etcd client: only when used
+
+        return EtcdRegistry(registry, node_timeout=options.node_timeout, hello_interval=options.hello_interval)
+    raise TypeError(f"registry must be an etcd:// URL or a Registry object, got {type(registry).__name__}")
+
+
 def codec_for(current: str, key: Secret | list[Secret], encryption: str | None) -> Codec:
     """Build (and derive keys for: scrypt takes tens of ms) the codec for a new key ring.
 
@@ -219,15 +238,20 @@ class AsyncDiscovery:
         max_datagram: int | None = None,
         transport: str | Transport | None = None,
         namespace: str | None = None,
+        registry: str | Registry | None = None,
         allow_long_intervals: bool = False,
     ) -> None:
         settings = engine_options(locals())
         transport = settings.pop("transport")
+        registry = settings.pop("registry")
+        if registry is not None and broadcast is None and multicast is None and unicast is None:
+            settings["unicast"] = []  # registry= alone is a complete configuration: unicast mode
         self._check_advertisement(advertisement)
         #: The settings in effect: the validated options, with the namespace a Redis URL chose
         #: and the codec the last ``set_key`` installed (a new snapshot each time, never edited).
         self.options: Options
         self._transport, self.options = _make_transport(build_options(**settings), transport)
+        self._registry = _make_registry(registry, self.options, self._transport)
         self._core = DiscoveryCore(self.options, pid=_process_id, iid=str(uuid.uuid4()))
         self._emitter = SafeEmitter()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,9 +302,17 @@ class AsyncDiscovery:
         self._transport.set_link_listener(self._link_changed)
         self._transport.set_error_listener(self._transport_error)
         await self._transport.open(self._datagram_received)
+        if self._registry is not None:
+            try:
+                await self._open_registry(self._registry)
+            except BaseException:
+                await self._transport.close()  # nothing is left started
+                raise
         self._loop = loop
         if self._book is not None:
             self._book.start(self._transport.local_address)
+            if self._registry is not None:  # the first hello goes to every member registered
+                self._carry_out(self._book.set_registered(self._registered_endpoints(self._registry.members)))
         self._apply(self._core.start(loop.time(), time.time()))
         self._emitter.emit("started", self._facade)
         return True
@@ -297,6 +329,8 @@ class AsyncDiscovery:
                 log.error("cleanup before stop failed", exc_info=result)
         self._apply(self._core.stop(self._loop.time()))
         self._cancel_timer()
+        if self._registry is not None:
+            await self._registry.close()  # the registration goes at once (etcd: the lease is revoked)
         await self._transport.close()
         if self._book is not None:
             self._carry_out(self._book.clear())
@@ -626,7 +660,38 @@ class AsyncDiscovery:
             # learn_peers: peers learned now, and those refused over the bounds since creation.
             "learned": book.learned if book is not None else 0,
             "not_learned": book.not_learned if book is not None else 0,
+            # registry=: whether it is reachable, the other members registered, its failure counts.
+            **({"registry": {"connected": self._registry.connected, "members": len(self._registry.members),
+                             **self._registry.errors}} if self._registry is not None else {}),
         }
+
+    # ------------------------------------------------------------ registry
+    @property
+    def registry(self) -> Registry | None:
+        """The registry this node registers in (``registry=``), or ``None``.
+
+        Its ``members`` are the other nodes registered as last known (kept through an
+        outage), its ``key`` (etcd) where this node's registration is written.
+        """
+        return self._registry
+
+    async def _open_registry(self, registry: Registry) -> None:
+        local = self._transport.local_address
+        assert local is not None  # a transport with destinations is bound once open
+        me = Registration(
+            iid=self.id, address=registry.advertised_address(local[0]), port=int(local[1]),
+            hostname=self.options.hostname, weight=self.options.weight, pid=str(_process_id),
+        )
+        registry.set_error_listener(self._transport_error)
+        await registry.open(me, self._registry_changed)
+
+    def _registered_endpoints(self, members: Mapping[str, Registration]) -> list[Endpoint]:
+        return [r.endpoint for iid, r in members.items() if iid != self.id]
+
+    def _registry_changed(self, members: Mapping[str, Registration]) -> None:
+        """The registry's members changed: send to them from the next packet on (removes nobody)."""
+        if self._book is not None and self._core.running:
+            self._carry_out(self._book.set_registered(self._registered_endpoints(members)))
 
     # ------------------------------------------------------------ plumbing
     def _now(self) -> float:
@@ -840,6 +905,7 @@ class Discovery:
         max_datagram: int | None = None,
         transport: str | Transport | None = None,
         namespace: str | None = None,
+        registry: str | Registry | None = None,
         allow_long_intervals: bool = False,
     ) -> None:
         if not isinstance(start, bool):
@@ -1100,6 +1166,11 @@ class Discovery:
     def learn_peers(self) -> bool:
         """See :attr:`AsyncDiscovery.learn_peers`."""
         return self._async.learn_peers
+
+    @property
+    def registry(self) -> Registry | None:
+        """See :attr:`AsyncDiscovery.registry`."""
+        return self._async.registry
 
     @property
     def stats(self) -> dict[str, Any]:

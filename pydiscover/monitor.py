@@ -50,6 +50,8 @@ def _parse(argv: Sequence[str] | None, prog: str | None) -> argparse.Namespace:
     p.add_argument("--encryption", choices=["aead", "node-discover"], help="with --key (default aead)")
     p.add_argument("--transport", help="a transport URL, e.g. redis://127.0.0.1:6379/0")
     p.add_argument("--namespace", help="with --transport redis://: the cluster's namespace")
+    p.add_argument("--registry", help="an etcd registry URL, e.g. etcd://127.0.0.1:2379/myapp (the monitor "
+                   "registers, so the nodes send to it; needs the etcd extra)")
     p.add_argument("--hello-interval", type=float, default=Options.hello_interval,
                    help=f"the cluster's hello interval in seconds (default {Options.hello_interval:g}, the library's)")
     p.add_argument("--node-timeout", type=float, default=Options.node_timeout,
@@ -81,7 +83,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "stop_on_sigterm": True,
         "start": False,
     }
-    for name in ("broadcast", "multicast", "interface", "unicast", "encryption", "transport", "namespace"):
+    for name in ("broadcast", "multicast", "interface", "unicast", "encryption", "transport", "namespace",
+                 "registry"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
     if args.master_timeout is not None:
@@ -222,7 +225,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         d = Discovery(**_options(args))
-    except (TypeError, ValueError, NotImplementedError) as exc:
+    except (TypeError, ValueError, NotImplementedError, ImportError) as exc:  # ImportError: an extra missing
         print(f"monitor: {exc}", file=sys.stderr)
         return 2
     try:

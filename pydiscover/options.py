@@ -393,6 +393,10 @@ OPTION_HELP: dict[str, str] = {
     "pub/sub (see the Redis page); or a ``Transport`` object (``MemoryTransport``, ``RedisTransport``).",
     "namespace": "Redis only: the cluster's name on that server (also ``?namespace=`` in the URL); ``None``: "
     "``\"default\"``.  Other namespaces are other clusters.",
+    "registry": "``\"etcd://host:port[,host:port...]/prefix\"`` (``etcds://`` for TLS): register this node "
+    "there and send to every node registered, where broadcast does not reach (see the etcd page); or a "
+    "``Registry`` object.  Alone it is a complete configuration (unicast mode).  Hellos, the election and "
+    "channels stay on UDP.",
     "allow_long_intervals": f"Accept intervals and timeouts of {LONG_INTERVAL:g} s or more (refused by default: "
     "they are nearly always node-discover milliseconds).",
     "start": "``Discovery`` only: start in the constructor (``False``: register handlers, then ``start()``).",

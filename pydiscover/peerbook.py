@@ -145,6 +145,8 @@ class PeerBook:
         self.max_learned = max_learned
         self.max_pending = max_pending
         self._manual: tuple[Endpoint, ...] = tuple(dict.fromkeys(manual))
+        #: The other members a registry lists (etcd), replaced whole at each change.
+        self._registered: tuple[Endpoint, ...] = ()
         #: Node id -> the endpoint its packets come from; ``_refs`` counts nodes per endpoint.
         self._learned: dict[str, Endpoint] = {}
         self._refs: dict[Endpoint, int] = {}
@@ -182,13 +184,19 @@ class PeerBook:
         """The endpoints a seed named that are being tried (in the order they expire)."""
         return tuple(self._pending)
 
+    @property
+    def registered(self) -> tuple[Endpoint, ...]:
+        """The other members' endpoints a registry lists now."""
+        return self._registered
+
     def endpoints(self) -> tuple[Endpoint, ...]:
-        """Every unicast destination now: given, learned, pending (each once, in that order)."""
-        return tuple(dict.fromkeys([*self._manual, *self._refs, *self._pending]))
+        """Every unicast destination now: given, registered, learned, pending (each once, in that order)."""
+        return tuple(dict.fromkeys([*self._manual, *self._registered, *self._refs, *self._pending]))
 
     def known(self, endpoint: Endpoint) -> bool:
         """Whether ``endpoint`` is a destination now."""
-        return endpoint in self._refs or endpoint in self._pending or endpoint in self._manual
+        return (endpoint in self._refs or endpoint in self._pending or endpoint in self._manual
+                or endpoint in self._registered)
 
     @property
     def unanswered(self) -> tuple[Endpoint, ...]:
@@ -213,6 +221,21 @@ class PeerBook:
         self._manual = tuple(dict.fromkeys(endpoints))
         return [DestinationsChanged(self.endpoints())]
 
+    def set_registered(self, endpoints: Sequence[Endpoint]) -> list[PeerAction]:
+        """Replace the endpoints a registry lists (this node's own left out by the caller).
+
+        A registered endpoint is a destination while it is listed, whether or not its
+        node is a member yet: its hellos answer ours.  Kept through a registry outage
+        (the caller simply does not call this), so an outage removes nobody.
+        """
+        registered = tuple(dict.fromkeys(endpoints))
+        if registered == self._registered:
+            return []
+        self._registered = registered
+        for endpoint in registered:
+            self._pending.pop(endpoint, None)  # listed now: no longer a trial
+        return [DestinationsChanged(self.endpoints())]
+
     def start(self, local_address: tuple[Any, ...] | None) -> None:
         """The node runs, receiving at ``local_address`` (``(host, port, ...)`` as the socket says, or ``None``)."""
         self._running = True
@@ -222,6 +245,7 @@ class PeerBook:
     def clear(self) -> list[PeerAction]:
         """A stopped node knows nobody: forget what was learned, tried and asked while running."""
         self._running = False
+        self._registered = ()
         self._pending.clear()
         self._learned.clear()
         self._refs.clear()
@@ -376,7 +400,7 @@ class PeerBook:
             self._refs[endpoint] = left
             return False
         del self._refs[endpoint]
-        return endpoint not in self._manual
+        return not self.known(endpoint)
 
     def _answer(self, asker: Endpoint, members: Iterable[Endpoint], budget: int) -> list[PeerAction]:
         """The members' endpoints but the asker's, in as many messages as they need (each within

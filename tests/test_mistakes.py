@@ -57,9 +57,9 @@ def test_the_signatures_agree_with_each_other_and_with_the_validator() -> None:
     assert set(facade) - set(engine) == {"start", "stop_on_sigterm"}
     for name, parameter in engine.items():
         assert facade[name].default == parameter.default and facade[name].annotation == parameter.annotation, name
-        if name != "transport":  # the transport is chosen by the runtime, not validated as an option
+        if name not in ("transport", "registry"):  # chosen by the runtime, not validated as options
             assert validator[name].default == parameter.default, name
-    assert set(validator) | {"transport"} == set(engine)
+    assert set(validator) | {"transport", "registry"} == set(engine)
 
 
 @pytest.mark.parametrize("cls", CLASSES)

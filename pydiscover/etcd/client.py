@@ -1,0 +1,137 @@
+"""One etcd connection: the first endpoint that answers, with credentials and TLS.
+
+The client is aetcd (``pip install pydiscover-lan[etcd]``): an asyncio etcd v3 client that
+imports and works with current grpcio and protobuf (etcd3 0.12 no longer imports with
+them).  aetcd 1.0 opens only plaintext channels; for ``etcds://`` the channel it asks
+for is made a TLS one, for the connecting task only (a context variable), so other
+clients in the process are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from .url import EtcdConfig
+
+log = logging.getLogger("pydiscover.etcd")
+
+INSTALL_HINT = "the etcd registry needs the 'aetcd' package: pip install pydiscover-lan[etcd]"
+
+#: gRPC channel options: reconnect fast after an outage (gRPC's default backoff can lag
+#: seconds behind a restarted server), and notice a silent server on an idle stream.
+CHANNEL_OPTIONS: dict[str, Any] = {
+    "grpc.initial_reconnect_backoff_ms": 200,
+    "grpc.min_reconnect_backoff_ms": 200,
+    "grpc.max_reconnect_backoff_ms": 1000,
+    "grpc.keepalive_time_ms": 5000,
+    "grpc.keepalive_timeout_ms": 2000,
+    "grpc.http2.ping_timeout_ms": 2000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.max_pings_without_data": 0,
+}
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def etcd_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop every etcd call in this process runs on (a daemon thread, started once).
+
+    gRPC's asyncio layer polls for every loop of the process from one place and breaks
+    when several loops use it at once, or when one of them closes (each sync
+    ``Discovery`` runs its own loop): so etcd clients live on this loop only, and the
+    registries hand results to their node's loop.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="pydiscover-etcd", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def _forget_loop_after_fork() -> None:
+    global _loop
+    _loop = None  # the thread does not exist in the child
+
+
+os.register_at_fork(after_in_child=_forget_loop_after_fork)
+
+_tls_credentials: contextvars.ContextVar[Any] = contextvars.ContextVar("pydiscover_etcd_tls", default=None)
+_tls_installed = False
+
+
+def import_aetcd() -> Any:
+    """The aetcd module, or an ImportError that says how to install it."""
+    try:
+        import aetcd
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} ({exc})") from exc
+    return aetcd
+
+
+def _install_tls_channels(aetcd: Any) -> None:
+    """Make aetcd's channel factory open a TLS channel when the connecting task asks for one."""
+    global _tls_installed
+    if _tls_installed:
+        return
+    import grpc.aio
+
+    rpc = aetcd.rpc
+    plain = rpc.insecure_channel
+
+    def channel(target: str, options: Any = ()) -> Any:
+        credentials = _tls_credentials.get()
+        if credentials is None:
+            return plain(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
+
+    rpc.insecure_channel = channel
+    _tls_installed = True
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).expanduser().read_bytes() if path is not None else None
+
+
+def make_client(config: EtcdConfig, endpoint: tuple[str, int], timeout: float) -> Any:
+    """An aetcd client for one endpoint (not connected yet); ``timeout`` bounds every call."""
+    aetcd = import_aetcd()
+    host, port = endpoint
+    client = aetcd.Client(host=host, port=port, username=config.username, password=config.password,
+                          timeout=timeout, options=dict(CHANNEL_OPTIONS), connect_wait_timeout=timeout)
+    if config.tls:
+        import grpc
+
+        _install_tls_channels(aetcd)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(config.ca), private_key=_read(config.key), certificate_chain=_read(config.cert))
+        client.pydiscover_tls = credentials  # read by connect() below
+    return client
+
+
+async def connect(client: Any) -> None:
+    """Open ``client``'s channel (a TLS one if it was made for ``etcds://``)."""
+    credentials = getattr(client, "pydiscover_tls", None)
+    token = _tls_credentials.set(credentials)
+    try:
+        await client.connect()
+    finally:
+        _tls_credentials.reset(token)
+
+
+async def close(client: Any, timeout: float = 2.0) -> None:
+    """Close ``client`` within ``timeout``; never raises (it is called on the way out of failures)."""
+    try:
+        await asyncio.wait_for(client.close(), timeout)
+        for _ in range(3):  # let gRPC's call tasks see the channel closed before a loop may close
+            await asyncio.sleep(0)
+    except Exception as exc:  # a client that failed may fail to close too
+        log.debug("closing an etcd client: %r", exc)

@@ -1,0 +1,358 @@
+"""The etcd registry against a real etcd on loopback (issue 16).
+
+Each test that stops or kills etcd has its own server (own ports, own data folder); the
+others share one per module and use their own key prefix.  Nodes bind 127.0.0.1 and send
+only there.  Without Debian's ``etcd-server`` (``./scripts/test`` installs it when run as
+root) the tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import async_eventually, free_udp_port, running
+
+from pydiscover import AsyncDiscovery, Discovery, TransportUnavailable
+from pydiscover.etcd import MIN_LEASE_TTL, EtcdRegistry, lease_ttl, parse_etcd_url
+from testbed.etcd_server import EtcdServer, etcd_server_missing
+from testbed.ports import free_tcp_port
+
+aetcd = pytest.importorskip("aetcd", reason="the aetcd package is missing: pip install -e '.[test]'")
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(90)]
+
+#: The defaults but for ignore_process (several nodes in this process).
+SAME_PROCESS: dict[str, Any] = {"ignore_process": False}
+
+
+def need_etcd() -> None:
+    reason = etcd_server_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    need_etcd()
+    with EtcdServer(tmp_path_factory.mktemp("etcd")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EtcdServer]:
+    need_etcd()
+    with EtcdServer(tmp_path / "etcd") as srv:
+        yield srv
+
+
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def node(url: str, **options: Any) -> AsyncDiscovery:
+    return AsyncDiscovery(port=free_udp_port(), address="127.0.0.1", registry=url, **{**SAME_PROCESS, **options})
+
+
+def ports_seen(d: AsyncDiscovery) -> set[int]:
+    return {n.port for n in d.nodes.values()}
+
+
+async def read_prefix(srv: EtcdServer, key_prefix: str) -> dict[str, dict[str, Any]]:
+    """Every key under ``key_prefix`` and its JSON value, read with a client of our own."""
+    async with aetcd.Client(host="127.0.0.1", port=srv.client_port, timeout=2) as client:
+        response = await client.get_prefix(key_prefix.encode())
+        return {kv.key.decode(): orjson.loads(kv.value) for kv in response}
+
+
+async def full_view(nodes: list[AsyncDiscovery], timeout: float, what: str) -> None:
+    everyone = {d.options.port for d in nodes}
+    await async_eventually(lambda: all(ports_seen(d) == everyone - {d.options.port} for d in nodes), timeout, what)
+
+
+# ------------------------------------------------------------------ URLs
+def test_urls() -> None:
+    c = parse_etcd_url("etcd://127.0.0.1:2379,[::1]:2380,etcd.example/my/app/")
+    assert c.endpoints == (("127.0.0.1", 2379), ("::1", 2380), ("etcd.example", 2379))
+    assert c.prefix == "my/app" and c.nodes_prefix == b"my/app/nodes/" and not c.tls
+    assert parse_etcd_url("etcd://h").prefix == "pydiscover"
+    s = parse_etcd_url("etcds://alice:s%40cret@h:1/p?ca=/ca.pem&cert=/c.pem&key=/k.pem&address=10.0.0.5")
+    assert (s.tls, s.username, s.password, s.ca, s.cert, s.key, s.address) == (
+        True, "alice", "s@cret", "/ca.pem", "/c.pem", "/k.pem", "10.0.0.5")
+    assert "s@cret" not in s.display and "s%40cret" not in repr(s) and s.display == "etcds://alice:***@h:1/p"
+    for bad, message in [
+        ("redis://h:1/p", "etcd://"), ("etcd:///p", "no host"), ("etcd://h:0/p", "bad port"),
+        ("etcd://::1/p", "brackets"), ("etcd://h/p?ca=/x", "etcds"), ("etcds://h/p?cert=/x", "both cert and key"),
+        ("etcd://u@h/p", "both a user name and a password"), ("etcd://h/p?nope=1", "unknown parameter"),
+        ("etcd://h/a b", "prefix"), ("etcd://h/p?address=host", "IP address"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_etcd_url(bad)
+    with pytest.raises(ValueError) as info:
+        parse_etcd_url("etcd://bob:hunter2@h:1/p?nope=1")
+    assert "hunter2" not in str(info.value)
+
+
+def test_lease_ttl_follows_node_timeout_never_below_etcds_minimum() -> None:
+    assert lease_ttl(0.5) == MIN_LEASE_TTL == 2
+    assert lease_ttl(3.25) == 4 and lease_ttl(10) == 10
+
+
+def test_registry_options_in_the_constructor() -> None:
+    r = EtcdRegistry("etcds://h/p", ca="/ca.pem", username="u", password="p")
+    assert (r.config.ca, r.config.username, r.config.password) == ("/ca.pem", "u", "p")
+    with pytest.raises(ValueError, match="etcds"):
+        EtcdRegistry("etcd://h/p", ca="/ca.pem")
+    with pytest.raises(ValueError, match="both"):
+        EtcdRegistry("etcd://h/p", username="u")
+    assert EtcdRegistry("etcd://h/p?address=10.1.2.3").advertised_address("0.0.0.0") == "10.1.2.3"
+
+
+# ------------------------------------------------------------------ a cluster on etcd
+async def test_five_nodes_on_the_registry_alone_then_a_sixth(server: EtcdServer) -> None:
+    key_prefix = prefix()
+    url = f"{server.url}/{key_prefix}"
+    nodes = [node(url) for _ in range(5)]
+    assert all(d.options.unicast == () and d.options.broadcast is None for d in nodes)  # registry alone
+    loop = asyncio.get_running_loop()
+    async with running(*nodes):
+        last_start = loop.time()
+        await full_view(nodes, 1.0, "a full mutual view within 1 s of the last start")
+        print(f"full view {loop.time() - last_start:.3f} s after the last start")
+        keys = await read_prefix(server, key_prefix)
+        assert set(keys) == {f"{key_prefix}/nodes/{d.id}" for d in nodes}
+        for d in nodes:
+            assert keys[f"{key_prefix}/nodes/{d.id}"] == {
+                "address": "127.0.0.1", "port": d.options.port, "hostname": d.options.hostname,
+                "weight": d.options.weight, "pid": d.me.pid}
+            assert d.registry is not None and d.registry.connected and len(d.registry.members) == 4
+
+        sixth = node(url)
+        started_at: list[float] = []
+        sixth.on("started", lambda _: started_at.append(loop.time()))
+        async with running(sixth):
+            await async_eventually(lambda: all(sixth.options.port in ports_seen(d) for d in nodes), 0.2,
+                                   "the sixth seen by all within 200 ms of its start")
+            print(f"sixth seen by all {loop.time() - started_at[0]:.3f} s after started")
+            await full_view([*nodes, sixth], 2.0, "six nodes")
+
+
+#: A node in its own process, so that it can be SIGKILLed (no goodbye, no revoke).
+KILLED = """
+import sys, time
+from pydiscover import Discovery
+d = Discovery(port=int(sys.argv[1]), address="127.0.0.1", registry=sys.argv[2], node_timeout=float(sys.argv[3]))
+print("ready", d.id, flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_killed_node_is_removed_by_all_and_its_key_expires(server: EtcdServer) -> None:
+    key_prefix = prefix()
+    url = f"{server.url}/{key_prefix}"
+    timeout = 2.0
+    nodes = [node(url, node_timeout=timeout) for _ in range(3)]
+    port = free_udp_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", KILLED, str(port), url, str(timeout),
+                                                stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        async with running(*nodes):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
+            assert line[0] == "ready", line
+            victim = line[1]
+            await async_eventually(lambda: all(port in ports_seen(d) for d in nodes), 3.0, "all see the process")
+            loop = asyncio.get_running_loop()
+            removed_at: dict[str, float] = {}
+            for d in nodes:
+                d.on("removed", lambda n, d=d: removed_at.setdefault(d.id, loop.time()) if n.id == victim else None)
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            killed_at = loop.time()
+            await async_eventually(lambda: len(removed_at) == 3, timeout + 0.5, "removed by all within node_timeout")
+            print(f"removed by all after {max(removed_at.values()) - killed_at:.3f} s")
+            ttl = lease_ttl(timeout)
+            key = f"{key_prefix}/nodes/{victim}"
+            deadline = loop.time() + ttl + 3.0  # etcd checks expiry about every 500 ms
+            while key in await read_prefix(server, key_prefix):
+                assert loop.time() < deadline, "the killed node's key outlived its lease"
+                await asyncio.sleep(0.1)
+            print(f"key gone {loop.time() - killed_at:.3f} s after the kill (lease {ttl} s)")
+            assert all(victim not in d.registry.members for d in nodes if d.registry is not None)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_graceful_stop_revokes_the_lease(server: EtcdServer) -> None:
+    key_prefix = prefix()
+    a, b = node(f"{server.url}/{key_prefix}"), node(f"{server.url}/{key_prefix}")
+    async with running(a, b):
+        assert len(await read_prefix(server, key_prefix)) == 2
+        await b.stop()
+        assert set(await read_prefix(server, key_prefix)) == {f"{key_prefix}/nodes/{a.id}"}  # at once
+        await async_eventually(lambda: a.registry is not None and a.registry.members == {}, 1.0, "a sees b leave")
+
+
+async def test_a_closed_port_names_the_url_and_starts_nothing() -> None:
+    url = f"etcd://127.0.0.1:{free_tcp_port()}/{prefix()}"
+    port = free_udp_port()
+    d = AsyncDiscovery(port=port, address="127.0.0.1", registry=url)
+    with pytest.raises(TransportUnavailable, match=url.replace(".", r"\.")):
+        await d.start()
+    assert not d.running and d.nodes == {}
+    again = AsyncDiscovery(port=port, address="127.0.0.1", unicast=[])  # the UDP port was released
+    async with running(again):
+        assert again.running
+
+
+def test_the_sync_facade_takes_a_registry(server: EtcdServer) -> None:
+    url = f"{server.url}/{prefix()}"
+    with Discovery(port=free_udp_port(), address="127.0.0.1", registry=url, ignore_process=False) as a, \
+            Discovery(port=free_udp_port(), address="127.0.0.1", registry=url, ignore_process=False) as b:
+        from conftest import eventually
+
+        eventually(lambda: b.id in a.nodes and a.id in b.nodes, 2.0, "two sync nodes meet through etcd")
+
+
+async def test_the_monitor_sees_a_cluster_through_the_registry(server: EtcdServer) -> None:
+    url = f"{server.url}/{prefix()}"
+    a, b = node(url), node(url)
+    async with running(a, b):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pydiscover.monitor", "--once", "--json", "--timeout", "1.5",
+            "--registry", url, "--address", "127.0.0.1", "--port", str(free_udp_port()),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        snapshot = orjson.loads(out)
+        assert {n["id"] for n in snapshot["nodes"]} == {a.id, b.id}
+        assert snapshot["stats"]["registry"]["connected"] is True
+
+
+def test_the_example_runs(server: EtcdServer) -> None:
+    import subprocess
+
+    from testbed import ROOT
+
+    url = f"{server.url}/{prefix()}"
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "etcd_cluster.py"), "--registry", url,
+                             "--nodes", "3"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("registered ") == 3 and result.stdout.count("sees the other 2") == 3
+    assert "master: " in result.stdout and "none yet" not in result.stdout
+    refused = subprocess.run([sys.executable, str(ROOT / "examples" / "etcd_cluster.py"), "--registry",
+                              "etcd://10.9.9.9:2379/x"], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "loopback only" in refused.stderr
+
+
+# ------------------------------------------------------------------ etcd failures
+async def test_etcd_killed_and_restarted_changes_nothing_and_everything_resumes(own_server: EtcdServer) -> None:
+    key_prefix = prefix()
+    url = f"{own_server.url}/{key_prefix}"
+    nodes = [node(url, masters_required=1) for _ in range(3)]
+    events: list[tuple[str, str]] = []
+    for d in nodes:
+        d.on("removed", lambda n: events.append(("removed", n.id)))
+        d.on("promotion", lambda me: events.append(("promotion", me.id)))
+        d.on("demotion", lambda me: events.append(("demotion", me.id)))
+    loop = asyncio.get_running_loop()
+    async with running(*nodes):
+        await full_view(nodes, 2.0, "three nodes")
+        await async_eventually(lambda: sum(d.is_master for d in nodes) == 1, 5.0, "one master")
+        master = next(d.id for d in nodes if d.is_master)
+        events.clear()
+
+        own_server.kill()
+        await async_eventually(lambda: all(d.registry is not None and not d.registry.connected for d in nodes),
+                               5.0, "every node notices the outage")
+        assert all(len(d.registry.members) == 2 for d in nodes if d.registry is not None)  # kept
+        await asyncio.sleep(1.0)  # hellos go on over UDP meanwhile
+        own_server.start()
+        restarted = loop.time()
+
+        async def all_registered() -> bool:
+            return len(await read_prefix(own_server, key_prefix)) == 3
+
+        while not (await all_registered() and all(d.registry is not None and d.registry.connected for d in nodes)):
+            assert loop.time() - restarted < 5.0, "registrations not back within 5 s of the restart"
+            await asyncio.sleep(0.1)
+        print(f"registrations back {loop.time() - restarted:.3f} s after the restart")
+        # Keep-alive resumed: the keys outlive their lease's TTL after the restart.
+        await asyncio.sleep(lease_ttl(nodes[0].options.node_timeout) + 2.0)
+        assert len(await read_prefix(own_server, key_prefix)) == 3
+        # Watches resumed: a node started after the restart is in every registry view and heard by all.
+        late = node(url)
+        async with running(late):
+            await async_eventually(
+                lambda: all(d.registry is not None and late.id in d.registry.members for d in nodes), 2.0,
+                "the watches report a node registered after the restart")
+            await full_view([*nodes, late], 2.0, "the late node and the others")
+        assert [e for e in events if e[0] != "removed" or e[1] != late.id] == []  # no removal, no master change
+        assert next(d.id for d in nodes if d.is_master) == master
+
+
+async def test_a_lease_lost_is_granted_again_and_a_deleted_key_written_again(server: EtcdServer) -> None:
+    key_prefix = prefix()
+    d = node(f"{server.url}/{key_prefix}", node_timeout=1.5, check_interval=0.5)
+    key = f"{key_prefix}/nodes/{d.id}"
+    async with running(d):
+        async with aetcd.Client(host="127.0.0.1", port=server.client_port, timeout=2) as client:
+            await client.delete(key.encode())  # someone deletes our key: written again at once
+            await async_eventually_async(lambda: key_present(client, key), 2.0, "the key written again")
+            kv = await client.get(key.encode())
+            await client.revoke_lease(kv.lease)  # the lease goes (and the key with it)
+            await async_eventually_async(lambda: key_present(client, key), 5.0, "a new lease, the key back")
+            assert (await client.get(key.encode())).lease != kv.lease
+        assert d.registry is not None and d.registry.connected
+
+
+async def key_present(client: Any, key: str) -> bool:
+    return await client.get(key.encode()) is not None
+
+
+async def async_eventually_async(condition: Any, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_compacted_revision_is_listed_again(own_server: EtcdServer) -> None:
+    key_prefix = prefix()
+    url = f"{own_server.url}/{key_prefix}"
+    a = node(url)
+    async with running(a):
+        registry = a.registry
+        assert isinstance(registry, EtcdRegistry)
+        own_server.kill()
+        await async_eventually(lambda: not registry.connected, 5.0, "a notices the outage")
+        # While a cannot reach it (the same data on another client port): a node registers and
+        # leaves, another registers, and the history is compacted past a's revision.
+        side = EtcdServer(own_server.workdir, client_port=free_tcp_port(), peer_port=own_server.peer_port)
+        with side:
+            await changes_then_compaction(side, key_prefix)
+        own_server.start()
+        await async_eventually(lambda: registry.connected and set(registry.members) == {"other"}, 8.0,
+                               "a lists again and sees the registration made meanwhile")
+        assert registry.errors.get("relisted", 0) >= 1
+
+
+async def changes_then_compaction(srv: EtcdServer, key_prefix: str) -> None:
+    async with aetcd.Client(host="127.0.0.1", port=srv.client_port, timeout=2) as client:
+        ghost = f"{key_prefix}/nodes/ghost"
+        value = orjson.dumps({"address": "127.0.0.1", "port": 9, "hostname": "g", "weight": 0, "pid": "1"})
+        await client.put(ghost.encode(), value)
+        await client.delete(ghost.encode())
+        await client.put(f"{key_prefix}/nodes/other".encode(), value)
+        put = await client.put(b"unrelated", b"x")
+        await client.compact(put.header.revision)
