@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, SupportsIndex
 
 from .discovery import Discovery
@@ -315,10 +316,14 @@ class DestinationList(list[NodeObject]):
     """
 
     def __init__(self, apply: Callable[[list[NodeObject]], None], default_port: int,
-                 entries: Iterable[Any] = ()) -> None:
+                 entries: Iterable[Any] = (), run: Callable[[Callable[[], Any]], Any] | None = None) -> None:
         self._apply = apply
         self._default_port = default_port
-        self._lock = threading.RLock()
+        #: Runs an edit on the discovery thread (``Discovery.call``), so that edits from
+        #: handlers and from other threads take turns there and never wait for each other.
+        self._run: Callable[[Callable[[], Any]], Any] = run if run is not None else (lambda edit: edit())
+        self._lock = threading.Lock()
+        self._version = 0  # edits so far: an edit made on a list that changed meanwhile is made again
         super().__init__(self._normalize(entry) for entry in entries)
 
     def _normalize(self, entry: Any) -> NodeObject:
@@ -340,13 +345,24 @@ class DestinationList(list[NodeObject]):
         return {"address": entry["address"].strip(), "port": port}
 
     def _change(self, edit: Callable[[list[Any]], Any]) -> Any:
-        with self._lock:
-            candidate = list(self)
-            result = edit(candidate)
-            normalized = [self._normalize(entry) for entry in candidate]
-            self._apply(normalized)
-            super().__setitem__(slice(None), normalized)
-            return result
+        def change() -> Any:
+            # No lock is held while the engine takes the list (that may wait for the discovery
+            # thread, whose handlers may edit too): if another edit lands meanwhile, this one
+            # is made again on top of it, so the list and the engine end up agreeing.
+            for _ in range(1000):  # each retry means another edit succeeded: progress either way
+                with self._lock:
+                    base, version = list(self), self._version
+                result = edit(base)
+                normalized = [self._normalize(entry) for entry in base]
+                self._apply(normalized)
+                with self._lock:
+                    if self._version == version:
+                        list.__setitem__(self, slice(None), normalized)
+                        self._version += 1
+                        return result
+            raise RuntimeError("broadcast.destination: 1000 concurrent edits in a row overtook this one")
+
+        return self._run(change)
 
     def replace(self, entries: Iterable[Any]) -> None:
         """Replace every entry (what ``d.broadcast.destination = [...]`` does)."""
@@ -435,15 +451,21 @@ class Discover(EventEmitter):
             options, callback = None, options
         if options is not None and not isinstance(options, Mapping):
             raise TypeError(f"Discover(options): options must be a dict, got {type(options).__name__}")
-        #: node-discover's settings (camelCase, milliseconds): a snapshot, changing it changes nothing.
-        self.settings, native = translate_options(options)
+        settings, native = translate_options(options)
         self._d = Discovery(start=False, **native)
         self._node_objects: dict[str, NodeObject] = {}
         self._channel_list: list[str] = []
         self._pending_start: threading.Timer | None = None
-        self._started_lock = threading.Lock()
+        #: Guards the automatic start's bookkeeping: a stop() during it is carried out after it.
+        self._state_lock = threading.Lock()
+        self._auto_starting = False
+        self._stop_after_start = False
         engine_options = self._d.options
-        self.settings["weight"] = engine_options.weight
+        settings["weight"] = engine_options.weight
+        #: node-discover's settings (camelCase, milliseconds), read-only: changing a setting
+        #: of a running node silently did nothing, so now it raises (build a new Discover).
+        self.settings: Mapping[str, Any] = MappingProxyType(settings)
+        self._stopping = False
         if native["unicast"] is not None:
             group: NodeObject | None = None
             initial = list(self._d.unicast)  # the engine's own "host:port" texts
@@ -454,7 +476,7 @@ class Discover(EventEmitter):
         self._group = group
         me = self._d.me
         self.broadcast = Broadcast(
-            DestinationList(self._apply_destinations, engine_options.port, initial),
+            DestinationList(self._apply_destinations, engine_options.port, initial, run=self._d.call),
             instance_uuid=self._d.id, process_uuid=me.pid, address=engine_options.address,
             port=engine_options.port, hostname=engine_options.hostname,
         )
@@ -462,7 +484,8 @@ class Discover(EventEmitter):
         on("helloReceived", self._hello_received)
         on("removed", self._removed)
         on("promotion", lambda me: self.emit("promotion", _me_object(me)))
-        on("demotion", lambda me: self.emit("demotion", _me_object(me)))
+        # node-discover's stop() emits only "stopped": the engine's demotion on stop is not relayed.
+        on("demotion", lambda me: None if self._stopping else self.emit("demotion", _me_object(me)))
         on("started", lambda _: self.emit("started", self))
         on("stopped", self._stopped)
         on("error", lambda error: self.emit("error", error))
@@ -476,8 +499,19 @@ class Discover(EventEmitter):
 
     # ----------------------------------------------------------- lifecycle
     def _auto_start(self, callback: Callback | None) -> None:
-        self._pending_start = None
-        self.start(callback)
+        with self._state_lock:
+            if self._pending_start is None:  # stop() came first
+                return
+            self._pending_start = None
+            self._auto_starting = True
+        try:
+            self.start(callback)
+        finally:
+            with self._state_lock:
+                self._auto_starting = False
+                stop_now, self._stop_after_start = self._stop_after_start, False
+            if stop_now:
+                self._d.stop()
 
     def start(self, callback: Callback | None = None) -> bool:
         """Bind and say hello; ``callback(error, success)``.  ``False`` (and ``callback(None, False)``)
@@ -486,24 +520,38 @@ class Discover(EventEmitter):
             threading.Thread(target=self.start, args=(callback,), name="pydiscover-compat-start",
                              daemon=True).start()
             return True
-        with self._started_lock:
-            try:
-                started = self._d.start()
-            except Exception as exc:
-                self.emit("error", exc)
-                if callback is not None:
-                    callback(exc, False)
-                return False
+        try:
+            started = self._d.start()
+        except Exception as exc:
+            self.emit("error", exc)
+            if callback is not None:
+                callback(exc, False)
+            return False
         if callback is not None:
             callback(None, started)
         return started
 
     def stop(self, callback: Callback | None = None) -> bool:
-        """Say goodbye and close the socket; ``False`` if not running.  ``callback(error, success)``."""
-        timer, self._pending_start = self._pending_start, None
-        if timer is not None:
-            timer.cancel()
-        stopped = self._d.stop()
+        """Say goodbye and close the socket; ``False`` if not running.  ``callback(error, success)``.
+
+        Before the automatic start it cancels it (``True``); during it, the node stops as
+        soon as it has started (``True``).
+        """
+        with self._state_lock:
+            timer, self._pending_start = self._pending_start, None
+            if timer is not None:
+                timer.cancel()
+            deferred = self._auto_starting and not self._d.running
+            if deferred:
+                self._stop_after_start = True
+        if timer is not None or deferred:
+            stopped = True  # it was going to start: now it will not run
+        else:
+            self._stopping = True
+            try:
+                stopped = self._d.stop()
+            finally:
+                self._stopping = False
         if callback is not None:
             callback(None, stopped)
         return stopped
@@ -526,12 +574,24 @@ class Discover(EventEmitter):
 
     # ---------------------------------------------------------------- roles
     def promote(self) -> None:
-        """Become master now (``promotion`` follows, then a hello)."""
-        self._d.promote()
+        """Become master now; ``promotion`` follows (also on a master, as in node-discover), then a hello."""
+        self._d.call(self._role_change, self._d.promote, "promotion", True)
 
     def demote(self, permanent: bool = False) -> None:
-        """Stop being master; ``permanent`` keeps this node out of elections until :meth:`promote`."""
-        self._d.demote(permanent)
+        """Stop being master; ``demotion`` follows (also on a non-master, as in node-discover).
+
+        ``permanent`` keeps this node out of elections until :meth:`promote`.  Otherwise
+        it hands over: the next-ranked node takes over (node-discover's demoted node
+        re-promotes itself at its next check if it is still the heaviest).
+        """
+        self._d.call(self._role_change, lambda: self._d.demote(permanent), "demotion", False)
+
+    def _role_change(self, change: Callable[[], None], event: str, was_already: bool) -> None:
+        """On the discovery thread: change the role; emit ``event`` if the engine did not (no change)."""
+        unchanged = self._d.is_master == was_already
+        change()
+        if unchanged:
+            self.emit(event, _me_object(self._d.me))
 
     def master(self, node: NodeObject) -> None:
         """Emit ``master`` for ``node``, as node-discover's ``master(node)`` does."""
@@ -592,9 +652,9 @@ class Discover(EventEmitter):
         return dict(self._node_objects)
 
     @property
-    def me(self) -> NodeObject:
-        """What this node's hellos say (a fresh dict: change it with promote, demote, advertise)."""
-        return _me_object(self._d.me)
+    def me(self) -> Mapping[str, Any]:
+        """What this node's hellos say, read-only (change it with promote, demote, advertise)."""
+        return MappingProxyType(_me_object(self._d.me))
 
     def eachNode(self, fn: Callable[[NodeObject], Any]) -> None:
         """Call ``fn(node)`` for every peer."""
@@ -622,7 +682,7 @@ class Discover(EventEmitter):
             "port": node.port,
             "id": node.id,
         })
-        data = {key: current[key] for key in ("isMaster", "isMasterEligible", "weight", "advertisement")}
+        data = dict(current)  # node-discover adds lastSeen, address, hostName, port and id to the hello's data
         obj = {"event": "hello", "pid": node.pid, "iid": node.id, "hostName": node.hostname, "data": data}
         rinfo = _rinfo(node.address, node.port)
         if is_new:

@@ -145,6 +145,11 @@ class DiscoveryCore:
         """Whether ``iid`` is in the live node table."""
         return iid in self._peers
 
+    def node(self, iid: str) -> Node | None:
+        """The live record of ``iid`` (O(1), no copy of the table), or ``None``."""
+        peer = self._peers.get(iid)
+        return self._peers.current(peer) if peer is not None else None
+
     @property
     def channels(self) -> frozenset[str]:
         return frozenset(self._channels)

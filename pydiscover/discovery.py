@@ -761,15 +761,15 @@ class AsyncDiscovery:
             packet: Packet = action.args[1]
             if packet.iid != self.id:
                 core = self._core
-                # The endpoint the core recorded for the member the packet claims to be (a
-                # copy of the table only for a member: a stranger's packet costs O(1)).
-                nodes = core.nodes if core.has_node(packet.iid) else {}
-                member = nodes.get(packet.iid)
+                # The endpoint the core recorded for the member the packet claims to be; the
+                # table is copied only for an answer (a stranger's or a rate-limited packet costs O(1)).
+                member = core.node(packet.iid)
                 self._carry_out(book.message(
                     now, action.args[0], (packet.address, packet.port),
                     (member.address, member.port) if member is not None else None,
-                    members=((n.address, n.port) for n in nodes.values()),
+                    members=lambda: [(n.address, n.port) for n in core.nodes.values()],
                     budget=core.max_payload(PEERS_CHANNEL),
+                    authenticated=core.codec.authenticates,
                 ))
             return True
         node: Node = action.args[0]

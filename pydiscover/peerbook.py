@@ -22,9 +22,11 @@ a name that resolves elsewhere) is not recognised by its endpoint: while a confi
 destination has no member at it and no answer has come, a node asks every node that
 finds it by itself (one it was not sending to).  Every node answers (learning or not),
 also with an empty list, but only a member, only at the endpoint its hellos come from,
-and at most once per :data:`ANSWER_INTERVAL`: the answer cannot be aimed at a third
-party.  Nothing is added to the wire format: node-discover peers keep working (they
-send only to their own list, and ignore the channel).
+and at most once per :data:`ANSWER_INTERVAL` (once per ``node_timeout`` unless the
+question was authenticated).  With AES-GCM the answer cannot be aimed at a third party;
+without it a member may be a forged address, hence the slower rate.  Nothing is added
+to the wire format: node-discover peers keep working (they send only to their own
+list, and ignore the channel).
 
 With a key, the core adds a node (emits ``added``) only for a packet that opened with
 the key ring, and delivers a channel message only then: with ``encryption="aead"`` that
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from .config import Endpoint
@@ -305,18 +307,22 @@ class PeerBook:
         sender: Endpoint,
         member: Endpoint | None,
         *,
-        members: Iterable[Endpoint] = (),
+        members: Callable[[], Iterable[Endpoint]] = tuple,
         budget: int = 0,
+        authenticated: bool = False,
     ) -> list[PeerAction]:
         """A message on :data:`PEERS_CHANNEL` from ``sender`` (not from this node).
 
         ``member`` is the endpoint the core recorded for the node the packet claims to
         come from (its ``iid``), or ``None`` if that is no member.  A question is answered
         only if it comes from there (``sender == member``: a stranger who names a
-        member's id cannot aim the answer elsewhere), at most once per asker per
-        :data:`ANSWER_INTERVAL`, with or without :attr:`learn` (a seed that does not learn
-        still introduces its members).  The answer lists ``members`` (this node's members'
-        endpoints; read only then), split so that each answer's JSON fits ``budget``
+        member's id cannot aim the answer elsewhere), with or without :attr:`learn` (a
+        seed that does not learn still introduces its members).  An asker is answered
+        at most once per :data:`ANSWER_INTERVAL` if the packet was ``authenticated``
+        (AES-GCM: a key holder sent it from there), else once per ``node_timeout``: an
+        unauthenticated member may be a forged source address, and each answer is larger
+        than the question.  The answer lists ``members()`` (this node's members'
+        endpoints; called only then), split so that each answer's JSON fits ``budget``
         bytes (``core.max_payload(PEERS_CHANNEL)``); with none to list it is an empty
         list, so the asker stops asking.  An answer counts only if :attr:`learn`, from a
         member we asked, within one ``node_timeout`` of asking.
@@ -327,8 +333,8 @@ class PeerBook:
             # Only members are answered (with a key: key holders), at the endpoint they say hello from.
             if member is None or sender != member or now < self._answered.get(sender, -1.0):
                 return []
-            self._answered[sender] = now + ANSWER_INTERVAL
-            return self._answer(sender, members, budget)
+            self._answered[sender] = now + (ANSWER_INTERVAL if authenticated else self.node_timeout)
+            return self._answer(sender, members(), budget)
         peers = data.get("peers")
         if self.learn and isinstance(peers, list) and now <= self._asked.get(sender, -1.0):  # an answer we asked for
             self._unanswered.pop(sender, None)

@@ -104,8 +104,94 @@ def test_hello_received_and_master_arguments(make: Callable[..., Discover]) -> N
     assert node["id"] == b.broadcast.instanceUuid and node["isMaster"] is True
     assert obj["iid"] == node["id"] and rinfo["port"] == node["port"]
     assert all(len(args) == 5 for args in hellos)
-    # (node, obj, rinfo, isNew, wasMaster): wasMaster is None for a new node, a bool after.
-    assert any(args[3] is False and isinstance(args[4], bool) for args in hellos)
+    # (node, obj, rinfo, isNew, wasMaster): wasMaster is None for a new node, then whether the
+    # node was master before this hello (b is master, and stays: True once b was seen as master).
+    assert hellos[0][3] is True and hellos[0][4] is None
+    eventually(lambda: any(args[3] is False and args[4] is True for args in hellos), what="wasMaster True")
+    # obj.data carries what node-discover adds to it: lastSeen, address, hostName, port, id.
+    data = hellos[-1][1]["data"]
+    assert {"lastSeen", "address", "hostName", "port", "id", "isMaster", "weight"} <= set(data)
+
+
+def test_promote_demote_and_stop_emit_as_node_discover(make: Callable[..., Discover]) -> None:
+    """node-discover emits promotion/demotion on every call (even with no change of role), and
+    stop() emits only ``stopped``."""
+    a = make({"weight": 5})
+    events: list[str] = []
+    for name in ("promotion", "demotion", "stopped"):
+        a.on(name, lambda *args, name=name: events.append(name))
+    eventually(lambda: a.running and a.me["isMaster"], what="a alone becomes master")
+    events.clear()
+    a.promote()  # already master: node-discover still emits
+    eventually(lambda: events == ["promotion"], what="promotion on a master")
+    a.demote()
+    eventually(lambda: events == ["promotion", "demotion"], what="demotion")
+    assert a.me["isMaster"] is False
+    a.demote(True)  # not master any more: still emitted, and no longer eligible
+    eventually(lambda: events == ["promotion", "demotion", "demotion"], what="demotion on a non-master")
+    assert a.me["isMasterEligible"] is False
+    a.promote()
+    eventually(lambda: events[-1] == "promotion" and a.me["isMaster"] and a.me["isMasterEligible"], what="back")
+    events.clear()
+    a.stop()
+    assert events == ["stopped"]  # no demotion, though a was master
+
+
+def test_settings_and_me_are_read_only(make: Callable[..., Discover]) -> None:
+    d = make({"start": False})
+    with pytest.raises(TypeError):
+        d.settings["nodeTimeout"] = 10  # type: ignore[index]
+    with pytest.raises(TypeError):
+        d.me["advertisement"] = {"x": 1}  # type: ignore[index]
+    assert d.settings["nodeTimeout"] == FAST["nodeTimeout"]
+
+
+def test_a_stop_during_the_automatic_start_is_carried_out(make: Callable[..., Discover]) -> None:
+    import pydiscover.compat as compat
+
+    d = make()
+    assert d.stop() is True and not d.running  # before the automatic start: cancelled
+    time.sleep(compat.START_DELAY * 3)
+    assert not d.running
+    slow = make()  # starts START_DELAY seconds from now, through slow_start
+    original = slow.native.start
+    started = threading.Event()
+
+    def slow_start() -> bool:
+        started.set()
+        time.sleep(0.2)
+        return original()
+
+    slow.native.start = slow_start  # type: ignore[method-assign]
+    assert started.wait(5)
+    assert slow.stop() is True  # the start is under way: the node stops right after it
+    eventually(lambda: not slow.native.running and started.is_set(), what="stopped after the start")
+    time.sleep(0.3)
+    assert not slow.running
+
+
+def test_destination_edits_from_a_handler_and_another_thread_take_turns(make: Callable[..., Discover]) -> None:
+    a = make({"unicast": [], "broadcast": None, "address": "127.0.0.1"})
+    b_port = a.settings["port"]
+    errors: list[BaseException] = []
+
+    def edit_in_handler(*_: Any) -> None:
+        a.broadcast.destination.append({"address": "127.0.0.1", "port": 41950})
+        a.broadcast.destination.remove({"address": "127.0.0.1", "port": 41950})
+
+    a.on("helloEmitted", edit_in_handler)
+    deadline = time.monotonic() + 1.0
+    worst = 0.0
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        try:
+            a.broadcast.destination.append({"address": "127.0.0.1", "port": 41960})
+            a.broadcast.destination.remove({"address": "127.0.0.1", "port": 41960})
+        except BaseException as exc:
+            errors.append(exc)
+        worst = max(worst, time.monotonic() - t)
+    assert errors == [] and worst < 2.0, (errors, worst)
+    assert list(a.broadcast.destination) == [] and a.native.unicast == () and b_port
 
 
 def test_three_nodes_with_two_masters_required_elect_exactly_two(make: Callable[..., Discover]) -> None:

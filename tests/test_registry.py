@@ -117,9 +117,11 @@ def test_registration_round_trip_and_strict_decoding() -> None:
     assert decode_registration("", value) is None
 
 
-@given(st.binary(max_size=200) | st.dictionaries(st.sampled_from(["address", "port", "hostname", "weight", "pid"]),
-                                                  st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats()
-                                                  | st.text(max_size=20)).map(orjson.dumps))
+JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20)
+FIELDS = st.sampled_from(["address", "port", "hostname", "weight", "pid"])
+
+
+@given(st.binary(max_size=200) | st.dictionaries(FIELDS, JSON_SCALARS).map(orjson.dumps))
 def test_decoding_never_raises(value: bytes) -> None:
     result = decode_registration("iid", value)
     assert result is None or (isinstance(result.port, int) and 0 < result.port < 65536)

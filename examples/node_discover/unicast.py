@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"I am {d.broadcast.instanceUuid}", flush=True)
 
     def known(node):
-        return any(dest["address"] == node["address"] and dest["port"] == node["port"]
+        # str(): JavaScript's == makes port "5555" (a node-discover peer's, from "host:port") equal 5555.
+        return any(dest["address"] == node["address"] and str(dest["port"]) == str(node["port"])
                    for dest in d.broadcast.destination)
 
     def added(node):
