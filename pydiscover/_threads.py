@@ -20,17 +20,35 @@ log = logging.getLogger("pydiscover.hooks")
 IDLE_THREAD_SECONDS = 30.0
 
 
-def run_coro_with_timeout(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop, timeout: float | None) -> T:
+def run_coro_with_timeout(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop, timeout: float | None,
+                          cleanup_timeout: float = 5.0) -> T:
     """Run ``coro`` on ``loop`` (another thread's) and wait for its result (python-zeroconf's helper).
 
-    On timeout the coroutine is cancelled (it must not go on unobserved) and the builtin
-    ``TimeoutError`` raised: before 3.11 ``concurrent.futures`` raises its own class.
+    On timeout the coroutine is cancelled (it must not go on unobserved), given up to
+    ``cleanup_timeout`` seconds to run its own clean-up (a start that times out closes
+    what it opened: the caller may stop the loop next), and the builtin ``TimeoutError``
+    raised: before 3.11 ``concurrent.futures`` raises its own class.
     """
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def run() -> T:
+        task = asyncio.current_task()
+        if task is not None:
+            tasks.append(task)
+        return await coro
+
+    future = asyncio.run_coroutine_threadsafe(run(), loop)
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
-        future.cancel()
+        future.cancel()  # schedules the task's cancellation first: the wait below comes after it
+
+        async def settled() -> None:
+            if tasks and not tasks[0].done():
+                await asyncio.wait(tasks, timeout=cleanup_timeout)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(settled(), loop).result(cleanup_timeout + 1)
         raise TimeoutError(f"no result within {timeout} s") from None
 
 

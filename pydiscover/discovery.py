@@ -181,12 +181,13 @@ def _make_registry(registry: Any, options: Options, transport: Transport) -> Reg
             f"registry: {type(transport).__name__} reaches every member by itself; a registry "
             "lists UDP endpoints (leave transport unset)"
         )
-    if isinstance(registry, Registry):
-        return registry
     if isinstance(registry, str):
         from .etcd import EtcdRegistry  # imports the etcd client: only when used
 
-        return EtcdRegistry(registry, node_timeout=options.node_timeout, hello_interval=options.hello_interval)
+        registry = EtcdRegistry(registry)
+    if isinstance(registry, Registry):
+        registry.adopt_timing(options.node_timeout, options.hello_interval)
+        return registry
     raise TypeError(f"registry must be an etcd:// URL or a Registry object, got {type(registry).__name__}")
 
 

@@ -119,6 +119,9 @@ class Registry(abc.ABC):
         """Whether the registry is reachable now (as far as this node knows)."""
         return True
 
+    def adopt_timing(self, node_timeout: float, hello_interval: float) -> None:  # noqa: B027 - optional
+        """The node's timing, given when the node is built (a lease's TTL follows ``node_timeout``)."""
+
     def route_address(self) -> str | None:
         """This host's address on the route to the registry (sending nothing), or ``None``."""
         return None

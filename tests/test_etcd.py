@@ -9,6 +9,7 @@ root) the tests are skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import uuid
@@ -72,6 +73,12 @@ async def read_prefix(srv: EtcdServer, key_prefix: str) -> dict[str, dict[str, A
         return {kv.key.decode(): orjson.loads(kv.value) for kv in response}
 
 
+async def read_revisions(srv: EtcdServer, key_prefix: str) -> dict[str, int]:
+    """Every key under ``key_prefix`` and the revision it was last written at."""
+    async with aetcd.Client(host="127.0.0.1", port=srv.client_port, timeout=2) as client:
+        return {kv.key.decode(): kv.mod_revision for kv in await client.get_prefix(key_prefix.encode())}
+
+
 async def full_view(nodes: list[AsyncDiscovery], timeout: float, what: str) -> None:
     everyone = {d.options.port for d in nodes}
     await async_eventually(lambda: all(ports_seen(d) == everyone - {d.options.port} for d in nodes), timeout, what)
@@ -132,7 +139,9 @@ async def test_five_nodes_on_the_registry_alone_then_a_sixth(server: EtcdServer)
             assert keys[f"{key_prefix}/nodes/{d.id}"] == {
                 "address": "127.0.0.1", "port": d.options.port, "hostname": d.options.hostname,
                 "weight": d.options.weight, "pid": d.me.pid}
-            assert d.registry is not None and d.registry.connected and len(d.registry.members) == 4
+        await async_eventually(lambda: all(d.registry is not None and d.registry.connected
+                                           and len(d.registry.members) == 4 for d in nodes), 2.0, "registry views")
+        print(f"registry views complete {loop.time() - last_start:.3f} s after the last start")
 
         sixth = node(url)
         started_at: list[float] = []
@@ -208,7 +217,7 @@ async def test_a_closed_port_names_the_url_and_starts_nothing() -> None:
     d = AsyncDiscovery(port=port, address="127.0.0.1", registry=url)
     with pytest.raises(TransportUnavailable, match=url.replace(".", r"\.")):
         await d.start()
-    assert not d.running and d.nodes == {}
+    assert not d.running
     again = AsyncDiscovery(port=port, address="127.0.0.1", unicast=[])  # the UDP port was released
     async with running(again):
         assert again.running
@@ -255,6 +264,98 @@ def test_the_example_runs(server: EtcdServer) -> None:
 
 
 # ------------------------------------------------------------------ etcd failures
+@contextlib.contextmanager
+def frozen(srv: EtcdServer) -> Iterator[None]:
+    """``srv`` SIGSTOPped: connections are accepted by the kernel, calls wait until their timeout."""
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+
+
+async def test_a_start_cancelled_midway_leaves_nothing_registered(server: EtcdServer, own_server: EtcdServer) -> None:
+    """The first endpoint is a frozen etcd (each call waits call_timeout); a start given less
+    than that is cancelled there, and nothing it began stays behind."""
+    key_prefix = prefix()
+    url = f"etcd://127.0.0.1:{own_server.client_port},127.0.0.1:{server.client_port}/{key_prefix}"
+    d = AsyncDiscovery(port=free_udp_port(), address="127.0.0.1", registry=EtcdRegistry(url, call_timeout=1.0),
+                       **SAME_PROCESS)
+    with frozen(own_server):
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(d.start(), 0.5)
+        assert not d.running
+        await asyncio.sleep(2.0)  # the attempt would have reached the second endpoint by now
+        assert await read_prefix(server, key_prefix) == {}
+        async with running(d):  # the same node starts afterwards (through the second endpoint)
+            assert list(await read_prefix(server, key_prefix)) == [f"{key_prefix}/nodes/{d.id}"]
+    assert await read_prefix(server, key_prefix) == {}
+
+
+def test_a_sync_start_that_times_out_leaves_nothing_registered(server: EtcdServer, own_server: EtcdServer,
+                                                               monkeypatch: Any) -> None:
+    """The sync facade's start gives up after its limit, then stops its loop: the attempt's
+    clean-up must still run (the UDP socket closed, and the etcd side undone on its own loop)."""
+    import time
+
+    import pydiscover.discovery as runtime
+
+    key_prefix = prefix()
+    original = runtime.Discovery._run
+
+    def short(self: Any, coro: Any, timeout: float | None = 10.0) -> Any:
+        return original(self, coro, 0.5 if timeout == 10.0 else timeout)
+
+    monkeypatch.setattr(runtime.Discovery, "_run", short)
+    url = f"etcd://127.0.0.1:{own_server.client_port},127.0.0.1:{server.client_port}/{key_prefix}"
+    port = free_udp_port()
+    with frozen(own_server):
+        with pytest.raises(TimeoutError):
+            Discovery(port=port, address="127.0.0.1", registry=EtcdRegistry(url, call_timeout=1.0))
+        time.sleep(2.0)
+        assert asyncio.run(read_prefix(server, key_prefix)) == {}
+    monkeypatch.undo()
+    with Discovery(port=port, address="127.0.0.1", unicast=[]) as again:  # the UDP port was closed too
+        assert again.running
+
+
+async def test_stop_is_bounded_while_etcd_is_frozen(own_server: EtcdServer) -> None:
+    d = node(f"{own_server.url}/{prefix()}")
+    await d.start()
+    with frozen(own_server):
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        assert await d.stop()
+        assert loop.time() - t < 8.0  # revoke and close each give up after call_timeout (2 s)
+
+
+#: A child forked while its parent has an etcd registry open must not use gRPC.
+FORKED = """
+import os, sys
+from pydiscover import Discovery
+parent = Discovery(port=int(sys.argv[1]), address="127.0.0.1", registry=sys.argv[2], ignore_process=False)
+pid = os.fork()
+if pid == 0:
+    try:
+        Discovery(port=int(sys.argv[3]), address="127.0.0.1", registry=sys.argv[2], ignore_process=False)
+    except RuntimeError as exc:
+        print("child refused:", "forked" in str(exc), flush=True)
+        os._exit(0)
+    os._exit(3)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status), "parent connected", parent.registry.connected, flush=True)
+parent.stop()
+"""
+
+
+def test_a_child_forked_with_a_registry_open_refuses_etcd(server: EtcdServer) -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", FORKED, str(free_udp_port()), f"{server.url}/{prefix()}",
+                             str(free_udp_port())], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "child refused: True" in result.stdout and "child exit 0 parent connected True" in result.stdout
 async def test_etcd_killed_and_restarted_changes_nothing_and_everything_resumes(own_server: EtcdServer) -> None:
     key_prefix = prefix()
     url = f"{own_server.url}/{key_prefix}"
@@ -271,6 +372,7 @@ async def test_etcd_killed_and_restarted_changes_nothing_and_everything_resumes(
         master = next(d.id for d in nodes if d.is_master)
         events.clear()
 
+        before = await read_revisions(own_server, key_prefix)
         own_server.kill()
         await async_eventually(lambda: all(d.registry is not None and not d.registry.connected for d in nodes),
                                5.0, "every node notices the outage")
@@ -280,7 +382,9 @@ async def test_etcd_killed_and_restarted_changes_nothing_and_everything_resumes(
         restarted = loop.time()
 
         async def all_registered() -> bool:
-            return len(await read_prefix(own_server, key_prefix)) == 3
+            # etcd keeps keys and leases across its restart: "back" is each node writing its key again.
+            after = await read_revisions(own_server, key_prefix)
+            return len(after) == 3 and all(after[k] > before[k] for k in before)
 
         while not (await all_registered() and all(d.registry is not None and d.registry.connected for d in nodes)):
             assert loop.time() - restarted < 5.0, "registrations not back within 5 s of the restart"

@@ -14,6 +14,7 @@ import contextvars
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ INSTALL_HINT = "the etcd registry needs the 'aetcd' package: pip install pydisco
 
 #: gRPC channel options: reconnect fast after an outage (gRPC's default backoff can lag
 #: seconds behind a restarted server), and notice a silent server on an idle stream.
+#: (``grpc.min_reconnect_backoff_ms`` is also how long one connection attempt may take:
+#: :func:`make_client` sets it to the call timeout.)
 CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.initial_reconnect_backoff_ms": 200,
-    "grpc.min_reconnect_backoff_ms": 200,
     "grpc.max_reconnect_backoff_ms": 1000,
     "grpc.keepalive_time_ms": 5000,
     "grpc.keepalive_timeout_ms": 2000,
@@ -49,6 +51,12 @@ def etcd_loop() -> asyncio.AbstractEventLoop:
     registries hand results to their node's loop.
     """
     global _loop
+    if _forked_while_open:
+        raise RuntimeError(
+            "this process was forked while an etcd registry was open in its parent: gRPC cannot be used "
+            "here (it would break the parent's connection too).  Start pydiscover after forking, or use "
+            "the 'spawn' start method"
+        )
     with _loop_lock:
         if _loop is None or _loop.is_closed():
             loop = asyncio.new_event_loop()
@@ -57,9 +65,17 @@ def etcd_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+#: Registries open in this process (weakly held): a fork while one is open leaves gRPC
+#: shared between parent and child, so the child may not use etcd at all.
+open_registries: weakref.WeakSet[Any] = weakref.WeakSet()
+_forked_while_open = False
+
+
 def _forget_loop_after_fork() -> None:
-    global _loop
+    global _loop, _forked_while_open
     _loop = None  # the thread does not exist in the child
+    _forked_while_open = len(open_registries) > 0
+    open_registries.clear()
 
 
 os.register_at_fork(after_in_child=_forget_loop_after_fork)
@@ -106,7 +122,8 @@ def make_client(config: EtcdConfig, endpoint: tuple[str, int], timeout: float) -
     aetcd = import_aetcd()
     host, port = endpoint
     client = aetcd.Client(host=host, port=port, username=config.username, password=config.password,
-                          timeout=timeout, options=dict(CHANNEL_OPTIONS), connect_wait_timeout=timeout)
+                          timeout=timeout, connect_wait_timeout=timeout,
+                          options={**CHANNEL_OPTIONS, "grpc.min_reconnect_backoff_ms": int(timeout * 1000)})
     if config.tls:
         import grpc
 

@@ -32,6 +32,7 @@ import socket
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
+from ..config import Options
 from ..errors import TransportUnavailable
 from ..registry import MembersListener, Registration, Registry, decode_registration
 from . import client as etcd_client
@@ -67,7 +68,7 @@ class EtcdRegistry(Registry):
         self,
         url: str,
         *,
-        node_timeout: float = 3.25,
+        node_timeout: float | None = None,
         hello_interval: float = 0.5,
         ca: str | None = None,
         cert: str | None = None,
@@ -94,7 +95,9 @@ class EtcdRegistry(Registry):
         etcd_client.import_aetcd()  # a missing client fails here, at construction, with the install hint
         self.config: EtcdConfig = config
         self.display_url = config.display
-        self.ttl = lease_ttl(node_timeout)
+        #: The lease's TTL (s): from ``node_timeout`` if given, else from the node's when it is built.
+        self._node_timeout = node_timeout
+        self.ttl = lease_ttl(node_timeout if node_timeout is not None else Options.node_timeout)
         self.hello_interval = hello_interval
         self.call_timeout = call_timeout
         self.min_backoff = min_backoff
@@ -111,6 +114,8 @@ class EtcdRegistry(Registry):
         self._endpoint_index = 0
         self._task: asyncio.Task[None] | None = None
         self._connected = False
+        self._opened = False
+        self._op_lock: asyncio.Lock | None = None
         #: The node's loop: listeners and error reports run there; etcd calls run on etcd_loop().
         self._caller: asyncio.AbstractEventLoop | None = None
 
@@ -125,7 +130,7 @@ class EtcdRegistry(Registry):
 
     @property
     def revision(self) -> int:
-        """The last etcd revision of the prefix seen (the watch resumes after it)."""
+        """The last etcd revision of the prefix seen (the watch resumes there)."""
         return self._revision
 
     def route_address(self) -> str | None:
@@ -149,26 +154,54 @@ class EtcdRegistry(Registry):
         return super().advertised_address(bound)
 
     async def open(self, me: Registration, listener: MembersListener) -> Mapping[str, Registration]:
-        if self._task is not None or self._caller is not None:
+        if self._opened:
             raise RuntimeError("this registry is open already (one node per registry object)")
+        self._opened = True
         self._caller = asyncio.get_running_loop()
         self._listener = listener
+        future = asyncio.run_coroutine_threadsafe(self._serialized(self._open(me)), etcd_client.etcd_loop())
         try:
-            return await _on_etcd_loop(self._open(me))
+            return await asyncio.wrap_future(future)
         except BaseException:
+            # Failed, cancelled or timed out: what the attempt got to (a lease, a key) is undone
+            # on the etcd loop once the attempt is over, even if it ends after this and nobody
+            # waits here any more (a sync start that timed out stops its loop next).
             self._caller = self._listener = None
+            self._opened = False
+            etcd_client.open_registries.discard(self)
+            asyncio.run_coroutine_threadsafe(self._serialized(self._close()), etcd_client.etcd_loop())
             raise
 
     async def close(self) -> None:
-        if self._caller is None:
+        if not self._opened:
             return
+        self._opened = False
+        self._listener = None  # nothing more is delivered
+        future = asyncio.run_coroutine_threadsafe(self._serialized(self._close()), etcd_client.etcd_loop())
+        limit = 3 * self.call_timeout + 1  # cancel the tasks, revoke, close: each bounded by call_timeout
         try:
-            await _on_etcd_loop(self._close())
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), limit)
+        except asyncio.TimeoutError:
+            log.warning("etcd %s: closing took over %.0f s; it goes on in the background (the lease expires "
+                        "within %d s in any case)", self.display_url, limit, self.ttl)
         finally:
-            self._caller = self._listener = None
+            self._caller = None
+
+    def adopt_timing(self, node_timeout: float, hello_interval: float) -> None:
+        if self._node_timeout is None:
+            self.ttl = lease_ttl(node_timeout)
+        self.hello_interval = hello_interval
 
     # ------------------------------------------------------------ on the etcd loop
+    async def _serialized(self, coro: Coroutine[Any, Any, T]) -> T:
+        """One open or close at a time, in the order asked (a close after a cancelled open waits for it)."""
+        if self._op_lock is None:
+            self._op_lock = asyncio.Lock()  # made on the etcd loop, the only one that uses it
+        async with self._op_lock:
+            return await coro
+
     async def _open(self, me: Registration) -> Mapping[str, Registration]:
+        etcd_client.open_registries.add(self)
         self._me = me
         self.key = f"{self.config.prefix}/nodes/{me.iid}"
         try:
@@ -204,6 +237,7 @@ class EtcdRegistry(Registry):
         self._me = None
         self._members = {}
         self._revision = 0
+        etcd_client.open_registries.discard(self)
 
     def _in_caller(self, callback: Any, *args: Any) -> None:
         """Run ``callback(*args)`` on the node's loop (where its handlers and state live)."""
@@ -236,6 +270,9 @@ class EtcdRegistry(Registry):
                 await etcd_client.close(client)
                 errors.append(f"{endpoints[index][0]}:{endpoints[index][1]}: {_describe(exc)}")
                 continue
+            except BaseException:  # cancelled: no client left behind
+                await etcd_client.close(client)
+                raise
             self._endpoint_index = index
             return client
         raise ConnectionError("; ".join(errors))
@@ -318,12 +355,14 @@ class EtcdRegistry(Registry):
         keepalive = asyncio.get_running_loop().create_task(self._keepalive(client), name="pydiscover-etcd-keepalive")
         try:
             while True:
-                watch = await client.watch_prefix(self.config.nodes_prefix, start_revision=self._revision + 1)
+                # From the last revision seen, inclusive: a watch that broke in the middle of a
+                # revision's events (a transaction) replays it whole; applying an event twice is harmless.
+                watch = await client.watch_prefix(self.config.nodes_prefix, start_revision=self._revision)
                 try:
                     await self._follow(client, watch, keepalive)
                 except aetcd.RevisionCompactedError:
                     self.errors["relisted"] = self.errors.get("relisted", 0) + 1
-                    log.info("etcd compacted past revision %d: listing %s again", self._revision + 1,
+                    log.info("etcd compacted past revision %d: listing %s again", self._revision,
                              self.config.nodes_prefix.decode())
                     await self._list(client)
                 finally:
