@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from testbed.ports import free_tcp_port
+from testbed.server import ServerProcess
 
 ETCD = "etcd"
 INSTALL_HINT = "apt-get install etcd-server (not yet added to ./scripts/test)"
@@ -44,8 +45,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-class EtcdServer:
+class EtcdServer(ServerProcess):
     """One single-member ``etcd`` on ``127.0.0.1``; a context manager that always stops it."""
+
+    kind = "etcd"
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class EtcdServer:
         peer_port: int | None = None,
         extra: list[str] | None = None,
     ) -> None:
+        super().__init__()
         self.workdir = workdir
         self.client_port = client_port if client_port is not None else free_tcp_port()
         self.peer_port = peer_port if peer_port is not None else free_tcp_port()
@@ -61,7 +65,6 @@ class EtcdServer:
             self.peer_port = free_tcp_port()
         self.extra = list(extra or [])
         self.name = f"testbed-{self.client_port}"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._log_file: IO[bytes] | None = None
 
@@ -134,7 +137,7 @@ class EtcdServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self._reap(self.proc)
+                self._reaped(self.proc)
                 self.proc = None
                 raise RuntimeError(f"etcd exited at start\n{self.log()}")
             if self.healthy():
@@ -152,19 +155,6 @@ class EtcdServer:
             return False
         return isinstance(body, dict) and str(body.get("health")).lower() == "true"
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM (then SIGKILL) and reap; safe to call twice.  The data directory is kept."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-        self._reap(proc)
-
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL and reap: a crash, no clean shutdown.  :meth:`start` afterwards recovers from the WAL."""
         proc, self.proc = self.proc, None
@@ -172,9 +162,9 @@ class EtcdServer:
             return
         proc.kill()
         proc.wait(timeout=timeout)
-        self._reap(proc)
+        self._reaped(proc)
 
-    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+    def _reaped(self, proc: subprocess.Popen[bytes]) -> None:
         """Collect the exit status and close our handle on the log file."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=1.0)
@@ -183,16 +173,6 @@ class EtcdServer:
                 self._log_file.close()
             self._log_file = None
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no etcd log)"
-
     def __enter__(self) -> EtcdServer:
-        if self.proc is None:
-            self.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from testbed.ports import free_tcp_port
+from testbed.server import ServerProcess
 
 REDIS_SERVER = "redis-server"
 INSTALL_HINT = "apt-get install redis-server (./scripts/test installs it when run as root)"
@@ -27,14 +28,16 @@ def redis_server_missing() -> str | None:
     return None
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One ``redis-server`` process on ``127.0.0.1:port``; a context manager that always stops it."""
 
+    kind = "redis"
+
     def __init__(self, workdir: Path, port: int | None = None, extra: list[str] | None = None) -> None:
+        super().__init__()
         self.workdir = workdir
         self.port = port if port is not None else free_tcp_port()
         self.extra = list(extra or [])
-        self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     @property
@@ -81,31 +84,11 @@ class RedisServer:
         except OSError:
             return False
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM (then SIGKILL) and reap; safe to call twice."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
+    def _reaped(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.stderr is not None:
             with contextlib.suppress(OSError):
                 proc.stderr.close()
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no redis log)"
-
     def __enter__(self) -> RedisServer:
-        if self.proc is None:
-            self.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
