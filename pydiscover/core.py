@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from . import wire
 from .config import Options
-from .election import Decision
+from .election import Decision, desired_master
 from .errors import PacketTooLarge
 from .master_role import MasterRole
 from .node import Node, Packet
@@ -68,7 +68,15 @@ class Emit(NamedTuple):
     args: tuple[Any, ...] = ()
 
 
-Action = Transmit | Emit
+class MastershipWanted(NamedTuple):
+    """With a coordinator: this node should (``True``) or should no longer (``False``) hold a
+    leader key.  The runtime asks the coordinator, then calls
+    :meth:`DiscoveryCore.grant_mastership` once the key is held."""
+
+    wanted: bool
+
+
+Action = Transmit | Emit | MastershipWanted
 
 
 class DiscoveryCore:
@@ -123,6 +131,13 @@ class DiscoveryCore:
         self._receive_limit = self._receive_limit_for(options.codec)
         self._seq = 0
         self._running = False
+        # With a coordinator (set_fenced): mastership is held only with a leader key, the
+        # election says who should hold one, and the node is a candidate only while its
+        # coordinator lease is good.
+        self._fenced = False
+        self._fence_ready = False
+        self._wants_master = False
+        self._token: int | None = None
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self._advertisement = self._check_size(options.advertisement)
@@ -167,11 +182,83 @@ class DiscoveryCore:
             address=self.options.address,
             port=self.options.port,
             is_master=self._role.is_master,
-            is_master_eligible=self._role.eligible,
+            is_master_eligible=self._eligible,
             weight=self.options.weight,
             advertisement=self._advertisement,
             last_seen=now,
+            fencing_token=self._token,
         )
+
+    @property
+    def _eligible(self) -> bool:
+        """A candidate: the role's say, and with a coordinator only while its lease is good."""
+        return self._role.eligible and (self._fence_ready or not self._fenced)
+
+    @property
+    def fenced(self) -> bool:
+        """Whether mastership needs a leader key (:meth:`set_fenced`)."""
+        return self._fenced
+
+    @property
+    def fencing_token(self) -> int | None:
+        """While master with a coordinator: the revision of the leader key held, else ``None``."""
+        return self._token
+
+    def set_fenced(self, fenced: bool) -> None:
+        """Hold mastership only with a coordinator's leader key (before :meth:`start`).
+
+        The election then names the ``masters_required`` highest-ranked eligible nodes
+        (:func:`~pydiscover.election.desired_master`); such a node asks for a key
+        (:class:`MastershipWanted`) and is master from :meth:`grant_mastership` until
+        :meth:`revoke_mastership` or until it should no longer be.
+        """
+        if self._running:
+            raise RuntimeError("set_fenced() must be called before start()")
+        self._fenced = fenced
+
+    def set_fence_ready(self, now: float, ready: bool) -> list[Action]:
+        """The coordinator's lease is good (``True``) or lost or doubtful (``False``).
+
+        Without it this node is no candidate (its hellos say so, so others take over)
+        and no master: call this before the lease can expire.
+        """
+        if ready == self._fence_ready:
+            return []
+        self._fence_ready = ready
+        out: list[Action] = []
+        if not ready:
+            out += self.revoke_mastership(now)
+        if self._running and not self.options.client:
+            self._hello(now, out)
+            self._elect(now, out)
+        return out
+
+    def grant_mastership(self, now: float, token: int) -> list[Action]:
+        """The coordinator gave us a leader key whose revision is ``token``: be master.
+
+        If the node no longer wants it (the election moved on meanwhile) it is handed
+        back at once (:class:`MastershipWanted` ``False``).
+        """
+        if not (self._running and self._fenced and self._wants_master and self._eligible):
+            return [MastershipWanted(False)]
+        out: list[Action] = []
+        self._token = token
+        if self._role.promote():
+            log.info("promoting %s to master (fencing token %d)", self.iid, token)
+            out.append(Emit("promotion", (self.me(now),)))
+        self._hello(now, out)
+        return out
+
+    def revoke_mastership(self, now: float) -> list[Action]:
+        """The leader key is gone or doubtful (lease lost, not refreshed in time): not master now."""
+        out: list[Action] = []
+        self._token = None
+        if self._role.resign():
+            log.warning("%s is no longer master: its coordinator lease is not held", self.iid)
+            out.append(Emit("demotion", (self.me(now),)))
+            if self._running and not self.options.client:
+                self._hello(now, out)
+        return out
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`tick` has work to do, or ``None`` when stopped."""
@@ -249,6 +336,8 @@ class DiscoveryCore:
         # A stopped node knows nothing: a restart must not report stale peers as live.
         self._peers.clear()
         self._repeats.clear()
+        self._token = None
+        self._wants_master = False  # the coordinator lets go of everything on stop
         if self._role.resign():
             # Symmetric with "promotion": whatever master-only work a handler started, stop it.
             out.append(Emit("demotion", (self.me(now),)))
@@ -260,6 +349,14 @@ class DiscoveryCore:
         if self.options.client:
             raise RuntimeError("a client=True node sends no hellos and can never be master")
         out: list[Action] = []
+        if self._fenced:
+            # With a coordinator mastership comes with a leader key only: be a candidate
+            # again, and master once the election names this node and the key is held.
+            self._role.make_eligible()
+            if self._running:
+                self._hello(now, out)
+                self._elect(now, out)
+            return out
         if self._role.promote():
             out.append(Emit("promotion", (self.me(now),)))
         if self._running:
@@ -276,9 +373,12 @@ class DiscoveryCore:
         """
         out: list[Action] = []
         if self._role.demote(now, permanent=permanent):
+            self._token = None
             out.append(Emit("demotion", (self.me(now),)))
         if self._running and not self.options.client:
             self._hello(now, out)
+            if self._fenced:
+                self._elect(now, out)  # hands the leader key back
         return out
 
     def join(self, channel: str) -> bool:
@@ -570,9 +670,10 @@ class DiscoveryCore:
     def _hello_data(self, advertisement: Any) -> dict[str, Any]:
         return wire.Hello(
             is_master=self._role.is_master,
-            is_master_eligible=self._role.eligible,
+            is_master_eligible=self._eligible,
             weight=self.options.weight,
             advertisement=advertisement,
+            token=self._token if self._role.is_master else None,
         ).to_json()
 
     def _check_size(self, advertisement: Any) -> Any:
@@ -639,6 +740,7 @@ class DiscoveryCore:
             advertisement=hello.advertisement,
             last_seen=now,
             legacy=seq is None,
+            fencing_token=hello.token if hello.is_master else None,
         )
         self._peers.record(node, data, data_json, seq)
         if old is None:
@@ -686,6 +788,9 @@ class DiscoveryCore:
     def _elect(self, now: float, out: list[Action]) -> None:
         if not self._running or self._link_down_since is not None:
             return
+        if self._fenced:
+            self._elect_fenced(now, out)
+            return
         decision = self._role.elect(now, self._peers.records())
         if decision is Decision.PROMOTE:
             log.info("promoting %s to master", self.iid)
@@ -695,6 +800,23 @@ class DiscoveryCore:
             log.info("demoting %s: %d higher-ranked masters", self.iid, self.options.masters_required)
             out.append(Emit("demotion", (self.me(now),)))
             self._hello(now, out)
+
+    def _elect_fenced(self, now: float, out: list[Action]) -> None:
+        """Who should hold a leader key: stop being master first, then hand the key back."""
+        if now < self._role.settle_at:
+            return
+        wanted = desired_master(
+            my_rank=(self.options.weight, 0, self.iid), i_am_eligible=self._eligible,
+            others=self._peers.records(), masters_required=self.options.masters_required,
+        )
+        if not wanted and self._role.resign():
+            log.info("demoting %s: %d higher-ranked candidates", self.iid, self.options.masters_required)
+            self._token = None
+            out.append(Emit("demotion", (self.me(now),)))
+            self._hello(now, out)
+        if wanted != self._wants_master:
+            self._wants_master = wanted
+            out.append(MastershipWanted(wanted))
 
 
 #: Drops that mean a peer is configured differently, and what to change (logged once).

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any, TypeVar, overload
 
 from ._threads import run_coro_with_timeout
-from .core import Action, DiscoveryCore, Emit
+from .core import Action, DiscoveryCore, Emit, Transmit
 from .errors import TransportError
 from .events import SafeEmitter
 from .node import Node, Packet
@@ -751,9 +751,15 @@ class AsyncDiscovery:
                 if book is not None and action.event in _PEER_EVENTS and self._feed_book(book, action):
                     continue
                 self._emitter.emit(action.event, *action.args)
-            else:
+            elif isinstance(action, Transmit):
                 self._transport.send(action.datagram)
+            else:
+                self._mastership_wanted(action.wanted)
         self._reschedule()
+
+    def _mastership_wanted(self, wanted: bool) -> None:
+        """The election asks for a leader key (or gives it back): only with a coordinator."""
+        log.debug("mastership %s, but no coordinator is set", "wanted" if wanted else "released")
 
     def _feed_book(self, book: PeerBook, action: Emit) -> bool:
         """Hand the book a core event and carry out its answer; ``True`` if the event is the book's alone."""
@@ -797,7 +803,7 @@ class AsyncDiscovery:
                     self._transport.set_destinations(action.endpoints)
                     continue
                 for sent in self._core.send(self._now(), PEERS_CHANNEL, action.data) or ():
-                    if not isinstance(sent, Emit):
+                    if isinstance(sent, Transmit):
                         self._transport.send_to(sent.datagram, action.endpoint)
             except Exception:
                 if strict:

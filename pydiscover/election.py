@@ -47,3 +47,19 @@ def decide(
     if i_am_eligible and masters < masters_required and not higher_candidate:
         return Decision.PROMOTE
     return Decision.STAY
+
+
+def desired_master(
+    *,
+    my_rank: tuple[float, int, str],
+    i_am_eligible: bool,
+    others: Iterable[Node],
+    masters_required: int,
+) -> bool:
+    """With a coordinator: whether this node is among the ``masters_required`` highest-ranked
+    eligible live nodes (not sticky: the coordinator's leader keys, not the hellos, decide
+    who holds mastership, so the order alone says who should)."""
+    if not i_am_eligible:
+        return False
+    higher = sum(1 for node in others if node.is_master_eligible and node.rank > my_rank)
+    return higher < masters_required

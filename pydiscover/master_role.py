@@ -51,6 +51,11 @@ class MasterRole:
         self.is_master = True
         return not was
 
+    def make_eligible(self) -> None:
+        """A candidate again (after a permanent demotion or during a hand-over), without becoming master."""
+        self._eligible = True
+        self.stepping_down_until = None
+
     def demote(self, now: float, *, permanent: bool) -> bool:
         """Step down, for good or for one ``master_timeout``; ``True`` if we were master."""
         if permanent:

@@ -31,6 +31,9 @@ class Node:
     last_seen: float = 0.0
     #: A node-discover (Node.js) peer: no sequence numbers, no goodbye, strict-``>`` elections.
     legacy: bool = False
+    #: With a coordinator (etcd): while master, the revision of its leader key, which only
+    #: grows from one mastership to the next; hand it to the systems the master writes to.
+    fencing_token: int | None = None
 
     @property
     def rank(self) -> tuple[float, int, str]:

@@ -65,6 +65,9 @@ class Hello:
     weight: float
     advertisement: Any = None
     address: str = "127.0.0.1"
+    #: A master's fencing token (with a coordinator): the revision of its leader key in etcd.
+    #: Our extension, as ``seq``; node-discover ignores it.
+    token: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -77,6 +80,8 @@ class Hello:
         if self.advertisement is not None:
             # JSON.stringify drops an undefined advertisement; so do we for None.
             out["advertisement"] = self.advertisement
+        if self.token is not None:
+            out["token"] = self.token
         return out
 
 
@@ -178,4 +183,7 @@ def decode_hello(data: Any) -> Hello:
     address = data.get("address", "127.0.0.1")
     if not isinstance(address, str):
         raise DecodeError("bad_hello", "address must be a string")
-    return Hello(is_master, eligible, float(weight), data.get("advertisement"), address)
+    token = data.get("token")
+    if token is not None and (isinstance(token, bool) or not isinstance(token, int) or token < 0):
+        raise DecodeError("bad_hello", "token must be a non-negative integer")
+    return Hello(is_master, eligible, float(weight), data.get("advertisement"), address, token)
