@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._threads import run_coro_with_timeout
 from .core import Action, DiscoveryCore, Emit, Transmit
@@ -47,6 +47,9 @@ from .registry import Registration, Registry
 from .security import Codec, Secret, make_codec
 from .transports.base import Address, Transport
 from .transports.udp import UdpTransport
+
+if TYPE_CHECKING:
+    from .etcd.coordinator import EtcdCoordinator
 
 log = logging.getLogger("pydiscover.discovery")
 
@@ -172,6 +175,22 @@ def _make_transport(options: Options, transport: Any) -> tuple[Transport, Option
     raise TypeError(f"transport must be a Transport instance or a redis:// URL, got {type(transport).__name__}")
 
 
+def _make_coordinator(coordinator: Any, options: Options) -> EtcdCoordinator | None:
+    """The coordinator for ``coordinator`` (``None``; an ``etcd://`` URL; an ``EtcdCoordinator``)."""
+    if coordinator is None:
+        return None
+    if options.client:
+        raise ValueError("coordinator: a client=True node is never master; leave coordinator unset")
+    from .etcd.coordinator import EtcdCoordinator  # imports the etcd client: only when used
+
+    if isinstance(coordinator, str):
+        coordinator = EtcdCoordinator(coordinator)
+    if not isinstance(coordinator, EtcdCoordinator):
+        raise TypeError(f"coordinator must be an etcd:// URL or an EtcdCoordinator, got {type(coordinator).__name__}")
+    coordinator.adopt_timing(options.node_timeout, options.masters_required)
+    return coordinator
+
+
 def _make_registry(registry: Any, options: Options, transport: Transport) -> Registry | None:
     """The registry for ``registry`` (``None``; an ``etcd://`` URL; a :class:`Registry` object)."""
     if registry is None:
@@ -240,11 +259,13 @@ class AsyncDiscovery:
         transport: str | Transport | None = None,
         namespace: str | None = None,
         registry: str | Registry | None = None,
+        coordinator: str | EtcdCoordinator | None = None,
         allow_long_intervals: bool = False,
     ) -> None:
         settings = engine_options(locals())
         transport = settings.pop("transport")
         registry = settings.pop("registry")
+        coordinator = settings.pop("coordinator")
         if registry is not None and broadcast is None and multicast is None and unicast is None:
             settings["unicast"] = []  # registry= alone is a complete configuration: unicast mode
         self._check_advertisement(advertisement)
@@ -253,7 +274,11 @@ class AsyncDiscovery:
         self.options: Options
         self._transport, self.options = _make_transport(build_options(**settings), transport)
         self._registry = _make_registry(registry, self.options, self._transport)
+        self._coordinator = _make_coordinator(coordinator, self.options)
         self._core = DiscoveryCore(self.options, pid=_process_id, iid=str(uuid.uuid4()))
+        self._fence_timer: asyncio.TimerHandle | None = None
+        if self._coordinator is not None:
+            self._core.set_fenced(True)
         self._emitter = SafeEmitter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -309,6 +334,16 @@ class AsyncDiscovery:
             except BaseException:
                 await self._transport.close()  # nothing is left started
                 raise
+        if self._coordinator is not None:
+            self._loop = loop  # the coordinator's first report may come before start() returns
+            try:
+                await self._coordinator.open(self.id, self)
+            except BaseException:
+                self._loop = None
+                if self._registry is not None:
+                    await self._registry.close()
+                await self._transport.close()
+                raise
         self._loop = loop
         if self._book is not None:
             self._book.start(self._transport.local_address)
@@ -330,6 +365,9 @@ class AsyncDiscovery:
                 log.error("cleanup before stop failed", exc_info=result)
         self._apply(self._core.stop(self._loop.time()))
         self._cancel_timer()
+        if self._coordinator is not None:
+            self._cancel_fence_timer()
+            await self._coordinator.close()  # the leader key goes with the lease, at once
         if self._registry is not None:
             await self._registry.close()  # the registration goes at once (etcd: the lease is revoked)
         await self._transport.close()
@@ -759,7 +797,54 @@ class AsyncDiscovery:
 
     def _mastership_wanted(self, wanted: bool) -> None:
         """The election asks for a leader key (or gives it back): only with a coordinator."""
-        log.debug("mastership %s, but no coordinator is set", "wanted" if wanted else "released")
+        if self._coordinator is not None:
+            self._coordinator.want(wanted)
+
+    # -------------------------------------------------- coordinator reports (CoordinatorListener)
+    def lease_good_until(self, deadline: float) -> None:
+        """The coordinator's lease may be acted on until ``deadline`` (``time.monotonic()``): a candidate
+        until then; at ``deadline``, unless a newer report came, no master and no candidate."""
+        if self._loop is None or not self._core.running:
+            return
+        at = self._now() + (deadline - time.monotonic())
+        self._cancel_fence_timer()
+        if at <= self._now():
+            self._fence_expired()
+            return
+        self._fence_timer = self._loop.call_at(at, self._fence_expired)
+        self._apply(self._core.set_fence_ready(self._now(), True))
+
+    def lease_lost(self) -> None:
+        """The coordinator's lease is gone: nothing held under it counts."""
+        self._fence_expired()
+
+    def mastership_granted(self, token: int) -> None:
+        """A leader key is held (``token`` its revision): master, if still wanted and the lease is good."""
+        if self._core.running:
+            self._apply(self._core.grant_mastership(self._now(), token))
+        elif self._coordinator is not None:
+            self._coordinator.want(False)
+
+    def _fence_expired(self) -> None:
+        self._cancel_fence_timer()
+        if self._core.running:
+            self._apply(self._core.set_fence_ready(self._now(), False))
+
+    def _cancel_fence_timer(self) -> None:
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+            self._fence_timer = None
+
+    @property
+    def fencing_token(self) -> int | None:
+        """With a coordinator, while master: the revision of the leader key held (it only grows
+        from one mastership to the next): hand it to the systems the master writes to."""
+        return self._core.fencing_token
+
+    @property
+    def coordinator(self) -> EtcdCoordinator | None:
+        """The coordinator (``coordinator=``), or ``None``."""
+        return self._coordinator
 
     def _feed_book(self, book: PeerBook, action: Emit) -> bool:
         """Hand the book a core event and carry out its answer; ``True`` if the event is the book's alone."""
@@ -913,6 +998,7 @@ class Discovery:
         transport: str | Transport | None = None,
         namespace: str | None = None,
         registry: str | Registry | None = None,
+        coordinator: str | EtcdCoordinator | None = None,
         allow_long_intervals: bool = False,
     ) -> None:
         if not isinstance(start, bool):
@@ -1178,6 +1264,11 @@ class Discovery:
     def registry(self) -> Registry | None:
         """See :attr:`AsyncDiscovery.registry`."""
         return self._async.registry
+
+    @property
+    def fencing_token(self) -> int | None:
+        """See :attr:`AsyncDiscovery.fencing_token`."""
+        return self._async.fencing_token
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -397,6 +397,9 @@ OPTION_HELP: dict[str, str] = {
     "there and send to every node registered, where broadcast does not reach (see the etcd page); or a "
     "``Registry`` object.  Alone it is a complete configuration (unicast mode).  Hellos, the election and "
     "channels stay on UDP.",
+    "coordinator": "``\"etcd://host:port[,host:port...]/prefix\"``: hold mastership with a leader key under "
+    "this node's etcd lease, so at most ``masters_required`` nodes are master even across partitions and "
+    "pauses; ``fencing_token`` is the key's revision (see the etcd page).  Or an ``EtcdCoordinator``.",
     "allow_long_intervals": f"Accept intervals and timeouts of {LONG_INTERVAL:g} s or more (refused by default: "
     "they are nearly always node-discover milliseconds).",
     "start": "``Discovery`` only: start in the constructor (``False``: register handlers, then ``start()``).",

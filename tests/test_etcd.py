@@ -460,3 +460,56 @@ async def changes_then_compaction(srv: EtcdServer, key_prefix: str) -> None:
         await client.put(f"{key_prefix}/nodes/other".encode(), value)
         put = await client.put(b"unrelated", b"x")
         await client.compact(put.header.revision)
+
+
+# ------------------------------------------------------------------ coordinator (issue 17, leadership)
+async def leader_keys(srv: EtcdServer, key_prefix: str) -> dict[str, tuple[str, int]]:
+    """Every leader key: its holder's id and its revision (the fencing token)."""
+    async with aetcd.Client(host="127.0.0.1", port=srv.client_port, timeout=2) as client:
+        response = await client.get_prefix(f"{key_prefix}/leaders/".encode())
+        return {kv.key.decode(): (kv.value.decode(), kv.mod_revision) for kv in response}
+
+
+def fenced_node(url: str, weight: float, **options: Any) -> AsyncDiscovery:
+    return node(url, coordinator=url, weight=weight, check_interval=1.0, node_timeout=2.0, **options)
+
+
+async def test_the_master_holds_the_leader_key_and_its_token(server: EtcdServer) -> None:
+    key_prefix = prefix()
+    url = f"{server.url}/{key_prefix}"
+    nodes = [fenced_node(url, w) for w in (1, 3, 2)]
+    async with running(*nodes):
+        await async_eventually(lambda: [d.is_master for d in nodes] == [False, True, False], 8.0, "node 1 master")
+        master = nodes[1]
+        keys = await leader_keys(server, key_prefix)
+        assert keys == {f"{key_prefix}/leaders/0": (master.id, master.fencing_token)}
+        assert master.me.fencing_token == master.fencing_token
+        await async_eventually(lambda: all(d.nodes[master.id].fencing_token == master.fencing_token
+                                           for d in (nodes[0], nodes[2])), 3.0, "the token in its hellos")
+        first = master.fencing_token
+        assert first is not None
+        await master.stop()  # the lease is revoked: the key goes at once, the next node takes it
+        await async_eventually(lambda: nodes[2].is_master, 5.0, "node 2 takes over")
+        assert nodes[2].fencing_token is not None and nodes[2].fencing_token > first
+        assert not nodes[0].is_master
+
+
+async def test_a_master_that_loses_etcd_demotes_before_its_lease_could_end(own_server: EtcdServer) -> None:
+    key_prefix = prefix()
+    url = f"{own_server.url}/{key_prefix}"
+    a, b = fenced_node(url, 2), fenced_node(url, 1)
+    demoted: list[float] = []
+    a.on("demotion", lambda me: demoted.append(asyncio.get_running_loop().time()))
+    async with running(a, b):
+        await async_eventually(lambda: a.is_master, 8.0, "a master")
+        coordinator = a.coordinator
+        assert coordinator is not None
+        loop = asyncio.get_running_loop()
+        with frozen(own_server):
+            frozen_at = loop.time()
+            await async_eventually(lambda: not a.is_master, coordinator.ttl, "a steps down")
+            assert demoted and demoted[0] - frozen_at <= coordinator.ttl - coordinator.margin + 0.3
+            print(f"demoted {demoted[0] - frozen_at:.3f} s after etcd froze (lease {coordinator.ttl} s)")
+            assert not b.is_master  # b cannot take a key either while etcd is frozen
+            assert not a.me.is_master_eligible
+        await async_eventually(lambda: a.is_master or b.is_master, 10.0, "a master again once etcd is back")

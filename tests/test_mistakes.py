@@ -49,6 +49,10 @@ def test_options_are_explicit_keyword_only_parameters(cls: type) -> None:
     assert parameters["port"].annotation == "int"
 
 
+#: Options the runtime builds objects from (not validated by build_options).
+RUNTIME_CHOSEN = {"transport", "registry", "coordinator"}
+
+
 def test_the_signatures_agree_with_each_other_and_with_the_validator() -> None:
     """Defaults are written once (``Options``); the signatures that repeat the names must not drift."""
     engine = inspect.signature(AsyncDiscovery).parameters
@@ -57,9 +61,9 @@ def test_the_signatures_agree_with_each_other_and_with_the_validator() -> None:
     assert set(facade) - set(engine) == {"start", "stop_on_sigterm"}
     for name, parameter in engine.items():
         assert facade[name].default == parameter.default and facade[name].annotation == parameter.annotation, name
-        if name not in ("transport", "registry"):  # chosen by the runtime, not validated as options
+        if name not in RUNTIME_CHOSEN:
             assert validator[name].default == parameter.default, name
-    assert set(validator) | {"transport", "registry"} == set(engine)
+    assert set(validator) | RUNTIME_CHOSEN == set(engine)
 
 
 @pytest.mark.parametrize("cls", CLASSES)

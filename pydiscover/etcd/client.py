@@ -152,3 +152,34 @@ async def close(client: Any, timeout: float = 2.0) -> None:
             await asyncio.sleep(0)
     except Exception as exc:  # a client that failed may fail to close too
         log.debug("closing an etcd client: %r", exc)
+
+
+async def connect_first(config: EtcdConfig, start: int, timeout: float, probe_key: bytes) -> tuple[Any, int]:
+    """A client on the first endpoint that answers a read of ``probe_key`` (so it also takes our
+    credentials), trying them in order from index ``start``; the client and its index.
+
+    ``ConnectionError`` naming every endpoint's failure if none answers.
+    """
+    errors: list[str] = []
+    endpoints = config.endpoints
+    for i in range(len(endpoints)):
+        index = (start + i) % len(endpoints)
+        client = make_client(config, endpoints[index], timeout)
+        try:
+            await connect(client)
+            await client.get(probe_key)
+        except Exception as exc:
+            await close(client)
+            errors.append(f"{endpoints[index][0]}:{endpoints[index][1]}: {describe(exc)}")
+            continue
+        except BaseException:  # cancelled: no client left behind
+            await close(client)
+            raise
+        return client, index
+    raise ConnectionError("; ".join(errors))
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` for logs and errors (the message alone when it is just the type's name)."""
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

@@ -258,24 +258,9 @@ class EtcdRegistry(Registry):
     # ------------------------------------------------------------ connection
     async def _connect(self) -> Any:
         """A client on the first endpoint that answers (starting from the last good one)."""
-        errors: list[str] = []
-        endpoints = self.config.endpoints
-        for i in range(len(endpoints)):
-            index = (self._endpoint_index + i) % len(endpoints)
-            client = etcd_client.make_client(self.config, endpoints[index], self.call_timeout)
-            try:
-                await etcd_client.connect(client)
-                await client.get((self.key or self.config.prefix).encode())  # answers, and takes our credentials
-            except Exception as exc:
-                await etcd_client.close(client)
-                errors.append(f"{endpoints[index][0]}:{endpoints[index][1]}: {_describe(exc)}")
-                continue
-            except BaseException:  # cancelled: no client left behind
-                await etcd_client.close(client)
-                raise
-            self._endpoint_index = index
-            return client
-        raise ConnectionError("; ".join(errors))
+        client, self._endpoint_index = await etcd_client.connect_first(
+            self.config, self._endpoint_index, self.call_timeout, (self.key or self.config.prefix).encode())
+        return client
 
     async def _register(self, client: Any, *, new_lease: bool) -> None:
         """Write our registration under the lease (a new lease if asked, or if ours expired)."""
@@ -466,8 +451,7 @@ async def _on_etcd_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+    return etcd_client.describe(exc)
 
 
 __all__ = ["MIN_LEASE_TTL", "EtcdRegistry", "lease_ttl", "parse_etcd_url"]

@@ -1,0 +1,290 @@
+"""The etcd coordinator: mastership held with a leader key under this node's lease.
+
+With ``coordinator="etcd://..."`` the core is fenced (``DiscoveryCore.set_fenced``): the
+election names who *should* be master, and a node *is* master only while it holds one of
+``masters_required`` leader keys, ``<prefix>/leaders/<slot>`` = its instance id, created
+in a transaction (only if absent) under its own lease.  The key's revision is the fencing
+token: it only grows from one mastership to the next.
+
+Safety comes from the lease, seen from the node's side: after each keep-alive sent at
+``t`` and answered, the lease lives at least until ``t + ttl`` (etcd counts from when it
+received it, later).  The node holds mastership only until ``t + ttl - margin``
+(:meth:`EtcdCoordinator.good_until`); the runtime demotes it then unless a newer
+keep-alive came back.  So a node cut from etcd, or paused, stops believing before its key
+can pass to another node.  Keep-alives go every quarter TTL, so one slow answer costs
+nothing.  ``margin`` (a quarter of the TTL, at least 0.5 s) covers the time for the
+demotion to take effect and clock-rate differences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any, Protocol
+
+from ..config import Options
+from ..errors import TransportUnavailable
+from . import client as etcd_client
+from .registry import lease_ttl
+from .url import EtcdConfig, parse_etcd_url
+
+log = logging.getLogger("pydiscover.etcd.coordinator")
+
+#: Seconds between two tries for a leader key while all are held by others.
+ACQUIRE_RETRY = 0.25
+
+
+class CoordinatorListener(Protocol):
+    """What the coordinator tells its node, on the node's loop."""
+
+    def lease_good_until(self, deadline: float) -> None:
+        """The lease is safe to act on until ``deadline`` (``time.monotonic()`` seconds)."""
+
+    def lease_lost(self) -> None:
+        """The lease is gone (expired or replaced): nothing held under it counts any more."""
+
+    def mastership_granted(self, token: int) -> None:
+        """A leader key is held; ``token`` is its revision."""
+
+
+class EtcdCoordinator:
+    """One node's lease and leader key in etcd (see the module's documentation)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node_timeout: float | None = None,
+        call_timeout: float = 2.0,
+        min_backoff: float = 0.1,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.config: EtcdConfig = parse_etcd_url(url)
+        etcd_client.import_aetcd()
+        self.display_url = self.config.display
+        self._node_timeout = node_timeout
+        self.ttl = lease_ttl(node_timeout if node_timeout is not None else Options.node_timeout)
+        self.call_timeout = call_timeout
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.masters_required = 1
+        self._iid = ""
+        self._listener: CoordinatorListener | None = None
+        self._caller: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._endpoint_index = 0
+        self._lease: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._acquiring: asyncio.Task[None] | None = None
+        self._held: bytes | None = None
+        self._wanted = False
+        self._connected = False
+        self._opened = False
+        #: Counts: ``lease_lost``, ``unreachable``, ``granted``, ``released``.
+        self.counters: dict[str, int] = {}
+
+    @property
+    def margin(self) -> float:
+        """Seconds before the lease could end at which the node stops acting on it."""
+        return max(0.5, self.ttl / 4)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def leader_key(self) -> str | None:
+        """The leader key held now, or ``None``."""
+        return self._held.decode() if self._held is not None else None
+
+    def adopt_timing(self, node_timeout: float, masters_required: int) -> None:
+        """The node's settings, given when the node is built."""
+        if self._node_timeout is None:
+            self.ttl = lease_ttl(node_timeout)
+        self.masters_required = masters_required
+
+    # ------------------------------------------------------------ the node's side
+    async def open(self, iid: str, listener: CoordinatorListener) -> None:
+        """Connect and take a lease; ``TransportUnavailable`` naming the URL if etcd cannot be reached."""
+        if self._opened:
+            raise RuntimeError("this coordinator is open already (one node per coordinator object)")
+        self._opened = True
+        self._caller = asyncio.get_running_loop()
+        self._listener = listener
+        self._iid = iid
+        future = asyncio.run_coroutine_threadsafe(self._open(), etcd_client.etcd_loop())
+        try:
+            await asyncio.wrap_future(future)
+        except BaseException:
+            self._opened = False
+            self._caller = self._listener = None
+            asyncio.run_coroutine_threadsafe(self._close(), etcd_client.etcd_loop())
+            raise
+
+    def want(self, wanted: bool) -> None:
+        """Ask for a leader key (until one is held) or give it back; returns at once."""
+        if self._opened:
+            asyncio.run_coroutine_threadsafe(self._want(wanted), etcd_client.etcd_loop())
+
+    async def close(self) -> None:
+        """Revoke the lease (the leader key goes with it); bounded, never raises."""
+        if not self._opened:
+            return
+        self._opened = False
+        self._listener = None
+        future = asyncio.run_coroutine_threadsafe(self._close(), etcd_client.etcd_loop())
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), 3 * self.call_timeout + 1)
+        except asyncio.TimeoutError:
+            log.warning("etcd %s: closing goes on in the background (the lease ends within %d s)",
+                        self.display_url, self.ttl)
+        finally:
+            self._caller = None
+
+    def _tell(self, method: str, *args: Any) -> None:
+        caller, listener = self._caller, self._listener
+        if caller is None or listener is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the node's loop closed
+            caller.call_soon_threadsafe(self._deliver, method, args)
+
+    def _deliver(self, method: str, args: tuple[Any, ...]) -> None:
+        listener = self._listener
+        if listener is not None:
+            getattr(listener, method)(*args)
+
+    # ------------------------------------------------------------ on the etcd loop
+    async def _open(self) -> None:
+        try:
+            self._client = await self._connect()
+            await self._new_lease(self._client)
+        except Exception as exc:
+            raise TransportUnavailable(
+                f"coordinator {self.display_url}: etcd unreachable ({etcd_client.describe(exc)})") from exc
+        self._connected = True
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pydiscover-etcd-coordinator")
+
+    async def _close(self) -> None:
+        for task in (self._acquiring, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._acquiring = self._task = None
+        client, self._client = self._client, None
+        lease, self._lease = self._lease, None
+        self._held = None
+        self._wanted = False
+        self._connected = False
+        if client is not None:
+            if lease is not None:
+                try:
+                    await asyncio.wait_for(client.revoke_lease(lease), self.call_timeout)
+                except Exception as exc:  # the lease then ends by itself within its TTL
+                    log.warning("could not revoke the coordinator lease: %s", etcd_client.describe(exc))
+            await etcd_client.close(client, self.call_timeout)
+
+    async def _connect(self) -> Any:
+        client, self._endpoint_index = await etcd_client.connect_first(
+            self.config, self._endpoint_index, self.call_timeout, f"{self.config.prefix}/leaders/".encode())
+        return client
+
+    async def _new_lease(self, client: Any) -> None:
+        sent = time.monotonic()
+        lease = await client.lease(self.ttl)
+        self._lease = int(lease.id)
+        self.ttl = max(self.ttl, int(lease.ttl or self.ttl))
+        self._tell("lease_good_until", sent + self.ttl - self.margin)
+
+    async def _supervise(self) -> None:
+        """Keep the lease alive every quarter TTL; reconnect with backoff on failure."""
+        backoff = self.min_backoff
+        while True:
+            try:
+                client = self._client
+                if client is None:
+                    client = await self._connect()
+                    self._client = client
+                    self._connected = True
+                    await self._refresh(client)  # the lease may have outlived the outage (etcd restart)
+                    backoff = self.min_backoff
+                await asyncio.sleep(self.ttl / 4)
+                await self._refresh(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an outage: the node demotes at its deadline by itself
+                if self._connected:
+                    log.warning("coordinator etcd %s lost: %s", self.display_url, etcd_client.describe(exc))
+                self._connected = False
+                self.counters["unreachable"] = self.counters.get("unreachable", 0) + 1
+                client, self._client = self._client, None
+                if client is not None:
+                    await etcd_client.close(client, self.call_timeout)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def _refresh(self, client: Any) -> None:
+        sent = time.monotonic()
+        response = await asyncio.wait_for(client.refresh_lease(self._lease), self.call_timeout)
+        if response.TTL > 0:
+            self._tell("lease_good_until", sent + self.ttl - self.margin)
+            return
+        # Expired (a long outage, a long pause): whatever was held under it is gone.
+        log.warning("the coordinator lease expired: taking a new one")
+        self.counters["lease_lost"] = self.counters.get("lease_lost", 0) + 1
+        self._held = None
+        self._tell("lease_lost")
+        await self._new_lease(client)
+        if self._wanted:
+            self._start_acquiring()
+
+    async def _want(self, wanted: bool) -> None:
+        self._wanted = wanted
+        if wanted:
+            if self._held is None:
+                self._start_acquiring()
+            return
+        if self._acquiring is not None:
+            self._acquiring.cancel()
+            self._acquiring = None
+        held, self._held = self._held, None
+        if held is not None and self._client is not None:
+            tx = self._client.transactions
+            with contextlib.suppress(Exception):  # else it goes with the lease
+                await self._client.transaction(compare=[tx.value(held) == self._iid.encode()],
+                                               success=[tx.delete(held)], failure=[])
+                self.counters["released"] = self.counters.get("released", 0) + 1
+
+    def _start_acquiring(self) -> None:
+        if self._acquiring is None or self._acquiring.done():
+            self._acquiring = asyncio.get_running_loop().create_task(self._acquire())
+
+    async def _acquire(self) -> None:
+        """Try for a free leader key until one is held or it is no longer wanted."""
+        while self._wanted and self._held is None:
+            client, lease = self._client, self._lease
+            if client is not None and lease is not None:
+                tx = client.transactions
+                for slot in range(self.masters_required):
+                    key = f"{self.config.prefix}/leaders/{slot}".encode()
+                    try:
+                        succeeded, responses = await client.transaction(
+                            compare=[tx.version(key) == 0],
+                            success=[tx.put(key, self._iid.encode(), lease=lease), tx.get(key)], failure=[])
+                    except Exception as exc:
+                        log.debug("leader key %s: %s", key, etcd_client.describe(exc))
+                        break
+                    if succeeded:
+                        token = int(responses[1][0][1].mod_revision)
+                        self._held = key
+                        self.counters["granted"] = self.counters.get("granted", 0) + 1
+                        log.info("holding %s (fencing token %d)", key.decode(), token)
+                        self._tell("mastership_granted", token)
+                        return
+            await asyncio.sleep(ACQUIRE_RETRY)
+
+
+__all__ = ["ACQUIRE_RETRY", "CoordinatorListener", "EtcdCoordinator"]
