@@ -71,9 +71,12 @@ class Emit(NamedTuple):
 class MastershipWanted(NamedTuple):
     """With a coordinator: this node should (``True``) or should no longer (``False``) hold a
     leader key.  The runtime asks the coordinator, then calls
-    :meth:`DiscoveryCore.grant_mastership` once the key is held."""
+    :meth:`DiscoveryCore.grant_mastership` once the key is held.  ``seq`` numbers the
+    requests: a grant answers one, and counts only if it answers the latest (the
+    election may change its mind while a grant is on its way)."""
 
     wanted: bool
+    seq: int = 0
 
 
 Action = Transmit | Emit | MastershipWanted
@@ -137,6 +140,7 @@ class DiscoveryCore:
         self._fenced = False
         self._fence_ready = False
         self._wants_master = False
+        self._want_seq = 0
         self._token: int | None = None
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -233,14 +237,18 @@ class DiscoveryCore:
             self._elect(now, out)
         return out
 
-    def grant_mastership(self, now: float, token: int) -> list[Action]:
-        """The coordinator gave us a leader key whose revision is ``token``: be master.
+    def grant_mastership(self, now: float, token: int, seq: int) -> list[Action]:
+        """The coordinator holds a leader key whose revision is ``token``, for request ``seq``: be master.
 
-        If the node no longer wants it (the election moved on meanwhile) it is handed
-        back at once (:class:`MastershipWanted` ``False``).
+        Only if ``seq`` is the latest request and it wanted the key, and the lease is
+        good; otherwise nothing happens here (a later request, already on its way,
+        tells the coordinator what to do with the key), except that a key granted to a
+        node that cannot take it is handed back.
         """
+        if seq != self._want_seq:
+            return []  # answers an older request: the coordinator follows the latest one
         if not (self._running and self._fenced and self._wants_master and self._eligible):
-            return [MastershipWanted(False)]
+            return [self._want(False)]
         out: list[Action] = []
         self._token = token
         if self._role.promote():
@@ -815,8 +823,12 @@ class DiscoveryCore:
             out.append(Emit("demotion", (self.me(now),)))
             self._hello(now, out)
         if wanted != self._wants_master:
-            self._wants_master = wanted
-            out.append(MastershipWanted(wanted))
+            out.append(self._want(wanted))
+
+    def _want(self, wanted: bool) -> MastershipWanted:
+        self._wants_master = wanted
+        self._want_seq += 1
+        return MastershipWanted(wanted, self._want_seq)
 
 
 #: Drops that mean a peer is configured differently, and what to change (logged once).

@@ -277,6 +277,8 @@ class AsyncDiscovery:
         self._coordinator = _make_coordinator(coordinator, self.options)
         self._core = DiscoveryCore(self.options, pid=_process_id, iid=str(uuid.uuid4()))
         self._fence_timer: asyncio.TimerHandle | None = None
+        #: Until when (``time.monotonic()``) the coordinator's lease may be acted on; ``None``: not now.
+        self._fence_deadline: float | None = None
         if self._coordinator is not None:
             self._core.set_fenced(True)
         self._emitter = SafeEmitter()
@@ -350,6 +352,8 @@ class AsyncDiscovery:
             if self._registry is not None:  # the first hello goes to every member registered
                 self._carry_out(self._book.set_registered(self._registered_endpoints(self._registry.members)))
         self._apply(self._core.start(loop.time(), time.time()))
+        if self._fence_deadline is not None:  # the coordinator's first report came during start()
+            self.lease_good_until(self._fence_deadline)
         self._emitter.emit("started", self._facade)
         return True
 
@@ -367,6 +371,7 @@ class AsyncDiscovery:
         self._cancel_timer()
         if self._coordinator is not None:
             self._cancel_fence_timer()
+            self._fence_deadline = None
             await self._coordinator.close()  # the leader key goes with the lease, at once
         if self._registry is not None:
             await self._registry.close()  # the registration goes at once (etcd: the lease is revoked)
@@ -593,7 +598,9 @@ class AsyncDiscovery:
 
     @property
     def is_master(self) -> bool:
-        """Whether this node is master now."""
+        """Whether this node is master now (with a coordinator: and its lease's deadline has not passed)."""
+        if self._coordinator is not None and not self._fence_valid():
+            return False
         return self._core.is_master
 
     @property
@@ -737,6 +744,8 @@ class AsyncDiscovery:
         return self._loop.time() if self._loop is not None else 0.0
 
     def _datagram_received(self, data: bytes, addr: Address) -> bool:
+        if self._fence_deadline is not None:
+            self._check_fence()  # after a pause: demote before answering anything as master
         core = self._core
         core.set_listening(hello_received=self._emitter.has_listeners("helloReceived"))
         try:
@@ -766,6 +775,8 @@ class AsyncDiscovery:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        if self._fence_deadline is not None:
+            self._check_fence()
         try:
             now = self._now()
             self._core.sync_wall_clock(now, time.time())
@@ -783,6 +794,8 @@ class AsyncDiscovery:
         self._apply(actions)
 
     def _apply(self, actions: list[Action]) -> None:
+        if self._fence_deadline is not None:
+            self._check_fence()  # a lapsed lease demotes the node before these actions go out
         book = self._book
         for action in actions:
             if isinstance(action, Emit):
@@ -792,41 +805,55 @@ class AsyncDiscovery:
             elif isinstance(action, Transmit):
                 self._transport.send(action.datagram)
             else:
-                self._mastership_wanted(action.wanted)
+                self._mastership_wanted(action.wanted, action.seq)
         self._reschedule()
 
-    def _mastership_wanted(self, wanted: bool) -> None:
+    def _mastership_wanted(self, wanted: bool, seq: int) -> None:
         """The election asks for a leader key (or gives it back): only with a coordinator."""
         if self._coordinator is not None:
-            self._coordinator.want(wanted)
+            self._coordinator.want(wanted, seq)
 
     # -------------------------------------------------- coordinator reports (CoordinatorListener)
     def lease_good_until(self, deadline: float) -> None:
         """The coordinator's lease may be acted on until ``deadline`` (``time.monotonic()``): a candidate
-        until then; at ``deadline``, unless a newer report came, no master and no candidate."""
-        if self._loop is None or not self._core.running:
-            return
-        at = self._now() + (deadline - time.monotonic())
+        until then; at ``deadline``, unless a newer report came, no master and no candidate.
+
+        The deadline is checked before anything else the node does (:meth:`_check_fence`),
+        not only by a timer: after a pause the timer may run after other work.
+        """
         self._cancel_fence_timer()
-        if at <= self._now():
+        if time.monotonic() >= deadline:
             self._fence_expired()
             return
-        self._fence_timer = self._loop.call_at(at, self._fence_expired)
+        self._fence_deadline = deadline
+        if self._loop is None or not self._core.running:
+            return  # start() applies it once the core runs
+        self._fence_timer = self._loop.call_at(self._now() + (deadline - time.monotonic()), self._check_fence)
         self._apply(self._core.set_fence_ready(self._now(), True))
 
     def lease_lost(self) -> None:
         """The coordinator's lease is gone: nothing held under it counts."""
         self._fence_expired()
 
-    def mastership_granted(self, token: int) -> None:
-        """A leader key is held (``token`` its revision): master, if still wanted and the lease is good."""
+    def mastership_granted(self, token: int, seq: int) -> None:
+        """A leader key is held for request ``seq`` (``token`` its revision): master, if that is still
+        the latest request and the lease is good (checked first)."""
         if self._core.running:
-            self._apply(self._core.grant_mastership(self._now(), token))
-        elif self._coordinator is not None:
-            self._coordinator.want(False)
+            self._apply(self._core.grant_mastership(self._now(), token, seq))
+
+    def _check_fence(self) -> None:
+        """Past the lease's deadline: no master and no candidate, before anything else happens."""
+        deadline = self._fence_deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            self._fence_expired()
+
+    def _fence_valid(self) -> bool:
+        deadline = self._fence_deadline
+        return deadline is not None and time.monotonic() < deadline
 
     def _fence_expired(self) -> None:
         self._cancel_fence_timer()
+        self._fence_deadline = None
         if self._core.running:
             self._apply(self._core.set_fence_ready(self._now(), False))
 
@@ -838,7 +865,10 @@ class AsyncDiscovery:
     @property
     def fencing_token(self) -> int | None:
         """With a coordinator, while master: the revision of the leader key held (it only grows
-        from one mastership to the next): hand it to the systems the master writes to."""
+        from one mastership to the next): hand it to the systems the master writes to.
+        ``None`` once the lease's deadline has passed, even before the node has demoted."""
+        if self._coordinator is not None and not self._fence_valid():
+            return None
         return self._core.fencing_token
 
     @property

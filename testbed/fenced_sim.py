@@ -29,6 +29,7 @@ class FencedSim(Sim):
         self.slots: dict[int, tuple[int, int]] = {}
         self.slot_count = 1
         self.wanted: dict[int, bool] = {}
+        self.want_seq: dict[int, int] = {}
         self.cut_off: set[int] = set()
         #: Every grant, as (time, node index, token): tokens must only grow.
         self.grants: list[tuple[float, int, int]] = []
@@ -47,16 +48,22 @@ class FencedSim(Sim):
         super()._route(idx, actions)
         for action in actions:
             if isinstance(action, MastershipWanted):
-                self.wanted[idx] = action.wanted
-                self._push(self.now + self.etcd_latency, "etcd", (idx, action.wanted))
+                self._push(self.now + self.etcd_latency, "etcd", (idx, action.wanted, action.seq))
 
     def _dispatch(self, at: float, kind: str, payload: Any) -> None:
         if kind == "etcd":
-            self._etcd(*payload)
+            idx, wanted, seq = payload
+            if seq >= self.want_seq.get(idx, 0):  # the coordinator follows the latest request
+                self.want_seq[idx] = seq
+                self.wanted[idx] = wanted
+                self._etcd(idx)
         elif kind == "retry":
-            idx = payload
-            if self.wanted.get(idx):
-                self._etcd(idx, True)
+            if self.wanted.get(payload):
+                self._etcd(payload)
+        elif kind == "granted":
+            idx, token, seq = payload
+            if self.nodes[idx].alive:
+                self._route(idx, self.nodes[idx].core.grant_mastership(self.now, token, seq))
         elif kind == "lease_expired":
             idx = payload
             if idx in self.cut_off or not self.nodes[idx].alive:
@@ -68,16 +75,19 @@ class FencedSim(Sim):
         else:
             super()._dispatch(at, kind, payload)
 
-    def _etcd(self, idx: int, wanted: bool) -> None:
-        """The node's request reaches etcd (unless cut off): acquire a free slot, or give it back."""
+    def _etcd(self, idx: int) -> None:
+        """The node's latest request reaches etcd (unless cut off): acquire a free slot, or give it back.
+
+        The grant travels back with ``etcd_latency`` (the election may change its mind meanwhile)."""
         if idx in self.cut_off or not self.nodes[idx].alive:
             return
         held = [s for s, (holder, _) in self.slots.items() if holder == idx]
-        if not wanted:
+        if not self.wanted.get(idx):
             for slot in held:
                 del self.slots[slot]
             return
         if held:
+            self._push(self.now + self.etcd_latency, "granted", (idx, self.slots[held[0]][1], self.want_seq[idx]))
             return
         free = [s for s in range(self.slot_count) if s not in self.slots]
         if not free:
@@ -86,8 +96,7 @@ class FencedSim(Sim):
         self.revision += 1
         self.slots[free[0]] = (idx, self.revision)
         self.grants.append((self.now, idx, self.revision))
-        actions = self.nodes[idx].core.grant_mastership(self.now, self.revision)
-        self._route(idx, actions)
+        self._push(self.now + self.etcd_latency, "granted", (idx, self.revision, self.want_seq[idx]))
 
     # ---------------------------------------------------------------- faults
     def kill(self, idx: int) -> None:

@@ -513,3 +513,62 @@ async def test_a_master_that_loses_etcd_demotes_before_its_lease_could_end(own_s
             assert not b.is_master  # b cannot take a key either while etcd is frozen
             assert not a.me.is_master_eligible
         await async_eventually(lambda: a.is_master or b.is_master, 10.0, "a master again once etcd is back")
+
+
+class _Reports:
+    """A coordinator's listener that records what it is told."""
+
+    def __init__(self) -> None:
+        self.good_until: list[float] = []
+        self.lost = 0
+        self.grants: list[tuple[int, int]] = []
+
+    def lease_good_until(self, deadline: float) -> None:
+        self.good_until.append(deadline)
+
+    def lease_lost(self) -> None:
+        self.lost += 1
+
+    def mastership_granted(self, token: int, seq: int) -> None:
+        self.grants.append((token, seq))
+
+
+async def test_a_key_asked_for_then_given_back_at_once_is_never_left_behind(server: EtcdServer) -> None:
+    """want(True) then want(False) while the transaction is in flight: the key must not stay held."""
+    from pydiscover.etcd.coordinator import EtcdCoordinator
+
+    key_prefix = prefix()
+    coordinator = EtcdCoordinator(f"{server.url}/{key_prefix}", node_timeout=2.0)
+    reports = _Reports()
+    await coordinator.open("node-a", reports)
+    try:
+        seq = 0
+        for k in range(30):
+            coordinator.want(True, seq := seq + 1)
+            await asyncio.sleep((k % 4) / 1000)
+            coordinator.want(False, seq := seq + 1)
+        await asyncio.sleep(0.5)
+        assert await leader_keys(server, key_prefix) == {}
+        assert coordinator.leader_key is None
+        coordinator.want(True, seq := seq + 1)  # and a key can still be taken afterwards
+        await async_eventually(lambda: bool(reports.grants) and reports.grants[-1][1] == seq, 3.0, "a grant")
+        keys = await leader_keys(server, key_prefix)
+        assert keys == {f"{key_prefix}/leaders/0": ("node-a", reports.grants[-1][0])}
+    finally:
+        await coordinator.close()
+    assert await leader_keys(server, key_prefix) == {}  # revoked with the lease
+
+
+async def test_past_its_deadline_a_node_is_no_master_before_any_timer_runs(server: EtcdServer) -> None:
+    """The node's loop blocked past the lease's deadline (a pause): is_master and fencing_token
+    say no at once, before the demotion timer had a chance to run."""
+    import time
+
+    url = f"{server.url}/{prefix()}"
+    d = fenced_node(url, 1)
+    async with running(d):
+        await async_eventually(lambda: d.is_master, 8.0, "master")
+        assert d.coordinator is not None and d.fencing_token is not None
+        time.sleep(d.coordinator.ttl)  # blocks this loop: no report, no timer runs meanwhile
+        assert not d.is_master and d.fencing_token is None
+        await async_eventually(lambda: d.is_master, 5.0, "master again (the lease was kept alive meanwhile)")

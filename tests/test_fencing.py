@@ -126,7 +126,26 @@ def test_a_grant_that_comes_too_late_is_handed_back() -> None:
     run_checked(sim, 3.0)
     sim.call(idx, core.set_fence_ready, False)  # lease lost: not master, not a candidate
     assert not core.is_master
-    assert core.grant_mastership(sim.now, 99) == [MastershipWanted(False)]
+    wanted = [a for a in sim.call(idx, core.set_fence_ready, True) or [] if isinstance(a, MastershipWanted)]
+    sim.call(idx, core.set_fence_ready, False)  # and lost again before the grant came back
+    seq = wanted[-1].seq if wanted else 0
+    assert core.grant_mastership(sim.now, 99, seq) == []  # an older request's grant: ignored
+    assert not core.is_master
+
+
+def test_a_wavering_election_never_makes_a_master_without_its_key() -> None:
+    """Requests and grants cross (etcd answers in 0.3 s, the election flips every 0.1 s): only
+    the latest request counts, and whoever believes itself master holds its key throughout."""
+    sim = FencedSim(etcd_latency=0.3)
+    heavy = sim.add(weight=2, **TIMING)
+    sim.add(weight=1, **TIMING)
+    run_checked(sim, 3.0)
+    for k in range(20):
+        core = sim.nodes[heavy].core
+        sim.call(heavy, core.demote, True) if k % 2 == 0 else sim.call(heavy, core.promote)
+        run_checked(sim, sim.now + 0.1, step=0.01)
+    run_checked(sim, sim.now + 10.0, step=0.02)
+    assert sim.masters() == [heavy] and len(sim.slots) == 1
 
 
 def test_the_token_on_the_wire() -> None:

@@ -46,8 +46,8 @@ class CoordinatorListener(Protocol):
     def lease_lost(self) -> None:
         """The lease is gone (expired or replaced): nothing held under it counts any more."""
 
-    def mastership_granted(self, token: int) -> None:
-        """A leader key is held; ``token`` is its revision."""
+    def mastership_granted(self, token: int, seq: int) -> None:
+        """A leader key is held for request ``seq``; ``token`` is its revision."""
 
 
 class EtcdCoordinator:
@@ -79,8 +79,10 @@ class EtcdCoordinator:
         self._lease: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._acquiring: asyncio.Task[None] | None = None
-        self._held: bytes | None = None
+        #: The leader key held and its revision (the token), or ``None``.
+        self._held: tuple[bytes, int] | None = None
         self._wanted = False
+        self._want_seq = 0
         self._connected = False
         self._opened = False
         #: Counts: ``lease_lost``, ``unreachable``, ``granted``, ``released``.
@@ -98,7 +100,7 @@ class EtcdCoordinator:
     @property
     def leader_key(self) -> str | None:
         """The leader key held now, or ``None``."""
-        return self._held.decode() if self._held is not None else None
+        return self._held[0].decode() if self._held is not None else None
 
     def adopt_timing(self, node_timeout: float, masters_required: int) -> None:
         """The node's settings, given when the node is built."""
@@ -124,10 +126,14 @@ class EtcdCoordinator:
             asyncio.run_coroutine_threadsafe(self._close(), etcd_client.etcd_loop())
             raise
 
-    def want(self, wanted: bool) -> None:
-        """Ask for a leader key (until one is held) or give it back; returns at once."""
+    def want(self, wanted: bool, seq: int) -> None:
+        """Request ``seq``: a leader key (until one is held) or none; returns at once.
+
+        Requests are carried out in order, each as a whole (a transaction in flight is
+        never abandoned); a grant names the request it answers.
+        """
         if self._opened:
-            asyncio.run_coroutine_threadsafe(self._want(wanted), etcd_client.etcd_loop())
+            asyncio.run_coroutine_threadsafe(self._want(wanted, seq), etcd_client.etcd_loop())
 
     async def close(self) -> None:
         """Revoke the lease (the leader key goes with it); bounded, never raises."""
@@ -196,7 +202,7 @@ class EtcdCoordinator:
         sent = time.monotonic()
         lease = await client.lease(self.ttl)
         self._lease = int(lease.id)
-        self.ttl = max(self.ttl, int(lease.ttl or self.ttl))
+        self.ttl = int(lease.ttl or self.ttl)  # what etcd granted (it may raise a TTL to its minimum)
         self._tell("lease_good_until", sent + self.ttl - self.margin)
 
     async def _supervise(self) -> None:
@@ -232,38 +238,49 @@ class EtcdCoordinator:
         if response.TTL > 0:
             self._tell("lease_good_until", sent + self.ttl - self.margin)
             return
-        # Expired (a long outage, a long pause): whatever was held under it is gone.
+        # Expired (a long outage, a long pause): whatever was held under it is gone.  The
+        # node stops wanting a key when told; it asks again, with a new request, once the
+        # new lease is good.
         log.warning("the coordinator lease expired: taking a new one")
         self.counters["lease_lost"] = self.counters.get("lease_lost", 0) + 1
         self._held = None
+        self._wanted = False
         self._tell("lease_lost")
         await self._new_lease(client)
-        if self._wanted:
-            self._start_acquiring()
 
-    async def _want(self, wanted: bool) -> None:
+    async def _want(self, wanted: bool, seq: int) -> None:
+        if seq <= self._want_seq:
+            return  # an older request arriving late
+        self._want_seq = seq
         self._wanted = wanted
-        if wanted:
-            if self._held is None:
-                self._start_acquiring()
-            return
-        if self._acquiring is not None:
-            self._acquiring.cancel()
-            self._acquiring = None
-        held, self._held = self._held, None
-        if held is not None and self._client is not None:
-            tx = self._client.transactions
-            with contextlib.suppress(Exception):  # else it goes with the lease
-                await self._client.transaction(compare=[tx.value(held) == self._iid.encode()],
-                                               success=[tx.delete(held)], failure=[])
-                self.counters["released"] = self.counters.get("released", 0) + 1
-
-    def _start_acquiring(self) -> None:
-        if self._acquiring is None or self._acquiring.done():
+        if not wanted:
+            await self._release()
+        elif self._held is not None:
+            self._tell("mastership_granted", self._held[1], seq)  # still held: it answers this request too
+        elif self._acquiring is None or self._acquiring.done():
             self._acquiring = asyncio.get_running_loop().create_task(self._acquire())
 
+    async def _release(self) -> None:
+        held, self._held = self._held, None
+        client = self._client
+        if held is None or client is None:
+            return
+        key, token = held
+        tx = client.transactions
+        try:  # only the key we created (its revision): never one another node holds now
+            succeeded, _ = await client.transaction(compare=[tx.mod(key) == token], success=[tx.delete(key)],
+                                                    failure=[])
+        except Exception as exc:  # it then goes with the lease
+            log.debug("releasing %s: %s", key, etcd_client.describe(exc))
+            return
+        if succeeded:
+            self.counters["released"] = self.counters.get("released", 0) + 1
+
     async def _acquire(self) -> None:
-        """Try for a free leader key until one is held or it is no longer wanted."""
+        """Try for a free leader key while one is wanted; each try is one whole transaction.
+
+        A key that already holds our id under our lease (a try whose answer was lost) is ours.
+        """
         while self._wanted and self._held is None:
             client, lease = self._client, self._lease
             if client is not None and lease is not None:
@@ -273,16 +290,23 @@ class EtcdCoordinator:
                     try:
                         succeeded, responses = await client.transaction(
                             compare=[tx.version(key) == 0],
-                            success=[tx.put(key, self._iid.encode(), lease=lease), tx.get(key)], failure=[])
+                            success=[tx.put(key, self._iid.encode(), lease=lease), tx.get(key)],
+                            failure=[tx.get(key)])
                     except Exception as exc:
                         log.debug("leader key %s: %s", key, etcd_client.describe(exc))
                         break
-                    if succeeded:
-                        token = int(responses[1][0][1].mod_revision)
-                        self._held = key
+                    found = responses[-1]
+                    kv = found[0][1] if found else None  # (value, Get): Get is the key-value
+                    ours = kv is not None and kv.value == self._iid.encode() and int(kv.lease) == lease
+                    if succeeded or ours:
+                        assert kv is not None
+                        self._held = (key, int(kv.mod_revision))
+                        if not self._wanted:  # the node changed its mind while this was in flight
+                            await self._release()
+                            return
                         self.counters["granted"] = self.counters.get("granted", 0) + 1
-                        log.info("holding %s (fencing token %d)", key.decode(), token)
-                        self._tell("mastership_granted", token)
+                        log.info("holding %s (fencing token %d)", key.decode(), kv.mod_revision)
+                        self._tell("mastership_granted", int(kv.mod_revision), self._want_seq)
                         return
             await asyncio.sleep(ACQUIRE_RETRY)
 
