@@ -572,3 +572,33 @@ async def test_past_its_deadline_a_node_is_no_master_before_any_timer_runs(serve
         time.sleep(d.coordinator.ttl)  # blocks this loop: no report, no timer runs meanwhile
         assert not d.is_master and d.fencing_token is None
         await async_eventually(lambda: d.is_master, 5.0, "master again (the lease was kept alive meanwhile)")
+
+
+async def test_a_master_whose_etcd_connection_is_black_holed_steps_down_before_the_next_is_promoted(
+        server: EtcdServer) -> None:
+    """One node's etcd traffic dropped through a proxy (the connection left open; UDP intact):
+    it demotes before its lease could end, and the other is promoted only after that."""
+    from testbed.tcp_proxy import TcpProxy
+
+    key_prefix = prefix()
+    with TcpProxy(("127.0.0.1", server.client_port)) as proxy:
+        a = fenced_node(f"etcd://{proxy.endpoint}/{key_prefix}", 2)
+        b = fenced_node(f"{server.url}/{key_prefix}", 1)
+        loop = asyncio.get_running_loop()
+        times: dict[str, float] = {}
+        a.on("demotion", lambda me: times.setdefault("a_demoted", loop.time()))
+        b.on("promotion", lambda me: times.setdefault("b_promoted", loop.time()))
+        async with running(a, b):
+            await async_eventually(lambda: a.is_master and not b.is_master, 8.0, "a master")
+            assert a.coordinator is not None
+            ttl = a.coordinator.ttl
+            token = a.fencing_token
+            proxy.cut()
+            cut = loop.time()
+            await async_eventually(lambda: "b_promoted" in times, ttl + 3.0, "b promoted")
+            assert times["a_demoted"] - cut <= ttl, "a stepped down within its lease's TTL of the cut"
+            assert times["a_demoted"] < times["b_promoted"], "no overlap: a stepped down first"
+            assert b.fencing_token is not None and token is not None and b.fencing_token > token
+            print(f"a demoted {times['a_demoted'] - cut:.3f} s after the cut, b promoted "
+                  f"{times['b_promoted'] - cut:.3f} s after (lease {ttl} s)")
+            proxy.restore()
