@@ -43,6 +43,8 @@ RESERVED_NAMES = frozenset(
         "helloReceived",
         "helloEmitted",
         "nodeUpdated",
+        "coordinatorLost",
+        "coordinatorReady",
         "check",
         "started",
         "stopped",

@@ -279,6 +279,7 @@ class AsyncDiscovery:
         self._fence_timer: asyncio.TimerHandle | None = None
         #: Until when (``time.monotonic()``) the coordinator's lease may be acted on; ``None``: not now.
         self._fence_deadline: float | None = None
+        self._fence_announced = False  # "coordinatorReady" emitted, "coordinatorLost" not since
         if self._coordinator is not None:
             self._core.set_fenced(True)
         self._emitter = SafeEmitter()
@@ -372,6 +373,7 @@ class AsyncDiscovery:
         if self._coordinator is not None:
             self._cancel_fence_timer()
             self._fence_deadline = None
+            self._fence_announced = False
             await self._coordinator.close()  # the leader key goes with the lease, at once
         if self._registry is not None:
             await self._registry.close()  # the registration goes at once (etcd: the lease is revoked)
@@ -829,6 +831,9 @@ class AsyncDiscovery:
         if self._loop is None or not self._core.running:
             return  # start() applies it once the core runs
         self._fence_timer = self._loop.call_at(self._now() + (deadline - time.monotonic()), self._check_fence)
+        if not self._fence_announced:
+            self._fence_announced = True
+            self._emitter.emit("coordinatorReady")
         self._apply(self._core.set_fence_ready(self._now(), True))
 
     def lease_lost(self) -> None:
@@ -854,8 +859,17 @@ class AsyncDiscovery:
     def _fence_expired(self) -> None:
         self._cancel_fence_timer()
         self._fence_deadline = None
+        if self._fence_announced:
+            # First, so that layers holding work under the lease (resources) let go at once.
+            self._fence_announced = False
+            self._emitter.emit("coordinatorLost")
         if self._core.running:
             self._apply(self._core.set_fence_ready(self._now(), False))
+
+    @property
+    def coordinator_ready(self) -> bool:
+        """With a coordinator: whether its lease may be acted on now (``False`` without one)."""
+        return self._coordinator is not None and self._fence_valid()
 
     def _cancel_fence_timer(self) -> None:
         if self._fence_timer is not None:

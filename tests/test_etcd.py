@@ -602,3 +602,53 @@ async def test_a_master_whose_etcd_connection_is_black_holed_steps_down_before_t
             print(f"a demoted {times['a_demoted'] - cut:.3f} s after the cut, b promoted "
                   f"{times['b_promoted'] - cut:.3f} s after (lease {ttl} s)")
             proxy.restore()
+
+
+async def owner_keys(srv: EtcdServer, key_prefix: str) -> dict[str, tuple[str, int]]:
+    """Every owner key: resource id -> (owner's id, revision = fencing token)."""
+    async with aetcd.Client(host="127.0.0.1", port=srv.client_port, timeout=2) as client:
+        response = await client.get_prefix(f"{key_prefix}/owners/".encode())
+        return {kv.key.decode().rsplit("/", 1)[1]: (kv.value.decode(), kv.mod_revision) for kv in response}
+
+
+async def test_resources_start_only_under_owner_keys_and_move_with_higher_tokens(server: EtcdServer) -> None:
+    """Three nodes, twelve resources, a coordinator: 4/4/4, each running resource's token is its
+    owner key's revision; a node stops: its resources start elsewhere only after they stopped
+    there, with higher tokens."""
+    from pydiscover.balancer import ResourceManager
+
+    key_prefix = prefix()
+    url = f"{server.url}/{key_prefix}"
+    loop = asyncio.get_running_loop()
+    log: list[tuple[float, str, str, str]] = []  # (time, node, "start"/"stop", resource)
+    nodes = [fenced_node(url, w) for w in (3, 2, 1)]
+    managers = []
+    for d in nodes:
+        def start(resource: dict[str, Any], d: AsyncDiscovery = d) -> str:
+            log.append((loop.time(), d.id, "start", resource["id"]))
+            return resource["id"]
+
+        def stop(handle: str, d: AsyncDiscovery = d) -> None:
+            log.append((loop.time(), d.id, "stop", handle))
+
+        managers.append(ResourceManager(d, resources=[{"id": f"r{i:02d}"} for i in range(12)], start=start,
+                                        stop=stop))
+    async with running(*nodes):
+        await async_eventually(lambda: sorted(len(m.owned) for m in managers) == [4, 4, 4], 15.0, "4/4/4")
+        owners = await owner_keys(server, key_prefix)
+        assert len(owners) == 12
+        for d, m in zip(nodes, managers, strict=True):
+            for rid in m.owned:
+                assert owners[rid] == (d.id, m.token(rid))
+        before = {rid: m.token(rid) for m in managers for rid in m.owned}
+        moved = set(managers[2].owned)
+        await nodes[2].stop()
+        await async_eventually(lambda: sorted(len(m.owned) for m in managers[:2]) == [6, 6], 15.0, "6/6")
+        for m in managers[:2]:
+            for rid in m.owned & moved:
+                token = m.token(rid)
+                assert token is not None and token > (before[rid] or 0)
+        stopped_at = {rid: t for t, node, what, rid in log if what == "stop" and node == nodes[2].id}
+        for t, node, what, rid in log:
+            if what == "start" and rid in moved and node != nodes[2].id:
+                assert t >= stopped_at[rid], f"{rid} started elsewhere before it stopped on the leaving node"

@@ -127,6 +127,8 @@ class Driver:
             ("added", self._on_added),
             ("removed", self._on_removed),
             ("promotion", self._on_promotion),
+            ("coordinatorLost", self._on_fence_lost),
+            ("coordinatorReady", self._on_fence_ready),
         ]
         self.call(self._attach, join_error)
 
@@ -197,6 +199,8 @@ class Driver:
             self.engine.add_stop_hook(self.aclose)
         if self.engine.running:
             self.feed(self.machine.started)
+            if self.engine.coordinator_ready:  # built after the lease became good: no event will say so
+                self.feed(self.machine.fence_ready)
 
     def _event(self, step: Callable[..., Any], *args: Any) -> None:
         """Feed an input the machine did not ask for; a failure is reported, never raised into the loop."""
@@ -232,6 +236,12 @@ class Driver:
 
     def _on_promotion(self, _me: object) -> None:
         self._event(self.machine.promoted)
+
+    def _on_fence_lost(self) -> None:
+        self._event(self.machine.fence_lost)
+
+    def _on_fence_ready(self) -> None:
+        self._event(self.machine.fence_ready)
 
     def _wake(self) -> None:
         self._timer = self._timer_at = None

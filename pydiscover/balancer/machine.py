@@ -186,6 +186,14 @@ class Machine:
         """This node became master."""
         return []
 
+    def fence_lost(self, now: float) -> list[Action]:
+        """With a coordinator: this node's lease may not be acted on any more (stop what needs it)."""
+        return []
+
+    def fence_ready(self, now: float) -> list[Action]:
+        """With a coordinator: this node's lease is good again."""
+        return []
+
     def hook_done(self, now: float, call: int, value: Any, error: BaseException | None) -> list[Action]:
         """Call ``call`` of a :class:`Run` returned ``value`` (or raised ``error``)."""
         return []

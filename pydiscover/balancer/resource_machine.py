@@ -70,6 +70,10 @@ def validate_resources(items: Any) -> dict[str, Resource]:
     return out
 
 
+#: Seconds between two tries for an owner key still held by the previous owner.
+OWNER_RETRY = 0.25
+
+
 class _Call:
     """A hook call in flight: what it is for, so its answer can be applied."""
 
@@ -102,8 +106,14 @@ class ResourceMachine(Machine):
         has_stop: bool = True,
         has_healthcheck: bool = False,
         listen_rounds: int = LISTEN_ROUNDS,
+        fenced: bool = False,
     ) -> None:
         self.cluster = cluster
+        #: With a coordinator: a resource starts only after ``Run("acquire", rid)`` returned its
+        #: owner key's revision (the fencing token), and every resource stops on :meth:`fence_lost`.
+        self.fenced = fenced
+        self._fence_ok = not fenced
+        self._tokens: dict[str, int] = {}
         self.channel = channel
         self.refresh_interval, self.health_interval, self.retry_delay = refresh_interval, health_interval, retry_delay
         self.has_stop, self.has_healthcheck = has_stop, has_healthcheck
@@ -161,6 +171,10 @@ class ResourceMachine(Machine):
                                       "failures": 0}
 
     # ---------------------------------------------------------------- views
+    def token(self, rid: str) -> int | None:
+        """With a coordinator: the fencing token of this node's ownership of ``rid``, or ``None``."""
+        return self._tokens.get(rid)
+
     @property
     def owned(self) -> frozenset[str]:
         """Ids running here: the start hook returned and no stop finished since."""
@@ -328,7 +342,9 @@ class ResourceMachine(Machine):
         record = self._calls.pop(call, None)
         if record is None:
             return []
-        if record.hook == "start":
+        if record.hook == "acquire":
+            self._acquire_done(record, value, error)
+        elif record.hook == "start":
             self._start_done(record, value, error)
         elif record.hook == "stop":
             if error is not None:
@@ -340,6 +356,20 @@ class ResourceMachine(Machine):
             self._refresh_done(value, error)
         if self._bye_pending and not self.close_waits_for():
             self._bye()
+        return self._take()
+
+    def fence_lost(self, now: float) -> list[Action]:
+        """The lease may not be acted on: stop every resource now (a start in flight stops when it ends)."""
+        self._enter(now)
+        self._fence_ok = False
+        for rid in [r for r in self._running if r not in self._busy]:
+            self._begin_stop(rid)
+        return self._take()
+
+    def fence_ready(self, now: float) -> list[Action]:
+        self._enter(now)
+        self._fence_ok = True
+        self._reconcile()
         return self._take()
 
     def close(self, now: float) -> list[Action]:
@@ -583,6 +613,8 @@ class ResourceMachine(Machine):
         if now < self._listen_until:
             self._round_at = min(self._round_at or math.inf, self._listen_until)
             return
+        if not self._fence_ok:
+            return  # no lease to own anything under
         safe: bool | None = None  # the same for every resource: asked once, and only if one waits
         for rid in sorted(mine):
             if rid in self._running or rid in self._busy or self._retry_at.get(rid, 0) > now or rid not in self._defs:
@@ -592,7 +624,30 @@ class ResourceMachine(Machine):
             if not safe:
                 return
             self._busy.add(rid)  # now: a second reconcile must not start it again
-            self._run(_Call("start", rid, self._defs[rid]), self._defs[rid])
+            if self.fenced:
+                self._run(_Call("acquire", rid), rid)  # the owner key first: it is gone only once released
+            else:
+                self._run(_Call("start", rid, self._defs[rid]), self._defs[rid])
+
+    def _acquire_done(self, record: _Call, token: Any, error: BaseException | None) -> None:
+        rid = record.rid
+        self._busy.discard(rid)
+        if error is not None and not isinstance(error, Exception):
+            return  # cancelled (the node stops): its lease goes, and the key with it
+        if error is not None or not isinstance(token, int) or isinstance(token, bool):
+            self._retry_at[rid] = self._now + OWNER_RETRY  # held by the previous owner still: try again
+            return
+        if self._closed or not self._fence_ok or rid not in self._mine or rid not in self._defs:
+            self._run(_Call("release", rid), rid, token)  # no longer ours to start
+            return
+        self._tokens[rid] = token
+        self._busy.add(rid)
+        self._run(_Call("start", rid, self._defs[rid]), self._defs[rid])
+
+    def _release_owner(self, rid: str) -> None:
+        token = self._tokens.pop(rid, None)
+        if token is not None:
+            self._run(_Call("release", rid), rid, token)
 
     def _safe_to_start(self) -> bool:
         """Start only once every other manager that may hold resources has applied this plan.
@@ -622,6 +677,7 @@ class ResourceMachine(Machine):
         rid, resource = record.rid, record.resource or {"id": record.rid}
         self._busy.discard(rid)
         if error is not None:
+            self._release_owner(rid)
             if self._closed and not isinstance(error, Exception):
                 return  # abandoned by the close (cancelled): not a failure of the resource
             self._failed(rid, resource, error)
@@ -629,8 +685,8 @@ class ResourceMachine(Machine):
         self._running[rid] = handle
         self.stats["starts"] += 1
         self._emit("resourceStarted", resource, handle)
-        if self._closed:
-            self._begin_stop(rid)  # closed while it was starting: release it now
+        if self._closed or not self._fence_ok:
+            self._begin_stop(rid)  # closed, or the lease lapsed, while it was starting: release it now
             return
         self._reconcile()  # unassigned meanwhile? stop it now
 
@@ -650,6 +706,7 @@ class ResourceMachine(Machine):
 
     def _finish_stop(self, rid: str, failure: BaseException | None) -> None:
         self._running.pop(rid, None)
+        self._release_owner(rid)  # once stopped: the next owner's key can be created
         self.stats["stops"] += 1
         resource = self._defs.get(rid, {"id": rid})
         self._emit("resourceStopped", resource)

@@ -68,12 +68,16 @@ class ResourceManager:
         self.health_interval, self.retry_delay, self.refresh_interval = health_interval, retry_delay, refresh_interval
         self.channel = channel
         self._engine: AsyncDiscovery = discovery.engine
+        coordinator = self._engine.coordinator
         self._machine = ResourceMachine(
             self._engine, channel=channel, resources=None if source is not None else validate_resources(resources),
             refresh_interval=refresh_interval, health_interval=health_interval, retry_delay=retry_delay,
-            has_stop=stop is not None, has_healthcheck=healthcheck is not None)
-        self._driver = Driver(discovery, self._machine,
-                              {"start": start, "stop": stop, "healthcheck": healthcheck, "resources": source},
+            has_stop=stop is not None, has_healthcheck=healthcheck is not None, fenced=coordinator is not None)
+        hooks: dict[str, Callable[..., Any] | None] = {
+            "start": start, "stop": stop, "healthcheck": healthcheck, "resources": source}
+        if coordinator is not None:  # ownership keys under the node's lease (see docs/etcd.rst)
+            hooks.update(acquire=coordinator.acquire_owner, release=coordinator.release_owner)
+        self._driver = Driver(discovery, self._machine, hooks,
                               threads=HOOK_THREADS, close_on_stop=True, close_timeout=CLOSE_TIMEOUT)
 
     # --------------------------------------------------------------- public
@@ -81,6 +85,11 @@ class ResourceManager:
     def owned(self) -> frozenset[str]:
         """Ids of the resources running on this node."""
         return self._machine.owned
+
+    def token(self, resource_id: str) -> int | None:
+        """With a coordinator: the fencing token of this node's ownership of ``resource_id`` (its owner
+        key's revision; it only grows from one owner to the next), during and after ``start``; else ``None``."""
+        return self._machine.token(resource_id)
 
     @property
     def assignment(self) -> dict[str, str]:

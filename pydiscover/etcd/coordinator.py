@@ -150,6 +150,23 @@ class EtcdCoordinator:
         finally:
             self._caller = None
 
+    async def acquire_owner(self, resource_id: str) -> int | None:
+        """Create ``<prefix>/owners/<resource_id>`` under this node's lease, only if absent; its
+        revision (the fencing token), or ``None`` while another node holds it.  A key that
+        holds our id under our lease already is ours (a try whose answer was lost)."""
+        future = asyncio.run_coroutine_threadsafe(self._take_key(self._owner_key(resource_id)),
+                                                  etcd_client.etcd_loop())
+        return await asyncio.wrap_future(future)
+
+    async def release_owner(self, resource_id: str, token: int) -> None:
+        """Delete the owner key we created (its revision is ``token``); never another node's."""
+        future = asyncio.run_coroutine_threadsafe(self._delete_key(self._owner_key(resource_id), token),
+                                                  etcd_client.etcd_loop())
+        await asyncio.wrap_future(future)
+
+    def _owner_key(self, resource_id: str) -> bytes:
+        return f"{self.config.prefix}/owners/{resource_id}".encode()
+
     def _tell(self, method: str, *args: Any) -> None:
         caller, listener = self._caller, self._listener
         if caller is None or listener is None:
@@ -262,10 +279,14 @@ class EtcdCoordinator:
 
     async def _release(self) -> None:
         held, self._held = self._held, None
+        if held is not None:
+            await self._delete_key(*held)
+
+    async def _delete_key(self, key: bytes, token: int) -> None:
+        """Delete ``key`` if it is still the one we created (revision ``token``); else leave it."""
         client = self._client
-        if held is None or client is None:
+        if client is None:
             return
-        key, token = held
         tx = client.transactions
         try:  # only the key we created (its revision): never one another node holds now
             succeeded, _ = await client.transaction(compare=[tx.mod(key) == token], success=[tx.delete(key)],
@@ -276,38 +297,45 @@ class EtcdCoordinator:
         if succeeded:
             self.counters["released"] = self.counters.get("released", 0) + 1
 
+    async def _take_key(self, key: bytes) -> int | None:
+        """Create ``key`` = our id under our lease, only if absent; its revision, or ``None`` if another
+        node holds it (or etcd cannot be reached: the caller tries again later)."""
+        client, lease = self._client, self._lease
+        if client is None or lease is None:
+            return None
+        tx = client.transactions
+        try:
+            succeeded, responses = await client.transaction(
+                compare=[tx.version(key) == 0],
+                success=[tx.put(key, self._iid.encode(), lease=lease), tx.get(key)], failure=[tx.get(key)])
+        except Exception as exc:
+            log.debug("key %s: %s", key, etcd_client.describe(exc))
+            return None
+        found = responses[-1]
+        kv = found[0][1] if found else None  # (value, Get): Get is the key-value
+        if kv is None or not (succeeded or (kv.value == self._iid.encode() and int(kv.lease) == lease)):
+            return None
+        return int(kv.mod_revision)
+
     async def _acquire(self) -> None:
         """Try for a free leader key while one is wanted; each try is one whole transaction.
 
         A key that already holds our id under our lease (a try whose answer was lost) is ours.
         """
         while self._wanted and self._held is None:
-            client, lease = self._client, self._lease
-            if client is not None and lease is not None:
-                tx = client.transactions
-                for slot in range(self.masters_required):
-                    key = f"{self.config.prefix}/leaders/{slot}".encode()
-                    try:
-                        succeeded, responses = await client.transaction(
-                            compare=[tx.version(key) == 0],
-                            success=[tx.put(key, self._iid.encode(), lease=lease), tx.get(key)],
-                            failure=[tx.get(key)])
-                    except Exception as exc:
-                        log.debug("leader key %s: %s", key, etcd_client.describe(exc))
-                        break
-                    found = responses[-1]
-                    kv = found[0][1] if found else None  # (value, Get): Get is the key-value
-                    ours = kv is not None and kv.value == self._iid.encode() and int(kv.lease) == lease
-                    if succeeded or ours:
-                        assert kv is not None
-                        self._held = (key, int(kv.mod_revision))
-                        if not self._wanted:  # the node changed its mind while this was in flight
-                            await self._release()
-                            return
-                        self.counters["granted"] = self.counters.get("granted", 0) + 1
-                        log.info("holding %s (fencing token %d)", key.decode(), kv.mod_revision)
-                        self._tell("mastership_granted", int(kv.mod_revision), self._want_seq)
-                        return
+            for slot in range(self.masters_required):
+                key = f"{self.config.prefix}/leaders/{slot}".encode()
+                token = await self._take_key(key)
+                if token is None:
+                    continue
+                self._held = (key, token)
+                if not self._wanted:  # the node changed its mind while this was in flight
+                    await self._release()
+                    return
+                self.counters["granted"] = self.counters.get("granted", 0) + 1
+                log.info("holding %s (fencing token %d)", key.decode(), token)
+                self._tell("mastership_granted", token, self._want_seq)
+                return
             await asyncio.sleep(ACQUIRE_RETRY)
 
 
