@@ -51,6 +51,10 @@ class CoreView:
         return self._core.running
 
     @property
+    def fencing_token(self) -> int | None:
+        return self._core.fencing_token
+
+    @property
     def options(self) -> Options:
         return self._core.options
 

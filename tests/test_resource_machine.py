@@ -27,6 +27,7 @@ class FakeCluster:
         self.options = Options(hello_interval=HELLO, node_timeout=3.0)
         self.peers: set[str] = set()
         self.budget = budget
+        self.fencing_token: int | None = None
 
     def has_node(self, node_id: str) -> bool:
         return node_id in self.peers

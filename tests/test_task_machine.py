@@ -28,6 +28,7 @@ class FakeCluster:
     options: Options = TIMING
     nodes: set[str] = field(default_factory=set)
     budget: int = 1300
+    fencing_token: int | None = None
 
     def has_node(self, node_id: str) -> bool:
         return node_id in self.nodes
@@ -379,3 +380,24 @@ def test_same_inputs_same_outputs() -> None:
         return [repr(a) for a in out]
 
     assert run() == run()
+
+
+# ------------------------------------------------------------ fencing tokens (issue 17)
+def test_a_task_carries_its_masters_token_and_a_worker_refuses_an_older_one() -> None:
+    m, cluster = machine(workers=("w",))
+    cluster.fencing_token = 12
+    _, actions = m.submit(0.0, {"x": 1}, 5.0, 1, None)
+    assert sent(actions)[0]["token"] == 12
+    worker, _ = machine(me="w")
+    worker.set_worker(0.0, 1)
+    fresh = worker.message(0.1, ME, {"type": "task", "id": 1, "to": "w", "from": ME, "attempt": 1,
+                                     "payload": 1, "token": 12})
+    assert worker.stats["executed"] == 1 and fresh  # run (a Run of the handler, or queued)
+    stale = worker.message(0.2, "old", {"type": "task", "id": 1, "to": "w", "from": "old", "attempt": 1,
+                                        "payload": 1, "token": 11})
+    replies = [a.data for a in stale if isinstance(a, Send)]
+    assert worker.stats["stale_master"] == 1 and worker.stats["executed"] == 1
+    assert replies and replies[0]["ok"] is False and replies[0]["retry"] is True and "older" in replies[0]["error"]
+    untokened = worker.message(0.3, ME, {"type": "task", "id": 2, "to": "w", "from": ME, "attempt": 1,
+                                         "payload": 1})
+    assert worker.stats["executed"] == 2 and untokened == []  # accepted (queued behind the first): no token, no check

@@ -48,6 +48,11 @@ class Cluster(Protocol):
         """The settings in effect (``hello_interval`` and ``node_timeout`` pace the machines)."""
         ...
 
+    @property
+    def fencing_token(self) -> int | None:
+        """With a coordinator, while master: its leader key's revision (``None`` otherwise)."""
+        ...
+
     def has_node(self, node_id: str) -> bool:
         """Whether ``node_id`` is a live member of this node's table."""
         ...

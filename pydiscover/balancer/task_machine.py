@@ -14,7 +14,9 @@ fake-clock simulation (``testbed.balancer_sim``) run the same protocol:
   ``timeout`` is sent again, preferring untried workers, up to ``attempts`` times, then
   settles with ``TimeoutError``; a task with no live worker waits up to ``timeout``;
 * a worker runs each (submitter, id, attempt) once and at most ``concurrency`` at once
-  (the rest queue here, in arrival order); a handler that raised is a failure, not retried.
+  (the rest queue here, in arrival order); a handler that raised is a failure, not retried;
+* with a coordinator, a task carries its master's fencing token (``"token"``) and a worker
+  refuses one older than the newest it has seen (a deposed master's), with ``"retry"``.
 
 A task ends with exactly one :class:`~.machine.Settle`; each assignment is announced with
 :class:`~.machine.Assigned` so the submitter's future can show its attempts.  Pure: no
@@ -59,6 +61,7 @@ STAT_KEYS = (
     "executed",  # tasks this node ran as a worker
     "duplicate_tasks",  # the same task id and attempt received again (not run twice)
     "dropped_messages",  # malformed channel messages
+    "stale_master",  # tasks refused: their master's fencing token is older than one seen (coordinator)
 )
 
 
@@ -142,6 +145,7 @@ class TaskMachine(Machine):
         self._running: dict[int, tuple[str, int, int]] = {}  # call -> (submitter, task id, attempt)
         self._queue: deque[tuple[str, int, int, Any]] = deque()  # accepted, waiting for a free slot
         self._seen: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self._newest_token = -1  # the newest master fencing token a task carried (coordinator)
         self._closing: frozenset[int] = frozenset()
         # Master side (every node keeps the worker table: any of them may become master).
         self._presence: dict[str, float] = {}
@@ -296,6 +300,14 @@ class TaskMachine(Machine):
             if "payload" not in data:
                 self.stats["dropped_messages"] += 1
                 return []
+            token = data.get("token")
+            if type(token) is int:
+                if token < self._newest_token:
+                    self.stats["stale_master"] += 1
+                    return self._reply(now, sender, task_id, attempt, ok=False,
+                                       error=f"refused: master token {token} is older than {self._newest_token}",
+                                       retry=True)
+                self._newest_token = token
             return self._execute(now, sender, task_id, attempt, data["payload"])
         ok, error = data.get("ok"), data.get("error")
         if not isinstance(ok, bool) or (not ok and not isinstance(error, str)):
@@ -371,6 +383,8 @@ class TaskMachine(Machine):
         task_id = next(self._ids)
         probe = {"type": "task", "id": task_id, "to": self.me, "from": self.me, "attempt": attempts,
                  "payload": payload}  # the largest attempt number it will carry
+        if self.cluster.fencing_token is not None:
+            probe["token"] = 2**53  # room for any token
         raw = self._encode(probe, f"task {task_id} payload (in its message)")
         task = _Task(task_id, orjson.loads(raw)["payload"], key, timeout, attempts)
         self._tasks[task_id] = task
@@ -514,8 +528,12 @@ class TaskMachine(Machine):
         if worker == self.me:
             actions += self._execute(now, self.me, task.id, task.attempt, task.payload)
         else:
-            actions.append(Send({"type": "task", "id": task.id, "to": worker, "from": self.me,
-                                 "attempt": task.attempt, "payload": task.payload}))
+            message = {"type": "task", "id": task.id, "to": worker, "from": self.me, "attempt": task.attempt,
+                       "payload": task.payload}
+            token = self.cluster.fencing_token
+            if token is not None:
+                message["token"] = token
+            actions.append(Send(message))
         return actions
 
     def _pump(self, now: float) -> list[Action]:
