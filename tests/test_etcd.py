@@ -355,7 +355,13 @@ def test_a_child_forked_with_a_registry_open_refuses_etcd(server: EtcdServer) ->
     result = subprocess.run([sys.executable, "-c", FORKED, str(free_udp_port()), f"{server.url}/{prefix()}",
                              str(free_udp_port())], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert "child refused: True" in result.stdout and "child exit 0 parent connected True" in result.stdout
+    # The child refuses etcd; on some Pythons gRPC's own fork handler aborts it first
+    # (SIGABRT, seen on 3.13).  Either way it never uses the parent's connection, and the
+    # parent's registration carries on.
+    refused = "child refused: True" in result.stdout and "child exit 0 " in result.stdout
+    aborted = "child exit -6 " in result.stdout
+    assert refused or aborted, result.stdout + result.stderr
+    assert "parent connected True" in result.stdout
 async def test_etcd_killed_and_restarted_changes_nothing_and_everything_resumes(own_server: EtcdServer) -> None:
     key_prefix = prefix()
     url = f"{own_server.url}/{key_prefix}"
