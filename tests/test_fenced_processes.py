@@ -156,3 +156,42 @@ def test_a_killed_owner_and_a_paused_owner(etcd: EtcdServer) -> None:
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def test_an_owner_cut_from_etcd_stops_before_anyone_else_starts(etcd: EtcdServer) -> None:
+    """One node's etcd connection black-holed (traffic dropped, connection open, UDP intact):
+    it stops its resources within the lease's TTL of the cut, nobody starts one of them before
+    that stop, and every resource's tokens strictly increase over the whole run."""
+    from testbed.tcp_proxy import TcpProxy
+
+    key_prefix = f"fenced-{uuid.uuid4().hex[:8]}"
+    lines: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
+    with TcpProxy(("127.0.0.1", etcd.client_port)) as proxy:
+        nodes = {w: Node(f"{etcd.url}/{key_prefix}", w, lines) for w in (3.0, 2.0)}
+        nodes[1.0] = Node(f"etcd://{proxy.endpoint}/{key_prefix}", 1.0, lines)
+        try:
+            pump(nodes, lines, lambda: sorted(len(n.owned) for n in nodes.values()) == [4, 4, 4], 30, "4/4/4")
+            cut_off = nodes[1.0]
+            lost = set(cut_off.owned)
+            proxy.cut()
+            cut = time.time()
+            pump(nodes, lines, lambda: sorted(len(nodes[w].owned) for w in (3.0, 2.0)) == [6, 6], 15,
+                 "the others take the cut node's resources")
+            stopped = {e["rid"]: e["t"] for e in cut_off.log if e["what"] == "stop" and e["t"] >= cut}
+            assert set(stopped) == lost
+            assert max(stopped.values()) - cut <= 2.0, "stopped within the lease's TTL of the cut"
+            for w in (3.0, 2.0):
+                for event in nodes[w].log:
+                    if event["what"] == "start" and event["rid"] in lost and event["t"] >= cut:
+                        assert event["t"] > stopped[event["rid"]], f"{event['rid']} overlapped"
+            print(f"cut node stopped its resources {max(stopped.values()) - cut:.3f} s after the cut; taken over "
+                  f"{min(e['t'] for w in (3.0, 2.0) for e in nodes[w].log if e['what'] == 'start' and e['rid'] in lost and e['t'] >= cut) - cut:.3f} s after")  # noqa: E501
+            starts = sorted((e["t"], e["rid"], e["token"]) for n in nodes.values() for e in n.log
+                            if e["what"] == "start")
+            last: dict[str, int] = {}
+            for _, rid, token in starts:
+                assert token > last.get(rid, -1), f"{rid}: token {token} after {last.get(rid)}"
+                last[rid] = token
+        finally:
+            for node in nodes.values():
+                node.stop()

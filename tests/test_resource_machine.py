@@ -353,25 +353,33 @@ def test_a_master_outnumbered_by_a_plan_it_never_saw_plans_above_it() -> None:
 
 
 # ------------------------------------------------------------ fenced ownership (issue 17)
+def ready(m: ResourceMachine, now: float) -> tuple[float, list[Action]]:
+    """The lease is good: the master plans with this node at its next round; what that asks."""
+    actions = m.fence_ready(now)
+    deadline = m.next_deadline()
+    assert deadline is not None
+    return deadline, actions + m.tick(deadline)
+
+
 def test_a_fenced_resource_starts_only_with_its_owner_key_and_gives_it_back_once_stopped() -> None:
     _, m = machine("a", ids(2), master=True, fenced=True)
-    assert runs(m.started(0.0), "acquire") == []  # no lease yet: nothing is acquired
-    actions = m.fence_ready(0.0)
+    assert runs(m.started(0.0), "acquire") == []  # no lease yet: nothing is acquired (nor planned here)
+    now, actions = ready(m, 0.0)
     assert runs(actions, "start") == [] and sorted(r.args[0] for r in runs(actions, "acquire")) == ["r0", "r1"]
     acquire = {r.args[0]: r for r in runs(actions, "acquire")}
     # r0's key is still held by its previous owner: tried again later; r1's is ours (token 7).
-    assert m.hook_done(0.1, acquire["r0"].call, None, None) == []
-    started = m.hook_done(0.1, acquire["r1"].call, 7, None)
+    assert runs(m.hook_done(now, acquire["r0"].call, None, None), "start") == []
+    started = m.hook_done(now, acquire["r1"].call, 7, None)
     assert [r.args[0]["id"] for r in runs(started, "start")] == ["r1"] and m.token("r1") == 7
-    start_all(m, 0.2, started)
+    start_all(m, now, started)
     assert m.owned == {"r1"} and m.token("r1") == 7 and m.token("r0") is None
-    retried = m.tick(0.1 + 0.25)
-    again = runs(retried, "acquire")
+    again = runs(m.tick(now + 0.26), "acquire")
     assert [r.args[0] for r in again] == ["r0"]
-    start_all(m, 0.4, m.hook_done(0.4, again[0].call, 9, None))
+    start_all(m, now + 0.3, m.hook_done(now + 0.3, again[0].call, 9, None))
     assert m.owned == {"r0", "r1"} and m.token("r0") == 9
     # The lease lapses: everything stops at once, and each key is given back once its stop ended.
     lost = m.fence_lost(1.0)
+    assert {"type": "ack", "e": m.epoch, "m": "a", "unfenced": True} in sends(lost)  # plan without me
     stops = runs(lost, "stop")
     assert sorted(r.args[0] for r in stops) == ["h-r0", "h-r1"]
     released: list[Run] = []
@@ -380,23 +388,37 @@ def test_a_fenced_resource_starts_only_with_its_owner_key_and_gives_it_back_once
     assert sorted(tuple(r.args) for r in released) == [("r0", 9), ("r1", 7)]
     assert m.owned == frozenset() and m.token("r0") is None
     assert runs(m.tick(2.0), "acquire") == []  # nothing is started without the lease
-    assert sorted(r.args[0] for r in runs(m.fence_ready(3.0), "acquire")) == ["r0", "r1"]
+    _, back = ready(m, 3.0)
+    assert sorted(r.args[0] for r in runs(back, "acquire")) == ["r0", "r1"]
 
 
 def test_a_fenced_start_ending_after_the_lease_lapsed_is_stopped_at_once() -> None:
     _, m = machine("a", ids(1), master=True, fenced=True)
     m.started(0.0)
-    acquire = runs(m.fence_ready(0.0), "acquire")[0]
-    start = runs(m.hook_done(0.1, acquire.call, 3, None), "start")[0]
-    assert m.fence_lost(0.2) == []  # the start is in flight
-    after = m.hook_done(0.3, start.call, "h-r0", None)
+    now, actions = ready(m, 0.0)
+    start = runs(m.hook_done(now, runs(actions, "acquire")[0].call, 3, None), "start")[0]
+    assert runs(m.fence_lost(now + 0.1), "stop") == []  # the start is in flight
+    after = m.hook_done(now + 0.2, start.call, "h-r0", None)
     assert [r.args[0] for r in runs(after, "stop")] == ["h-r0"]
 
 
 def test_an_owner_key_granted_too_late_is_given_back() -> None:
     _, m = machine("a", ids(1), master=True, fenced=True)
     m.started(0.0)
-    acquire = runs(m.fence_ready(0.0), "acquire")[0]
-    m.fence_lost(0.1)
-    late = m.hook_done(0.2, acquire.call, 5, None)
+    now, actions = ready(m, 0.0)
+    m.fence_lost(now + 0.1)
+    late = m.hook_done(now + 0.2, runs(actions, "acquire")[0].call, 5, None)
     assert runs(late, "start") == [] and [tuple(r.args) for r in runs(late, "release")] == [("r0", 5)]
+
+
+def test_the_master_plans_without_a_node_that_has_no_lease() -> None:
+    _, m = machine("a", ids(4), master=True, fenced=True)
+    m.started(0.0)
+    ready(m, 0.0)
+    m.cluster.peers.add("b")  # type: ignore[attr-defined]
+    m.message(1.0, "b", {"type": "ack", "e": -1, "m": ""})
+    m.tick(m.next_deadline() or 1.5)
+    assert set(m.assignment.values()) == {"a", "b"}
+    m.message(2.0, "b", {"type": "ack", "e": m.epoch, "m": "a", "unfenced": True})
+    m.tick(m.next_deadline() or 2.5)
+    assert set(m.assignment.values()) == {"a"}

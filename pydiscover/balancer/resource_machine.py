@@ -146,6 +146,7 @@ class ResourceMachine(Machine):
         self._presence: dict[str, float] = {}
         self._gone: set[str] = set()  # managers that closed (their node may live on)
         self._closing: set[str] = set()  # managers releasing what they run before their bye
+        self._unfenced: set[str] = set()  # managers without a coordinator lease: they can own nothing
         self._removed: set[str] = set()  # nodes discovery saw leave (goodbye or timeout)
         self._published_inputs: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._cut_budget = 0  # the budget my current plan's parts were cut with
@@ -232,6 +233,8 @@ class ResourceMachine(Machine):
         ack: dict[str, Any] = {"type": "ack", "e": self._applied[0], "m": self._applied[1]}
         if self._closed:
             ack["closing"] = True  # still running what it stops: nobody may take it yet
+        if not self._fence_ok:
+            ack["unfenced"] = True  # no lease to own anything under: plan without this node
         self._send(ack)
 
     # --------------------------------------------------------------- inputs
@@ -308,6 +311,10 @@ class ResourceMachine(Machine):
             if closing != (sender in self._closing):
                 fresh = True  # it began closing (or, restarted, it is back): plan without it (or with it)
                 (self._closing.add if closing else self._closing.discard)(sender)
+            unfenced = data.get("unfenced") is True
+            if unfenced != (sender in self._unfenced):
+                fresh = True  # it lost its coordinator lease (or has it back): plan without it (or with it)
+                (self._unfenced.add if unfenced else self._unfenced.discard)(sender)
             if key > self._plan and self.cluster.is_master:
                 # It applied a plan above ours that we never saw whole (the other side of a
                 # healed partition): it ignores ours, so plan again, numbered above both.
@@ -364,11 +371,19 @@ class ResourceMachine(Machine):
         self._fence_ok = False
         for rid in [r for r in self._running if r not in self._busy]:
             self._begin_stop(rid)
+        if self._began and not self._closed:
+            self._send_ack()  # the master plans without this node at once
+            if self.cluster.is_master:
+                self._replan()
         return self._take()
 
     def fence_ready(self, now: float) -> list[Action]:
         self._enter(now)
         self._fence_ok = True
+        if self._began and not self._closed:
+            self._send_ack()  # and with it again
+            if self.cluster.is_master:
+                self._replan()
         self._reconcile()
         return self._take()
 
@@ -459,8 +474,10 @@ class ResourceMachine(Machine):
     def _members(self) -> list[str]:
         now, timeout = self._now, self.cluster.options.node_timeout
         has_node = self.cluster.has_node
-        return sorted({self._me} | {n for n, t in self._presence.items()
-                                    if has_node(n) and now - t <= timeout and n not in self._closing})
+        me = {self._me} if self._fence_ok else set()
+        return sorted(me | {n for n, t in self._presence.items()
+                            if has_node(n) and now - t <= timeout and n not in self._closing
+                            and n not in self._unfenced})
 
     def _replan(self) -> None:
         """Plan soon: a burst of joins or leaves (a cluster starting) becomes one plan, not one each."""
