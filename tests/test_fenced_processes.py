@@ -26,7 +26,7 @@ from conftest import free_udp_port
 from testbed.etcd_server import EtcdServer, etcd_server_missing
 
 pytest.importorskip("aetcd", reason="the aetcd package is missing: pip install -e '.[test]'")
-pytestmark = [pytest.mark.slow, pytest.mark.etcd, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.etcd, pytest.mark.timeout(400)]
 
 #: One node: a registry and a coordinator on the same etcd, twelve resources; every start and
 #: stop printed as a JSON line with the wall time and the ownership token.
@@ -195,3 +195,110 @@ def test_an_owner_cut_from_etcd_stops_before_anyone_else_starts(etcd: EtcdServer
         finally:
             for node in nodes.values():
                 node.stop()
+
+
+async def owner_revisions(port: int, key_prefix: str) -> dict[str, tuple[str, int]]:
+    import aetcd
+
+    async with aetcd.Client(host="127.0.0.1", port=port, timeout=2) as client:
+        response = await client.get_prefix(f"{key_prefix}/owners/".encode())
+        return {kv.key.decode().rsplit("/", 1)[1]: (kv.value.decode(), kv.mod_revision) for kv in response}
+
+
+def test_twenty_rounds_of_kills_cuts_and_pauses(etcd: EtcdServer) -> None:
+    """Must-show (e): random kills, cuts from etcd and pauses, one per round.  After each round
+    the cluster is back to 4/4/4 with every running token equal to its owner key's revision,
+    and no resource ever ran on two nodes at once.  A paused node's resources count as stopped
+    from the moment it was paused when it stops them within 500 ms of resuming (its tokens are
+    older than its successors': the fence)."""
+    import asyncio
+    import random
+
+    from testbed.tcp_proxy import TcpProxy
+
+    rng = random.Random(int(time.time()))
+    key_prefix = f"fenced-{uuid.uuid4().hex[:8]}"
+    lines: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
+    proxies = {w: TcpProxy(("127.0.0.1", etcd.client_port)) for w in (3.0, 2.0, 1.0)}
+    for proxy in proxies.values():
+        proxy.start()
+    every: list[Node] = []
+    killed: dict[int, float] = {}  # id(node) -> when
+    pauses: dict[int, list[tuple[float, float]]] = {}
+    nodes: dict[float, Node] = {}
+
+    def spawn(w: float) -> None:
+        nodes[w] = Node(f"etcd://{proxies[w].endpoint}/{key_prefix}", w, lines)
+        every.append(nodes[w])
+
+    def even() -> bool:
+        return sorted(len(n.owned) for n in nodes.values()) == [4, 4, 4]
+
+    try:
+        for w in proxies:
+            spawn(w)
+        pump(nodes, lines, even, 30, "4/4/4")
+        for round_ in range(20):
+            w = rng.choice(list(nodes))
+            fault = rng.choice(["kill", "cut", "pause"])
+            node = nodes[w]
+            if fault == "kill":
+                node.popen.kill()
+                killed[id(node)] = time.time()
+                node.owned.clear()
+                pump(nodes, lines, lambda w=w: sum(len(n.owned) for k, n in nodes.items() if k != w) == 12, 15,
+                     f"round {round_}: the others take the killed node's resources")
+                spawn(w)
+            elif fault == "cut":
+                proxies[w].cut()
+                pump(nodes, lines, lambda w=w: sum(len(n.owned) for k, n in nodes.items() if k != w) == 12, 15,
+                     f"round {round_}: the others take the cut node's resources")
+                proxies[w].restore()
+            else:
+                node.popen.send_signal(signal.SIGSTOP)
+                paused_at = time.time()
+                pump(nodes, lines, lambda w=w: sum(len(n.owned) for k, n in nodes.items() if k != w) == 12, 15,
+                     f"round {round_}: the others take the paused node's resources")
+                node.popen.send_signal(signal.SIGCONT)
+                pauses.setdefault(id(node), []).append((paused_at, time.time()))
+            pump(nodes, lines, even, 30, f"round {round_} ({fault} of {w}): back to 4/4/4")
+            deadline = time.monotonic() + 10
+            while True:  # the owner keys as etcd holds them match what runs (a release may be in flight)
+                owners = asyncio.run(owner_revisions(etcd.client_port, key_prefix))
+                running = {rid: token for n in nodes.values() for rid, token in n.owned.items()}
+                if all(rid in owners and owners[rid][1] == token for rid, token in running.items()):
+                    break
+                assert time.monotonic() < deadline, f"round {round_}: tokens {running} vs etcd {owners}"
+                time.sleep(0.1)
+        # Overlap: per resource, the intervals it ran on each node never intersect.
+        end = time.time()
+        for rid in (f"r{i:02d}" for i in range(12)):
+            intervals: list[tuple[float, float, int]] = []
+            for node in every:
+                began: float | None = None
+                for event in [*node.log, {"what": "end", "t": killed.get(id(node), end), "rid": rid}]:
+                    if event.get("rid") != rid:
+                        continue
+                    if event["what"] == "start":
+                        began = event["t"]
+                    elif began is not None:
+                        finish = event["t"]
+                        for paused_at, resumed_at in pauses.get(id(node), []):
+                            if began < paused_at and resumed_at <= finish <= resumed_at + 0.5:
+                                finish = paused_at  # fenced: nothing ran while paused, stopped at once after
+                        intervals.append((began, finish, id(node)))
+                        began = None
+            intervals.sort()
+            latest_finish, latest_node = -1.0, 0  # of every interval so far: a later start must not precede it
+            for began_at, finish, node_id in intervals:
+                assert node_id == latest_node or began_at >= latest_finish, \
+                    f"{rid} ran on two nodes for {latest_finish - began_at:.3f} s"
+                if finish >= latest_finish:
+                    latest_finish, latest_node = finish, node_id
+        print(f"20 rounds: {sum(1 for _ in killed)} kills, {sum(len(p) for p in pauses.values())} pauses, "
+              f"{20 - len(killed) - sum(len(p) for p in pauses.values())} cuts; no overlap")
+    finally:
+        for node in every:
+            node.stop()
+        for proxy in proxies.values():
+            proxy.stop()
