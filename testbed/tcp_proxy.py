@@ -1,5 +1,7 @@
-"""A TCP proxy on loopback that can black-hole its traffic: a node's etcd connection cut
-(packets dropped, the connection left open, as a silent network fault), UDP untouched.
+"""A TCP proxy on loopback that can black-hole its traffic (a silent cut of one node's etcd link).
+
+A node's etcd connection goes through it; :meth:`TcpProxy.cut` drops the packets while
+the connection stays open, as a silent network fault does; UDP is untouched.
 
 It runs its own event loop in a daemon thread, listens on a free port of 127.0.0.1 and
 forwards to ``target``; :meth:`TcpProxy.cut` makes it read and discard everything in both
