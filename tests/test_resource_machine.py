@@ -389,7 +389,24 @@ def test_a_fenced_resource_starts_only_with_its_owner_key_and_gives_it_back_once
     assert m.owned == frozenset() and m.token("r0") is None
     assert runs(m.tick(2.0), "acquire") == []  # nothing is started without the lease
     _, back = ready(m, 3.0)
-    assert sorted(r.args[0] for r in runs(back, "acquire")) == ["r0", "r1"]
+    assert runs(back, "acquire") == []  # not before our own releases are through (no token reused)
+    again2: list[Run] = []
+    for release in released:
+        again2 += runs(m.hook_done(3.5, release.call, None, None), "acquire")
+    assert sorted(r.args[0] for r in again2) == ["r0", "r1"]
+
+
+def test_a_cancelled_acquire_is_given_back_and_close_waits_for_it() -> None:
+    from pydiscover.balancer.machine import Cancelled
+
+    _, m = machine("a", ids(1), master=True, fenced=True)
+    m.started(0.0)
+    now, actions = ready(m, 0.0)
+    acquire = runs(actions, "acquire")[0]
+    m.close(now + 0.1)
+    assert acquire.call in m.close_waits_for()
+    back = m.hook_done(now + 0.2, acquire.call, None, Cancelled())
+    assert [tuple(r.args) for r in runs(back, "release")] == [("r0", None)]  # whatever holds our id
 
 
 def test_a_fenced_start_ending_after_the_lease_lapsed_is_stopped_at_once() -> None:

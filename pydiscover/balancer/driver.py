@@ -148,6 +148,12 @@ class Driver:
         A step returns a list of actions, or ``(value, actions)``.  Call it on the loop's
         thread (through :meth:`call` from elsewhere).
         """
+        engine = self.engine
+        if engine.coordinator is not None and not engine.coordinator_ready and step != self.machine.fence_lost:
+            # Past the lease's deadline (a pause): the machine hears so before anything else.
+            lost = self.machine.fence_lost(self.now())
+            if lost:
+                self._carry_out(lost)
         result = step(self.now(), *args)
         value, actions = result if isinstance(result, tuple) else (None, result)
         if actions:

@@ -114,6 +114,7 @@ class ResourceMachine(Machine):
         self.fenced = fenced
         self._fence_ok = not fenced
         self._tokens: dict[str, int] = {}
+        self._releasing: set[str] = set()  # owner keys being given back (acquired again only after)
         self.channel = channel
         self.refresh_interval, self.health_interval, self.retry_delay = refresh_interval, health_interval, retry_delay
         self.has_stop, self.has_healthcheck = has_stop, has_healthcheck
@@ -351,6 +352,9 @@ class ResourceMachine(Machine):
             return []
         if record.hook == "acquire":
             self._acquire_done(record, value, error)
+        elif record.hook == "release":
+            self._releasing.discard(record.rid)
+            self._reconcile()
         elif record.hook == "start":
             self._start_done(record, value, error)
         elif record.hook == "stop":
@@ -368,6 +372,8 @@ class ResourceMachine(Machine):
     def fence_lost(self, now: float) -> list[Action]:
         """The lease may not be acted on: stop every resource now (a start in flight stops when it ends)."""
         self._enter(now)
+        if not self._fence_ok:
+            return []
         self._fence_ok = False
         for rid in [r for r in self._running if r not in self._busy]:
             self._begin_stop(rid)
@@ -378,7 +384,10 @@ class ResourceMachine(Machine):
         return self._take()
 
     def fence_ready(self, now: float) -> list[Action]:
+        """The lease is good (again): this node may own resources; the master plans with it."""
         self._enter(now)
+        if self._fence_ok and self._began:
+            return []
         self._fence_ok = True
         if self._began and not self._closed:
             self._send_ack()  # and with it again
@@ -411,8 +420,9 @@ class ResourceMachine(Machine):
         return self._take()
 
     def close_waits_for(self) -> frozenset[int]:
-        """The start and stop calls in flight (a start ending during the close adds its stop)."""
-        return frozenset(c for c, record in self._calls.items() if record.hook in ("start", "stop"))
+        """The calls in flight that may hold or run something: acquire, start, stop (a start ending
+        during the close adds its stop; an acquire ending, its release)."""
+        return frozenset(c for c, record in self._calls.items() if record.hook in ("acquire", "start", "stop"))
 
     def close_finished(self, now: float, gave_up: bool) -> list[Action]:
         """Say ``bye``; if a start ended during the wait and its stop still runs, once that stop ends."""
@@ -634,7 +644,8 @@ class ResourceMachine(Machine):
             return  # no lease to own anything under
         safe: bool | None = None  # the same for every resource: asked once, and only if one waits
         for rid in sorted(mine):
-            if rid in self._running or rid in self._busy or self._retry_at.get(rid, 0) > now or rid not in self._defs:
+            if (rid in self._running or rid in self._busy or rid in self._releasing
+                    or self._retry_at.get(rid, 0) > now or rid not in self._defs):
                 continue
             if safe is None:
                 safe = self._safe_to_start()
@@ -650,11 +661,15 @@ class ResourceMachine(Machine):
         rid = record.rid
         self._busy.discard(rid)
         if error is not None and not isinstance(error, Exception):
-            return  # cancelled (the node stops): its lease goes, and the key with it
+            # Cancelled: the key may have been created all the same; give back whatever holds our id.
+            self._releasing.add(rid)
+            self._run(_Call("release", rid), rid, None)
+            return
         if error is not None or not isinstance(token, int) or isinstance(token, bool):
             self._retry_at[rid] = self._now + OWNER_RETRY  # held by the previous owner still: try again
             return
         if self._closed or not self._fence_ok or rid not in self._mine or rid not in self._defs:
+            self._releasing.add(rid)
             self._run(_Call("release", rid), rid, token)  # no longer ours to start
             return
         self._tokens[rid] = token
@@ -664,6 +679,7 @@ class ResourceMachine(Machine):
     def _release_owner(self, rid: str) -> None:
         token = self._tokens.pop(rid, None)
         if token is not None:
+            self._releasing.add(rid)  # not acquired again before the release is through
             self._run(_Call("release", rid), rid, token)
 
     def _safe_to_start(self) -> bool:

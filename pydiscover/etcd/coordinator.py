@@ -158,11 +158,20 @@ class EtcdCoordinator:
                                                   etcd_client.etcd_loop())
         return await asyncio.wrap_future(future)
 
-    async def release_owner(self, resource_id: str, token: int) -> None:
-        """Delete the owner key we created (its revision is ``token``); never another node's."""
-        future = asyncio.run_coroutine_threadsafe(self._delete_key(self._owner_key(resource_id), token),
+    async def release_owner(self, resource_id: str, token: int | None) -> None:
+        """Delete the owner key we created (revision ``token``; ``None``: whichever holds our id, for an
+        acquire whose answer never came); never another node's.  Tried again through an etcd
+        hiccup until it is done or our lease is gone (the key goes with it then)."""
+        future = asyncio.run_coroutine_threadsafe(self._release_for_sure(self._owner_key(resource_id), token),
                                                   etcd_client.etcd_loop())
         await asyncio.wrap_future(future)
+
+    async def _release_for_sure(self, key: bytes, token: int | None) -> None:
+        lease = self._lease
+        for _ in range(1000):  # bounded: the lease ends within its TTL anyway
+            if await self._delete_key(key, token) or self._lease != lease or self._lease is None:
+                return
+            await asyncio.sleep(ACQUIRE_RETRY)
 
     def _owner_key(self, resource_id: str) -> bytes:
         return f"{self.config.prefix}/owners/{resource_id}".encode()
@@ -282,20 +291,23 @@ class EtcdCoordinator:
         if held is not None:
             await self._delete_key(*held)
 
-    async def _delete_key(self, key: bytes, token: int) -> None:
-        """Delete ``key`` if it is still the one we created (revision ``token``); else leave it."""
+    async def _delete_key(self, key: bytes, token: int | None) -> bool:
+        """Delete ``key`` if it is still one we created (revision ``token``, or holding our id);
+        ``True`` once that is settled (deleted, or not ours), ``False`` if etcd did not answer."""
         client = self._client
         if client is None:
-            return
+            return False
         tx = client.transactions
-        try:  # only the key we created (its revision): never one another node holds now
-            succeeded, _ = await client.transaction(compare=[tx.mod(key) == token], success=[tx.delete(key)],
-                                                    failure=[])
-        except Exception as exc:  # it then goes with the lease
+        # Only a key we created: never one another node holds now.
+        compare = [tx.mod(key) == token] if token is not None else [tx.value(key) == self._iid.encode()]
+        try:
+            succeeded, _ = await client.transaction(compare=compare, success=[tx.delete(key)], failure=[])
+        except Exception as exc:
             log.debug("releasing %s: %s", key, etcd_client.describe(exc))
-            return
+            return False
         if succeeded:
             self.counters["released"] = self.counters.get("released", 0) + 1
+        return True
 
     async def _take_key(self, key: bytes) -> int | None:
         """Create ``key`` = our id under our lease, only if absent; its revision, or ``None`` if another
@@ -313,8 +325,25 @@ class EtcdCoordinator:
             return None
         found = responses[-1]
         kv = found[0][1] if found else None  # (value, Get): Get is the key-value
-        if kv is None or not (succeeded or (kv.value == self._iid.encode() and int(kv.lease) == lease)):
+        if kv is None:
             return None
+        if not succeeded:
+            if kv.value != self._iid.encode() or int(kv.lease) != lease:
+                return None  # another node's
+            # Ours already (a try whose answer was lost, a release that did not get through):
+            # written again, so the token is new and higher, never one handed out before.
+            try:
+                succeeded, responses = await client.transaction(
+                    compare=[tx.mod(key) == int(kv.mod_revision)],
+                    success=[tx.put(key, self._iid.encode(), lease=lease), tx.get(key)], failure=[])
+            except Exception as exc:
+                log.debug("key %s: %s", key, etcd_client.describe(exc))
+                return None
+            if not succeeded:
+                return None
+            kv = responses[-1][0][1]
+        if self._lease != lease:
+            return None  # taken under a lease that is gone: it does not count (and went with it)
         return int(kv.mod_revision)
 
     async def _acquire(self) -> None:
