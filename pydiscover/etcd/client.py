@@ -10,17 +10,22 @@ clients in the process are untouched.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .url import EtcdConfig
 
 log = logging.getLogger("pydiscover.etcd")
+
+T = TypeVar("T")
 
 INSTALL_HINT = "the etcd registry needs the 'aetcd' package: pip install pydiscover-lan[etcd]"
 
@@ -69,6 +74,32 @@ def etcd_loop() -> asyncio.AbstractEventLoop:
 #: shared between parent and child, so the child may not use etcd at all.
 open_registries: weakref.WeakSet[Any] = weakref.WeakSet()
 _forked_while_open = False
+
+
+def spawn(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start ``coro`` on :func:`etcd_loop`; nothing waits for it here."""
+    return asyncio.run_coroutine_threadsafe(coro, etcd_loop())
+
+
+async def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on :func:`etcd_loop` and wait for it on the calling loop (cancelling it too)."""
+    return await asyncio.wrap_future(spawn(coro))
+
+
+async def run_bounded(coro: Coroutine[Any, Any, None], limit: float, what: str) -> None:
+    """Run ``coro`` on :func:`etcd_loop`, waiting at most ``limit`` seconds; past that it goes on
+    there unwatched (logged), never cancelled half-way."""
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(spawn(coro))), limit)
+    except asyncio.TimeoutError:
+        log.warning("%s took over %.0f s; it goes on in the background", what, limit)
+
+
+def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)`` on ``loop`` (a node's, from the etcd loop); nothing if it is gone or closed."""
+    if loop is not None:
+        with contextlib.suppress(RuntimeError):  # the node's loop closed: nobody to tell
+            loop.call_soon_threadsafe(fn, *args)
 
 
 def _forget_loop_after_fork() -> None:

@@ -117,13 +117,12 @@ class EtcdCoordinator:
         self._caller = asyncio.get_running_loop()
         self._listener = listener
         self._iid = iid
-        future = asyncio.run_coroutine_threadsafe(self._open(), etcd_client.etcd_loop())
         try:
-            await asyncio.wrap_future(future)
+            await etcd_client.run(self._open())
         except BaseException:
             self._opened = False
             self._caller = self._listener = None
-            asyncio.run_coroutine_threadsafe(self._close(), etcd_client.etcd_loop())
+            etcd_client.spawn(self._close())
             raise
 
     def want(self, wanted: bool, seq: int) -> None:
@@ -133,7 +132,7 @@ class EtcdCoordinator:
         never abandoned); a grant names the request it answers.
         """
         if self._opened:
-            asyncio.run_coroutine_threadsafe(self._want(wanted, seq), etcd_client.etcd_loop())
+            etcd_client.spawn(self._want(wanted, seq))
 
     async def close(self) -> None:
         """Revoke the lease (the leader key goes with it); bounded, never raises."""
@@ -141,12 +140,9 @@ class EtcdCoordinator:
             return
         self._opened = False
         self._listener = None
-        future = asyncio.run_coroutine_threadsafe(self._close(), etcd_client.etcd_loop())
-        try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), 3 * self.call_timeout + 1)
-        except asyncio.TimeoutError:
-            log.warning("etcd %s: closing goes on in the background (the lease ends within %d s)",
-                        self.display_url, self.ttl)
+        try:  # the lease ends by itself within its TTL anyway
+            await etcd_client.run_bounded(self._close(), 3 * self.call_timeout + 1,
+                                          f"closing the coordinator {self.display_url}")
         finally:
             self._caller = None
 
@@ -154,17 +150,13 @@ class EtcdCoordinator:
         """Create ``<prefix>/owners/<resource_id>`` under this node's lease, only if absent; its
         revision (the fencing token), or ``None`` while another node holds it.  A key that
         holds our id under our lease already is ours (a try whose answer was lost)."""
-        future = asyncio.run_coroutine_threadsafe(self._take_key(self._owner_key(resource_id)),
-                                                  etcd_client.etcd_loop())
-        return await asyncio.wrap_future(future)
+        return await etcd_client.run(self._take_key(self._owner_key(resource_id)))
 
     async def release_owner(self, resource_id: str, token: int | None) -> None:
         """Delete the owner key we created (revision ``token``; ``None``: whichever holds our id, for an
         acquire whose answer never came); never another node's.  Tried again through an etcd
         hiccup until it is done or our lease is gone (the key goes with it then)."""
-        future = asyncio.run_coroutine_threadsafe(self._release_for_sure(self._owner_key(resource_id), token),
-                                                  etcd_client.etcd_loop())
-        await asyncio.wrap_future(future)
+        await etcd_client.run(self._release_for_sure(self._owner_key(resource_id), token))
 
     async def _release_for_sure(self, key: bytes, token: int | None) -> None:
         lease = self._lease
@@ -177,11 +169,8 @@ class EtcdCoordinator:
         return f"{self.config.prefix}/owners/{resource_id}".encode()
 
     def _tell(self, method: str, *args: Any) -> None:
-        caller, listener = self._caller, self._listener
-        if caller is None or listener is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the node's loop closed
-            caller.call_soon_threadsafe(self._deliver, method, args)
+        if self._listener is not None:
+            etcd_client.call_on(self._caller, self._deliver, method, args)
 
     def _deliver(self, method: str, args: tuple[Any, ...]) -> None:
         listener = self._listener

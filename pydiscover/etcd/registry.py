@@ -159,9 +159,8 @@ class EtcdRegistry(Registry):
         self._opened = True
         self._caller = asyncio.get_running_loop()
         self._listener = listener
-        future = asyncio.run_coroutine_threadsafe(self._serialized(self._open(me)), etcd_client.etcd_loop())
         try:
-            return await asyncio.wrap_future(future)
+            return await etcd_client.run(self._serialized(self._open(me)))
         except BaseException:
             # Failed, cancelled or timed out: what the attempt got to (a lease, a key) is undone
             # on the etcd loop once the attempt is over, even if it ends after this and nobody
@@ -169,7 +168,7 @@ class EtcdRegistry(Registry):
             self._caller = self._listener = None
             self._opened = False
             etcd_client.open_registries.discard(self)
-            asyncio.run_coroutine_threadsafe(self._serialized(self._close()), etcd_client.etcd_loop())
+            etcd_client.spawn(self._serialized(self._close()))
             raise
 
     async def close(self) -> None:
@@ -177,13 +176,9 @@ class EtcdRegistry(Registry):
             return
         self._opened = False
         self._listener = None  # nothing more is delivered
-        future = asyncio.run_coroutine_threadsafe(self._serialized(self._close()), etcd_client.etcd_loop())
-        limit = 3 * self.call_timeout + 1  # cancel the tasks, revoke, close: each bounded by call_timeout
-        try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), limit)
-        except asyncio.TimeoutError:
-            log.warning("etcd %s: closing took over %.0f s; it goes on in the background (the lease expires "
-                        "within %d s in any case)", self.display_url, limit, self.ttl)
+        try:  # cancel the tasks, revoke, close: each bounded by call_timeout (the lease ends by itself anyway)
+            await etcd_client.run_bounded(self._serialized(self._close()), 3 * self.call_timeout + 1,
+                                          f"closing the registry {self.display_url}")
         finally:
             self._caller = None
 
@@ -215,7 +210,8 @@ class EtcdRegistry(Registry):
                 raise
         except Exception as exc:
             self._me = None
-            raise TransportUnavailable(f"registry {self.display_url}: etcd unreachable ({_describe(exc)})") from exc
+            raise TransportUnavailable(
+                f"registry {self.display_url}: etcd unreachable ({etcd_client.describe(exc)})") from exc
         self._client = client
         self._connected = True
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pydiscover-etcd")
@@ -239,17 +235,9 @@ class EtcdRegistry(Registry):
         self._revision = 0
         etcd_client.open_registries.discard(self)
 
-    def _in_caller(self, callback: Any, *args: Any) -> None:
-        """Run ``callback(*args)`` on the node's loop (where its handlers and state live)."""
-        caller = self._caller
-        if caller is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the node's loop closed: nobody to tell
-            caller.call_soon_threadsafe(callback, *args)
-
     def _count(self, reason: str, detail: str = "") -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
-        self._in_caller(self._report, reason, detail)
+        etcd_client.call_on(self._caller, self._report, reason, detail)
 
     def _report(self, reason: str, detail: str) -> None:
         if self._error_listener is not None:
@@ -288,7 +276,7 @@ class EtcdRegistry(Registry):
             await asyncio.wait_for(client.revoke_lease(lease), self.call_timeout)
         except Exception as exc:  # the lease then expires by itself within its TTL
             log.warning("could not revoke the etcd lease of %s (it expires within %d s): %s",
-                        self.key, self.ttl, _describe(exc))
+                        self.key, self.ttl, etcd_client.describe(exc))
 
     async def _list(self, client: Any, *, notify: bool = True) -> None:
         """Read every registration (after a compaction: again), and the revision to watch from."""
@@ -326,8 +314,8 @@ class EtcdRegistry(Registry):
                 if self._connected:
                     self._connected = False
                     log.warning("etcd %s lost (%s); keeping the %d members known, reconnecting",
-                                self.display_url, _describe(exc), len(self._members))
-                self._count("registry_unreachable", f"{self.display_url}: {_describe(exc)}")
+                                self.display_url, etcd_client.describe(exc), len(self._members))
+                self._count("registry_unreachable", f"{self.display_url}: {etcd_client.describe(exc)}")
                 self._client = None
                 if client is not None:
                     await etcd_client.close(client)
@@ -432,7 +420,7 @@ class EtcdRegistry(Registry):
             return
         self._members = members
         if notify:
-            self._in_caller(self._deliver, dict(members))
+            etcd_client.call_on(self._caller, self._deliver, dict(members))
 
     def _deliver(self, members: dict[str, Registration]) -> None:
         """On the node's loop: hand the members to the runtime (unless closed meanwhile)."""
@@ -443,15 +431,6 @@ class EtcdRegistry(Registry):
             listener(members)
         except Exception:
             log.exception("internal error handling a change of etcd members")
-
-
-async def _on_etcd_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on :func:`~pydiscover.etcd.client.etcd_loop` and wait for it here (cancelling it too)."""
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, etcd_client.etcd_loop()))
-
-
-def _describe(exc: BaseException) -> str:
-    return etcd_client.describe(exc)
 
 
 __all__ = ["MIN_LEASE_TTL", "EtcdRegistry", "lease_ttl", "parse_etcd_url"]
