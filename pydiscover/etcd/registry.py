@@ -220,14 +220,20 @@ class EtcdRegistry(Registry):
         return dict(self._members)
 
     async def _close(self) -> None:
+        # The supervisor is told to stop first (it then writes nothing more: no key put back
+        # after the revoke), the lease is revoked at once, and only then is the supervisor's
+        # own clean-up (a watch to cancel) waited for: a slow one cannot delay the revoke.
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+        client = self._client
+        if client is not None:
+            await self._revoke(client)
+        if task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         client, self._client = self._client, None
         if client is not None:
-            await self._revoke(client)
             await etcd_client.close(client)
         self._connected = False
         self._me = None
