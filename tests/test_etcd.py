@@ -361,7 +361,7 @@ def test_a_child_forked_with_a_registry_open_refuses_etcd(server: EtcdServer) ->
     # (SIGABRT, seen on 3.13).  Either way it never uses the parent's connection, and the
     # parent's registration carries on.
     refused = "child refused: True" in result.stdout and "child exit 0 " in result.stdout
-    aborted = "child exit -6 " in result.stdout
+    aborted = "child exit -" in result.stdout  # killed by a signal in gRPC's fork handling (SIGABRT, SIGSEGV)
     assert refused or aborted, result.stdout + result.stderr
     assert "parent connected True" in result.stdout
 async def test_etcd_killed_and_restarted_changes_nothing_and_everything_resumes(own_server: EtcdServer) -> None:
