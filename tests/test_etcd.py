@@ -213,6 +213,34 @@ async def test_a_graceful_stop_revokes_the_lease(server: EtcdServer) -> None:
         await async_eventually(lambda: a.registry is not None and a.registry.members == {}, 1.0, "a sees b leave")
 
 
+async def test_a_stop_holds_even_if_the_supervisor_ignores_its_cancellation(
+        server: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library call that swallows the cancellation (aetcd's watch shutdown can) must not let the
+    supervisor write the key again after the revoke: the close tells it to stop before cancelling.
+    (Seen in CI: the key put back by the watch's own DELETE event, then a new lease taken.)"""
+    original = EtcdRegistry._supervise
+
+    async def stubborn(self: EtcdRegistry) -> None:
+        inner = asyncio.ensure_future(original(self))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(inner)  # the cancel reaches this task, never the supervisor
+        await inner
+
+    monkeypatch.setattr(EtcdRegistry, "_supervise", stubborn)
+    key_prefix = prefix()
+    a = node(f"{server.url}/{key_prefix}")
+    async with running(a):
+        assert len(await read_prefix(server, key_prefix)) == 1
+        registry = a.registry
+        assert isinstance(registry, EtcdRegistry)
+        await a.stop()
+    loop = asyncio.get_running_loop()
+    watched_until = loop.time() + registry.ttl  # past the supervisor's next keep-alive (every TTL / 3)
+    while loop.time() < watched_until:
+        assert await read_prefix(server, key_prefix) == {}, "the key came back after the stop"
+        await asyncio.sleep(0.2)
+
+
 async def test_a_closed_port_names_the_url_and_starts_nothing() -> None:
     url = f"etcd://127.0.0.1:{free_tcp_port()}/{prefix()}"
     port = free_udp_port()
@@ -566,6 +594,37 @@ async def test_a_key_asked_for_then_given_back_at_once_is_never_left_behind(serv
     finally:
         await coordinator.close()
     assert await leader_keys(server, key_prefix) == {}  # revoked with the lease
+
+
+async def test_a_coordinator_close_holds_even_if_its_supervisor_ignores_the_cancellation(
+        server: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for the registry: the lease is revoked at once and nothing renews or writes afterwards,
+    even when the keep-alive task goes on (a swallowed cancellation)."""
+    from pydiscover.etcd.coordinator import EtcdCoordinator
+
+    original = EtcdCoordinator._supervise
+
+    async def stubborn(self: EtcdCoordinator) -> None:
+        inner = asyncio.ensure_future(original(self))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(inner)  # the cancel reaches this task, never the supervisor
+        await inner
+
+    monkeypatch.setattr(EtcdCoordinator, "_supervise", stubborn)
+    key_prefix = prefix()
+    coordinator = EtcdCoordinator(f"{server.url}/{key_prefix}", node_timeout=2.0)
+    reports = _Reports()
+    await coordinator.open("node-a", reports)
+    coordinator.want(True, 1)
+    await async_eventually(lambda: bool(reports.grants), 3.0, "a grant")
+    loop = asyncio.get_running_loop()
+    closing = loop.time()
+    await coordinator.close()
+    assert loop.time() - closing < coordinator.call_timeout + 1, "the close waited for the stubborn task"
+    watched_until = loop.time() + coordinator.ttl  # past the supervisor's next keep-alive (every TTL / 4)
+    while loop.time() < watched_until:
+        assert await leader_keys(server, key_prefix) == {}, "the leader key outlived the close"
+        await asyncio.sleep(0.2)
 
 
 async def test_past_its_deadline_a_node_is_no_master_before_any_timer_runs(server: EtcdServer) -> None:

@@ -95,6 +95,20 @@ async def run_bounded(coro: Coroutine[Any, Any, None], limit: float, what: str) 
         log.warning("%s took over %.0f s; it goes on in the background", what, limit)
 
 
+class Serialized:
+    """Runs coroutines one at a time, in the order given, on the etcd loop: a registry's or a
+    coordinator's opens and closes (a close after a cancelled open waits for that open to end)."""
+
+    def __init__(self) -> None:
+        self._lock: asyncio.Lock | None = None  # made on the etcd loop, the only one that uses it
+
+    async def __call__(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            return await coro
+
+
 def call_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:
     """``fn(*args)`` on ``loop`` (a node's, from the etcd loop); nothing if it is gone or closed."""
     if loop is not None:

@@ -85,6 +85,10 @@ class EtcdCoordinator:
         self._want_seq = 0
         self._connected = False
         self._opened = False
+        #: Set first thing in a close: nothing more is written or renewed, even by a task whose
+        #: cancellation a library call swallowed.
+        self._closing = False
+        self._serialized = etcd_client.Serialized()  # opens and closes
         #: Counts: ``lease_lost``, ``unreachable``, ``granted``, ``released``.
         self.counters: dict[str, int] = {}
 
@@ -118,11 +122,11 @@ class EtcdCoordinator:
         self._listener = listener
         self._iid = iid
         try:
-            await etcd_client.run(self._open())
+            await etcd_client.run(self._serialized(self._open()))
         except BaseException:
             self._opened = False
             self._caller = self._listener = None
-            etcd_client.spawn(self._close())
+            etcd_client.spawn(self._serialized(self._close()))
             raise
 
     def want(self, wanted: bool, seq: int) -> None:
@@ -141,7 +145,7 @@ class EtcdCoordinator:
         self._opened = False
         self._listener = None
         try:  # the lease ends by itself within its TTL anyway
-            await etcd_client.run_bounded(self._close(), 3 * self.call_timeout + 1,
+            await etcd_client.run_bounded(self._serialized(self._close()), 3 * self.call_timeout + 1,
                                           f"closing the coordinator {self.display_url}")
         finally:
             self._caller = None
@@ -179,6 +183,7 @@ class EtcdCoordinator:
 
     # ------------------------------------------------------------ on the etcd loop
     async def _open(self) -> None:
+        self._closing = False
         try:
             self._client = await self._connect()
             await self._new_lease(self._client)
@@ -189,23 +194,27 @@ class EtcdCoordinator:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pydiscover-etcd-coordinator")
 
     async def _close(self) -> None:
-        for task in (self._acquiring, self._task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        # Told to stop first, revoked at once, the tasks' own clean-up waited for last: a slow
+        # one cannot delay the revoke, and nothing is written after it.
+        self._closing = True
+        tasks = [task for task in (self._acquiring, self._task) if task is not None]
+        for task in tasks:
+            task.cancel()
         self._acquiring = self._task = None
-        client, self._client = self._client, None
         lease, self._lease = self._lease, None
         self._held = None
         self._wanted = False
+        if self._client is not None and lease is not None:
+            try:
+                await asyncio.wait_for(self._client.revoke_lease(lease), self.call_timeout)
+            except Exception as exc:  # the lease then ends by itself within its TTL
+                log.warning("could not revoke the coordinator lease: %s", etcd_client.describe(exc))
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        client, self._client = self._client, None
         self._connected = False
         if client is not None:
-            if lease is not None:
-                try:
-                    await asyncio.wait_for(client.revoke_lease(lease), self.call_timeout)
-                except Exception as exc:  # the lease then ends by itself within its TTL
-                    log.warning("could not revoke the coordinator lease: %s", etcd_client.describe(exc))
             await etcd_client.close(client, self.call_timeout)
 
     async def _connect(self) -> Any:
@@ -214,6 +223,8 @@ class EtcdCoordinator:
         return client
 
     async def _new_lease(self, client: Any) -> None:
+        if self._closing:
+            raise ConnectionError("the coordinator is closing")
         sent = time.monotonic()
         lease = await client.lease(self.ttl)
         self._lease = int(lease.id)
@@ -223,7 +234,7 @@ class EtcdCoordinator:
     async def _supervise(self) -> None:
         """Keep the lease alive every quarter TTL; reconnect with backoff on failure."""
         backoff = self.min_backoff
-        while True:
+        while not self._closing:
             try:
                 client = self._client
                 if client is None:
@@ -237,6 +248,8 @@ class EtcdCoordinator:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an outage: the node demotes at its deadline by itself
+                if self._closing:
+                    return
                 if self._connected:
                     log.warning("coordinator etcd %s lost: %s", self.display_url, etcd_client.describe(exc))
                 self._connected = False
@@ -248,6 +261,8 @@ class EtcdCoordinator:
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def _refresh(self, client: Any) -> None:
+        if self._closing or self._lease is None:
+            return
         sent = time.monotonic()
         response = await asyncio.wait_for(client.refresh_lease(self._lease), self.call_timeout)
         if response.TTL > 0:
@@ -302,7 +317,7 @@ class EtcdCoordinator:
         """Create ``key`` = our id under our lease, only if absent; its revision, or ``None`` if another
         node holds it (or etcd cannot be reached: the caller tries again later)."""
         client, lease = self._client, self._lease
-        if client is None or lease is None:
+        if client is None or lease is None or self._closing:
             return None
         tx = client.transactions
         try:
@@ -340,7 +355,7 @@ class EtcdCoordinator:
 
         A key that already holds our id under our lease (a try whose answer was lost) is ours.
         """
-        while self._wanted and self._held is None:
+        while self._wanted and self._held is None and not self._closing:
             for slot in range(self.masters_required):
                 key = f"{self.config.prefix}/leaders/{slot}".encode()
                 token = await self._take_key(key)

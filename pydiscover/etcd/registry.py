@@ -29,8 +29,8 @@ import logging
 import math
 import random
 import socket
-from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from ..config import Options
 from ..errors import TransportUnavailable
@@ -40,7 +40,6 @@ from .url import EtcdConfig, parse_etcd_url
 
 log = logging.getLogger("pydiscover.etcd")
 
-T = TypeVar("T")
 
 #: etcd grants no lease shorter than this (with its default timers it raises 1 s to 2 s).
 MIN_LEASE_TTL = 2
@@ -115,7 +114,10 @@ class EtcdRegistry(Registry):
         self._task: asyncio.Task[None] | None = None
         self._connected = False
         self._opened = False
-        self._op_lock: asyncio.Lock | None = None
+        #: Set first thing in a close: the supervisor writes nothing more and ends at its next step,
+        #: even if a library call it was in swallowed its cancellation.
+        self._closing = False
+        self._serialized = etcd_client.Serialized()  # opens and closes
         #: The node's loop: listeners and error reports run there; etcd calls run on etcd_loop().
         self._caller: asyncio.AbstractEventLoop | None = None
 
@@ -188,15 +190,9 @@ class EtcdRegistry(Registry):
         self.hello_interval = hello_interval
 
     # ------------------------------------------------------------ on the etcd loop
-    async def _serialized(self, coro: Coroutine[Any, Any, T]) -> T:
-        """One open or close at a time, in the order asked (a close after a cancelled open waits for it)."""
-        if self._op_lock is None:
-            self._op_lock = asyncio.Lock()  # made on the etcd loop, the only one that uses it
-        async with self._op_lock:
-            return await coro
-
     async def _open(self, me: Registration) -> Mapping[str, Registration]:
         etcd_client.open_registries.add(self)
+        self._closing = False
         self._me = me
         self.key = f"{self.config.prefix}/nodes/{me.iid}"
         try:
@@ -223,6 +219,7 @@ class EtcdRegistry(Registry):
         # The supervisor is told to stop first (it then writes nothing more: no key put back
         # after the revoke), the lease is revoked at once, and only then is the supervisor's
         # own clean-up (a watch to cancel) waited for: a slow one cannot delay the revoke.
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -259,6 +256,8 @@ class EtcdRegistry(Registry):
     async def _register(self, client: Any, *, new_lease: bool) -> None:
         """Write our registration under the lease (a new lease if asked, or if ours expired)."""
         assert self._me is not None and self.key is not None
+        if self._closing:
+            raise ConnectionError("the registry is closing")
         if not new_lease and self._lease is not None:
             response = await client.refresh_lease(self._lease)
             new_lease = response.TTL <= 0
@@ -272,6 +271,8 @@ class EtcdRegistry(Registry):
 
     async def _put_own(self, client: Any) -> None:
         assert self._me is not None and self.key is not None
+        if self._closing or self._lease is None:  # never a key without a lease (it would outlive us)
+            raise ConnectionError("the registry is closing")
         await client.put(self.key.encode(), self._me.to_json(), lease=self._lease)
 
     async def _revoke(self, client: Any) -> None:
@@ -301,7 +302,7 @@ class EtcdRegistry(Registry):
     async def _supervise(self) -> None:
         """Keep the lease alive and the watch running; on failure, reconnect with backoff."""
         backoff = self.min_backoff
-        while True:
+        while not self._closing:
             client = self._client
             try:
                 if client is None:
@@ -317,6 +318,8 @@ class EtcdRegistry(Registry):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is an outage: counted, retried
+                if self._closing:
+                    return
                 if self._connected:
                     self._connected = False
                     log.warning("etcd %s lost (%s); keeping the %d members known, reconnecting",
@@ -333,7 +336,7 @@ class EtcdRegistry(Registry):
         aetcd = etcd_client.import_aetcd()
         keepalive = asyncio.get_running_loop().create_task(self._keepalive(client), name="pydiscover-etcd-keepalive")
         try:
-            while True:
+            while not self._closing:
                 # From the last revision seen, inclusive: a watch that broke in the middle of a
                 # revision's events (a transaction) replays it whole; applying an event twice is harmless.
                 watch = await client.watch_prefix(self.config.nodes_prefix, start_revision=self._revision)
@@ -382,6 +385,8 @@ class EtcdRegistry(Registry):
         """Refresh the lease every third of its TTL; an expired lease is an error (re-registered on reconnect)."""
         while True:
             await asyncio.sleep(self.ttl / 3)
+            if self._closing:
+                return
             response = await asyncio.wait_for(client.refresh_lease(self._lease), self.call_timeout)
             if response.TTL <= 0:
                 raise ConnectionError("the lease expired")
