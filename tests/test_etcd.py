@@ -596,6 +596,42 @@ async def test_a_key_asked_for_then_given_back_at_once_is_never_left_behind(serv
     assert await leader_keys(server, key_prefix) == {}  # revoked with the lease
 
 
+async def test_a_key_wanted_again_while_an_unwanted_one_is_given_back_is_taken(
+        server: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """want(True), want(False) while the key's transaction is in flight, want(True) again while
+    that key is being given back: the last request is granted (seen in CI: the acquiring task
+    ended after the give-back, and nothing asked for the key again)."""
+    from pydiscover.etcd.coordinator import EtcdCoordinator
+
+    take, delete = EtcdCoordinator._take_key, EtcdCoordinator._delete_key
+
+    async def slow_take(self: EtcdCoordinator, key: bytes) -> int | None:
+        await asyncio.sleep(0.2)
+        return await take(self, key)
+
+    async def slow_delete(self: EtcdCoordinator, key: bytes, token: int | None) -> bool:
+        await asyncio.sleep(0.5)
+        return await delete(self, key, token)
+
+    monkeypatch.setattr(EtcdCoordinator, "_take_key", slow_take)
+    monkeypatch.setattr(EtcdCoordinator, "_delete_key", slow_delete)
+    key_prefix = prefix()
+    coordinator = EtcdCoordinator(f"{server.url}/{key_prefix}", node_timeout=2.0)
+    reports = _Reports()
+    await coordinator.open("node-a", reports)
+    try:
+        coordinator.want(True, 1)
+        await asyncio.sleep(0.1)
+        coordinator.want(False, 2)  # the take is in flight (0.2 s)
+        await asyncio.sleep(0.25)  # the take is done, the give-back in flight (0.5 s)
+        coordinator.want(True, 3)
+        await async_eventually(lambda: bool(reports.grants) and reports.grants[-1][1] == 3, 3.0, "request 3 granted")
+        keys = await leader_keys(server, key_prefix)
+        assert keys == {f"{key_prefix}/leaders/0": ("node-a", reports.grants[-1][0])}
+    finally:
+        await coordinator.close()
+
+
 async def test_a_coordinator_close_holds_even_if_its_supervisor_ignores_the_cancellation(
         server: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """As for the registry: the lease is revoked at once and nothing renews or writes afterwards,

@@ -364,12 +364,13 @@ class EtcdCoordinator:
                 self._held = (key, token)
                 if not self._wanted:  # the node changed its mind while this was in flight
                     await self._release()
-                    return
+                    break  # and may have changed it back during the release: this task is still the one
                 self.counters["granted"] = self.counters.get("granted", 0) + 1
                 log.info("holding %s (fencing token %d)", key.decode(), token)
                 self._tell("mastership_granted", token, self._want_seq)
                 return
-            await asyncio.sleep(ACQUIRE_RETRY)
+            else:
+                await asyncio.sleep(ACQUIRE_RETRY)
 
 
 __all__ = ["ACQUIRE_RETRY", "CoordinatorListener", "EtcdCoordinator"]
