@@ -111,6 +111,9 @@ class DiscoveryCore:
         self.iid = iid
         self._peers = PeerTable(node_timeout=options.node_timeout, master_timeout=options.master_timeout)
         self._repeats = RepeatCache()
+        #: Our peers' hellos by body (all but the seq, see wire.split_seq): one whose only
+        #: change is its seq moves the node's time, as a node-discover repeat does.
+        self._bodies = RepeatCache()
         self._timers = Timers(
             hello_interval=options.hello_interval, check_interval=options.check_interval, rng=rng or random.Random()
         )
@@ -125,6 +128,7 @@ class DiscoveryCore:
         self._replay = ReplayGuard(retention=self._replay_retention(options.codec))
         self._report_unchanged = report_unchanged_hellos
         self._last_was_message = False
+        self._last_refreshed_only = False
         self._codec = options.codec
         self._budgets: dict[str, int] = {}  # max_payload per packet name, for this codec
         self._wall_offset = 0.0
@@ -310,6 +314,15 @@ class DiscoveryCore:
         """Whether the last datagram was a channel message for us (see :meth:`delivers_message`)."""
         return self._last_was_message
 
+    @property
+    def last_refreshed_only(self) -> bool:
+        """Whether the last datagram only refreshed a known node (a hello that changed nothing).
+
+        Its actions, if any, are then ``helloReceived`` reports alone, and no deadline moved
+        earlier: a runtime may emit them and skip everything else (the hot path with a listener).
+        """
+        return self._last_refreshed_only
+
     # ------------------------------------------------------------ lifecycle
     def start(self, now: float, wall_time: float | None = None) -> list[Action]:
         """Begin: say hello at once; hold elections for ``check_interval`` while the cluster answers.
@@ -346,6 +359,7 @@ class DiscoveryCore:
         # A stopped node knows nothing: a restart must not report stale peers as live.
         self._peers.clear()
         self._repeats.clear()
+        self._bodies.clear()
         self._token = None
         self._wants_master = False  # the coordinator lets go of everything on stop
         if self._role.resign():
@@ -466,6 +480,7 @@ class DiscoveryCore:
         self._receive_limit = self._receive_limit_for(codec)
         self._replay.retention = self._replay_retention(codec)
         self._repeats.clear()  # what the old keys opened, the new ones may not
+        self._bodies.clear()
         self._budgets.clear()
 
     def advertise(self, advertisement: Any) -> None:
@@ -529,7 +544,7 @@ class DiscoveryCore:
         may skip re-arming its timer then (the hot path: a hello that changed nothing).
         """
         out: list[Action] = []
-        self._last_was_message = False
+        self._last_was_message = self._last_refreshed_only = False
         if not self._running:
             return out
         timers = self._timers
@@ -566,12 +581,21 @@ class DiscoveryCore:
                     return out
             # Anything else builds a record: from fresh objects, never ones handlers could
             # have been given (and mutated) before.  Only the opening is skipped.
-            env, sent_at = wire.decode(plaintext), None
+            env, sent_at, split = wire.decode(plaintext), None, None
         else:
             try:
                 plaintext, sent_at = self._codec.open(data)
+            except OpenError as exc:
+                self._drop(exc.reason, addr, exc)
+                return out
+            split = wire.split_seq(plaintext)
+            if split is not None:
+                known = self._bodies.get(split[0])
+                if known is not None and self._seq_only_hello(now, known[0], split[1], sent_at, host, port, out):
+                    return out
+            try:
                 env = wire.decode(plaintext)
-            except (OpenError, wire.DecodeError) as exc:
+            except wire.DecodeError as exc:
                 self._drop(exc.reason, addr, exc)
                 return out
         if env.iid == self.iid:
@@ -591,10 +615,12 @@ class DiscoveryCore:
             return out
         if env.event == wire.HELLO:
             self._on_hello(now, env, host, port, out)
-            if env.seq is None and sent_at is None:
-                peer = peers.get(env.iid)
-                if peer is not None and peer.data is env.data:  # it made (or refreshed) the record
+            peer = peers.get(env.iid)
+            if peer is not None and peer.data is env.data:  # it made (or refreshed) the record
+                if env.seq is None and sent_at is None:
                     self._repeats.remember(data, env, plaintext)
+                elif split is not None:
+                    self._bodies.remember(split[0], env, b"")
         elif env.event == wire.GOODBYE:
             self._on_goodbye(now, env, out)
         elif env.event in self._channels:
@@ -608,9 +634,34 @@ class DiscoveryCore:
         return out
 
     # -------------------------------------------------------------- internals
+    def _seq_only_hello(self, now: float, env: wire.Envelope, seq: int, sent_at: float | None, host: str, port: int,
+                        out: list[Action]) -> bool:
+        """A hello equal but for its seq to ``env``, the one that made its node's record: the
+        checks that depend on the seq and the time, then only the time moves.  ``False``
+        (parse it) if ``env`` no longer stands for the record or came from elsewhere."""
+        peer = self._peers.get(env.iid)
+        if peer is None or peer.data is not env.data:
+            return False
+        node = peer.node
+        if node.port != port or node.address != host:
+            return False
+        addr = (host, port)
+        window = self.options.replay_window
+        if sent_at is not None and window and abs(now + self._wall_offset - sent_at) > window:
+            self._drop("outside_window", addr, f"sent at {sent_at}, clock differs by more than {window}s")
+        elif not self._replay.accept(env.iid, seq, now):
+            self._drop("replayed", addr, f"{env.iid} seq {seq}")
+        elif seq < peer.seq:
+            self.dropped["stale"] += 1  # reordered: an older state than the one we hold
+        else:
+            peer.seq = seq
+            self._unchanged_hello(peer, now, out)
+        return True
+
     def _unchanged_hello(self, peer: Peer, now: float, out: list[Action]) -> None:
         """The steady state of every cluster, a known node repeating itself: only the time moves."""
         self._peers.seen(peer, now)
+        self._last_refreshed_only = True
         if self._report_unchanged:
             out.append(Emit("helloReceived", (self._peers.current(peer), False)))
 

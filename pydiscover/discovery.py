@@ -758,8 +758,14 @@ class AsyncDiscovery:
             return True
         if not actions:  # the core moves no deadline earlier without an action (see datagram_received)
             return True
+        if core.last_refreshed_only:  # helloReceived reports of a hello that changed nothing
+            emit = self._emitter.emit
+            for action in actions:
+                if type(action) is Emit:
+                    emit(action.event, *action.args)
+            return True
         self._apply(actions)
-        return not core.delivers_message(actions)  # a message is read at once, hellos may gather
+        return not core.last_was_message  # a message is read at once, hellos may gather
 
     def _link_changed(self, up: bool) -> None:
         now = self._now()

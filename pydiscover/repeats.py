@@ -1,8 +1,9 @@
-"""Memory of accepted node-discover hellos, so a byte-identical repeat skips opening and parsing.
+"""Memory of accepted hellos, so a repeat skips parsing.
 
 node-discover peers send the same bytes every time (no seq, deterministic JSON and
-cipher), and opening and parsing are pure functions of the bytes.  Ours carry a seq
-and are never kept.
+cipher), and opening and parsing are pure functions of the bytes: the core keeps those
+datagrams whole.  Ours carry a fresh seq (and, sealed, a fresh nonce): the core keeps
+their opened text without the seq (``wire.split_seq``) in a second cache of this kind.
 """
 
 from __future__ import annotations

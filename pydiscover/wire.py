@@ -110,14 +110,41 @@ def encode(envelope: Envelope, *, what: str = "packet", budget: int | None = Non
     return raw
 
 
+_SEQ_MARK = b',"seq":'
+#: The longest trailing ``,"seq":N}`` that :func:`encode` writes (``MAX_SEQ`` has 16 digits).
+_SEQ_TAIL = len(_SEQ_MARK) + len(str(MAX_SEQ)) + 1
+
+
+def split_seq(plaintext: bytes) -> tuple[bytes, int] | None:
+    """``(body, seq)`` for a packet that ends as :func:`encode` ends it, with ``,"seq":N}``;
+    else ``None``.  ``body`` is the rest of the packet: two packets with equal bodies say the
+    same thing but for the seq, so a hello whose only change is its seq need not be parsed.
+
+    Safe without parsing: such a tail can only close the top-level object (inside a string
+    the quotes would be escaped; a nested object would need a second ``}``), and ``N`` must
+    be an integer as JSON writes it (no sign, no leading zero).
+    """
+    mark = plaintext.rfind(_SEQ_MARK, len(plaintext) - _SEQ_TAIL)
+    if mark < 0 or plaintext[-1:] != b"}":
+        return None
+    digits = plaintext[mark + len(_SEQ_MARK):-1]
+    if not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1):
+        return None
+    return plaintext[:mark], int(digits)
+
+
 def check_json(value: Any, what: str) -> None:
     """Raise ``TypeError`` now if ``value`` could never be sent."""
     _dumps(value, what)
 
 
 def canonical(value: Any) -> bytes:
-    """A decoded JSON value as bytes, to compare values strictly (``true`` is not ``1``)."""
-    return orjson.dumps(value)
+    """A decoded JSON value as bytes, to compare values strictly (``true`` is not ``1``).
+
+    Copied to its own size: orjson's result keeps its whole write buffer (about 4 KiB even
+    for a short hello), and one of these is kept per peer.
+    """
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 def snapshot(value: Any) -> Any:

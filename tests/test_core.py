@@ -654,3 +654,51 @@ def test_a_slow_loop_is_not_a_pause() -> None:
             out += core.tick(now)
         removed += [e.args[0].id for e in events(out, "removed")]
     assert "dead" in removed and core.counters["pauses"] == 0
+
+
+def test_a_hello_whose_only_change_is_its_seq_is_not_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our peers' hellos carry a fresh seq: equal but for it, only the time moves (and the seq
+    rules still hold: a replay or an older seq is refused, a change or a move is parsed)."""
+    from pydiscover import wire
+
+    core = lone_core()
+    core.start(0.0)
+    here, there = ("10.0.0.2", 1), ("10.0.0.3", 1)
+    core.datagram_received(0.1, hello("a", seq=1), here)
+    parsed: list[bytes] = []
+    decode = wire.decode
+    monkeypatch.setattr(wire, "decode", lambda raw: parsed.append(raw) or decode(raw))
+    for seq in range(2, 50):
+        out = core.datagram_received(seq / 100, hello("a", seq=seq), here)
+        (heard,) = events(out, "helloReceived")
+        assert heard.args == (core.nodes["a"], False) and core.nodes["a"].last_seen == seq / 100
+    assert parsed == []
+    core.datagram_received(0.6, hello("a", seq=30), here)  # a replay: refused, the time stays
+    assert core.dropped["replayed"] == 1 and core.nodes["a"].last_seen == 0.49
+    core.datagram_received(0.7, hello("a", seq=60), here)
+    core.datagram_received(0.8, hello("a", seq=55), here)  # never seen, but older than the record
+    assert core.dropped["stale"] == 1 and core.nodes["a"].last_seen == 0.7
+    assert parsed == []
+    out = core.datagram_received(0.9, hello("a", seq=61, weight=2.0), here)  # a change: parsed
+    assert events(out, "nodeUpdated") and core.nodes["a"].weight == 2.0 and len(parsed) == 1
+    out = core.datagram_received(1.0, hello("a", seq=62, weight=2.0), there)  # moved: parsed, recorded
+    assert events(out, "nodeUpdated") and core.nodes["a"].address == "10.0.0.3" and len(parsed) == 2
+    core.datagram_received(1.1, hello("a", seq=63, weight=2.0), there)
+    assert len(parsed) == 2 and core.nodes["a"].last_seen == 1.1
+
+
+def test_a_seq_only_hello_after_a_goodbye_or_a_timeout_brings_nobody_back() -> None:
+    core = lone_core()
+    core.start(0.0)
+    here = ("10.0.0.2", 1)
+    core.datagram_received(0.1, hello("a", seq=1), here)
+    core.datagram_received(0.2, hello("a", seq=2), here)
+    core.datagram_received(0.3, hello("a", seq=3, event="pydiscover.goodbye"), here)
+    assert "a" not in core.nodes
+    core.datagram_received(0.4, hello("a", seq=2), here)  # from before the goodbye
+    assert "a" not in core.nodes
+    core.datagram_received(0.5, hello("b", seq=1), here)
+    core.datagram_received(0.6, hello("b", seq=2), here)
+    assert events(tick_until(core, 3.0), "removed")
+    core.datagram_received(3.1, hello("b", seq=2), here)  # a replay of the last one heard
+    assert "b" not in core.nodes

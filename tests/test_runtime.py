@@ -50,6 +50,22 @@ async def test_async_cluster_on_the_memory_bus() -> None:
         assert a.is_master  # promoted on the goodbye itself: no timeout involved
 
 
+async def test_a_hello_received_listener_hears_every_unchanged_hello_with_its_time() -> None:
+    """With a listener, a hello that changed nothing takes the runtime's short path (no timer
+    work): it is still reported, once each, not new, with the time it arrived."""
+    bus = MemoryBus()
+    heard: list[tuple[Node, bool]] = []
+    async with AsyncDiscovery(transport=MemoryTransport(bus), weight=1, **QUICK) as a, \
+            AsyncDiscovery(transport=MemoryTransport(bus), weight=2, **QUICK) as b:
+        a.on("helloReceived", lambda node, is_new: heard.append((node, is_new)))
+        await async_eventually(lambda: sum(1 for n, _ in heard if n.id == b.me.id) >= 4, 5, "four hellos from b")
+        from_b = [(n, new) for n, new in heard if n.id == b.me.id]
+        assert not any(new for _, new in from_b[1:])
+        times = [n.last_seen for n, _ in from_b]
+        assert times == sorted(times) and len(set(times)) == len(times)  # each with its own arrival time
+        assert a.nodes[b.me.id].last_seen >= times[-1]
+
+
 async def test_a_raising_handler_is_reported_and_the_loop_goes_on() -> None:
     bus = MemoryBus()
     errors: list[BaseException] = []

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydiscover import PacketTooLarge
 from pydiscover.core import DiscoveryCore, Emit
 from pydiscover.options import build_options
-from pydiscover.wire import GOODBYE, HELLO, DecodeError, Envelope, Hello, decode, decode_hello, encode
+from pydiscover.wire import GOODBYE, HELLO, DecodeError, Envelope, Hello, decode, decode_hello, encode, split_seq
 
 
 def test_hello_round_trip_matches_node_discover_field_names() -> None:
@@ -93,3 +93,44 @@ def test_decode_raises_only_decode_error(raw: bytes) -> None:
         decode(raw)
     except DecodeError as exc:
         assert exc.reason in {"not_json", "not_object", "bad_envelope", "oversized"}
+
+
+# ------------------------------------------------- split_seq: a hello equal but for its seq
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12) | st.sampled_from([',"seq":5}', '"seq":', "}", ',"seq":0}']),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.text(max_size=6) | st.sampled_from(["seq", "event"]), children, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=JSON_VALUES, seq=st.none() | st.integers(0, 2**53), hostname=st.text(max_size=10))
+def test_split_seq_finds_exactly_the_top_level_seq_that_encode_writes(data: object, seq: int | None,
+                                                                       hostname: str) -> None:
+    raw = encode(Envelope(HELLO, "p", "i", hostname, data, seq))
+    split = split_seq(raw)
+    if seq is None:
+        assert split is None  # whatever the data says, however it ends
+        return
+    assert split is not None
+    body, found = split
+    assert found == seq
+    assert raw == body + b',"seq":' + str(seq).encode() + b"}"
+    without = orjson.loads(raw)
+    del without["seq"]
+    assert orjson.loads(body + b"}") == without  # the body says everything but the seq
+
+
+@settings(max_examples=400, deadline=None)
+@given(tail=st.binary(max_size=30) | st.sampled_from(
+    [b',"seq":}', b',"seq":-1}', b',"seq":01}', b',"seq":1.5}', b',"seq":1e3}', b',"seq": 1}', b',"seq":1}}',
+     b',"seq":\xd9\xa1}', b',"seq":99999999999999999999}']))
+def test_split_seq_takes_only_a_json_integer_as_the_last_member(tail: bytes) -> None:
+    raw = b'{"event":"hello"' + tail
+    split = split_seq(raw)
+    if split is not None:
+        body, seq = split
+        assert tail == b',"seq":' + str(seq).encode() + b"}" and len(str(seq)) <= 16
+        assert orjson.loads(raw)["seq"] == seq
