@@ -15,6 +15,8 @@ instances).  Modes:
   so no two datagrams are equal: the cost of a pydiscover peer's hello.
 * ``aead`` (pydiscover only; node-discover has no such mode): the same, sealed with
   AES-256-GCM, fresh nonce each.
+* ``... + listener``: the pydiscover receiver also has a ``helloReceived`` handler (a
+  counter), as node-discover's receiver always has: the cost a user with one pays.
 
 Absorption: the rate is doubled from 25k/s until the receiver handles less than 99.9 % of a
 blast, then the last good rate is reported (plain mode).
@@ -128,12 +130,12 @@ class Blaster:
 RECEIVER_OPTIONS: list[str] = []
 
 
-def receiver(impl: str, mode: str) -> LineChild:
+def receiver(impl: str, mode: str, listener: bool = False) -> LineChild:
     port, sink = free_udp_port(), free_udp_port()
     keyed = mode in ("legacy", "aead")
     if impl == "pydiscover":
         argv = [sys.executable, "-m", "benchmarks.hello_receiver", "--port", str(port), "--sink-port", str(sink)]
-        argv += RECEIVER_OPTIONS
+        argv += RECEIVER_OPTIONS + (["--listener"] if listener else [])
         if keyed:
             argv += ["--key", KEY, "--encryption", "node-discover" if mode == "legacy" else "aead"]
         child = LineChild(argv, python_env())
@@ -146,10 +148,11 @@ def receiver(impl: str, mode: str) -> LineChild:
     return child
 
 
-def measure(impl: str, mode: str, rate: float, seconds: float) -> dict[str, Any]:
+def measure(impl: str, mode: str, rate: float, seconds: float, listener: bool = False) -> dict[str, Any]:
     """One blast against a fresh receiver: CPU per hello, share handled, table size."""
-    with receiver(impl, mode) as rx:
+    with receiver(impl, mode, listener) as rx:
         blaster = Blaster(mode, rx.port)  # type: ignore[attr-defined]
+        idle = rx.ask("mark")
         try:
             # Warm up: every fake instance once, then a second of the blast, so tables,
             # caches and JITs are in their steady state before the window opens.
@@ -173,6 +176,9 @@ def measure(impl: str, mode: str, rate: float, seconds: float) -> dict[str, Any]
         "cpu_s": cpu,
         "cpu_per_hello_us": cpu / received * 1e6 if received else None,
         "nodes": after["nodes"],
+        # Resident memory after the blast over the same process before any hello: the cost
+        # of tracking the 1,000 instances (and of whatever the blast left allocated).
+        "rss_over_idle_mb": (after["rss"] - idle["rss"]) / 1e6 if "rss" in idle else None,
     }
 
 
@@ -193,17 +199,20 @@ def impls() -> list[str]:
     return ["pydiscover", "node-discover"] if node_discover_available() else ["pydiscover"]
 
 
-def median_run(impls: list[str], mode: str, rate: float, seconds: float, rounds: int) -> dict[str, dict[str, Any]]:
+def median_run(impls: list[str], mode: str, rate: float, seconds: float, rounds: int,
+               listener: bool = False) -> dict[str, dict[str, Any]]:
     """``rounds`` blasts per implementation, alternating, so both see the same machine; medians."""
     runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     for _ in range(rounds):
         for impl in impls:
-            runs[impl].append(measure(impl, mode, rate, seconds))
+            runs[impl].append(measure(impl, mode, rate, seconds, listener))
     out = {}
     for impl, results in runs.items():
         costs = [r["cpu_per_hello_us"] for r in results if r["cpu_per_hello_us"] is not None]
+        memory = [r["rss_over_idle_mb"] for r in results if r.get("rss_over_idle_mb") is not None]
         out[impl] = {
             "cpu_per_hello_us": statistics.median(costs) if costs else None,
+            "rss_over_idle_mb": statistics.median(memory) if memory else None,
             "share": min(r["share"] for r in results),
             "nodes": min(r["nodes"] for r in results),
             "rounds": results,
@@ -216,9 +225,10 @@ def cpu_figures(quick: bool, rate: float = 10_000) -> list[Figure]:
     rounds = 3
     legacy_ok = (node_major() or 0) < 22  # node-discover's createCipher is gone in Node 22
     figures = []
-    for mode in ("plain", "legacy", "ours", "aead"):
+    for mode, listener in (("plain", False), ("legacy", False), ("ours", False), ("aead", False),
+                           ("plain", True), ("legacy", True)):
         compared = [i for i in impls() if i == "pydiscover" or mode == "plain" or (mode == "legacy" and legacy_ok)]
-        results = median_run(compared, mode, rate, seconds, rounds)
+        results = median_run(compared, mode, rate, seconds, rounds, listener)
         py = results["pydiscover"]
         js = results.get("node-discover")
         met = py["share"] >= 0.99 and py["nodes"] == INSTANCES
@@ -228,7 +238,7 @@ def cpu_figures(quick: bool, rate: float = 10_000) -> list[Figure]:
         figures.append(
             Figure(
                 NAME,
-                f"CPU per received hello, {mode}",
+                f"CPU per received hello, {mode}" + (" + listener" if listener else ""),
                 "µs",
                 py["cpu_per_hello_us"],
                 js["cpu_per_hello_us"] if js else None,
@@ -237,6 +247,20 @@ def cpu_figures(quick: bool, rate: float = 10_000) -> list[Figure]:
                 detail={"rate": rate, "seconds": seconds, **results},
             )
         )
+        if mode in ("plain", "ours") and not listener:
+            js_mb = js["rss_over_idle_mb"] if js else None
+            figures.append(
+                Figure(
+                    NAME,
+                    f"memory to track {INSTANCES:,} peers over idle, {mode}",
+                    "MB",
+                    py["rss_over_idle_mb"],
+                    js_mb,
+                    goal="<= 4 MB",
+                    met=py["rss_over_idle_mb"] is not None and py["rss_over_idle_mb"] <= 4.0,
+                    detail={impl: [r["rss_over_idle_mb"] for r in v["rounds"]] for impl, v in results.items()},
+                )
+            )
     return figures
 
 

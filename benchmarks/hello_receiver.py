@@ -1,7 +1,7 @@
 """The receiving end of ``benchmarks/hello_cpu.py``: one pydiscover node that reports its costs.
 
 Reads commands on stdin, one per line; ``mark`` prints one JSON line with this process's
-CPU seconds (all threads), the hellos it accepted and its node-table size.  Runs until
+CPU seconds (all threads), the hellos it accepted, its node-table size and its resident memory.  Runs until
 stdin closes.  Loopback only: it binds ``--port`` and sends its own hellos to a sink port.
 """
 
@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
 
 from pydiscover import Discovery
+
+
+def rss() -> int:
+    """This process's resident memory now, in bytes (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def main() -> None:
@@ -23,11 +30,19 @@ def main() -> None:
     parser.add_argument("--key")
     parser.add_argument("--encryption")
     parser.add_argument("--read-coalesce", type=float, help="the option of that name (default: the library's)")
+    parser.add_argument("--listener", action="store_true",
+                        help="a helloReceived handler that counts (as node-discover's receiver has)")
     args = parser.parse_args()
     options: dict[str, Any] = {"key": args.key, "encryption": args.encryption} if args.key else {}
     if args.read_coalesce is not None:
         options["read_coalesce"] = args.read_coalesce
     d = Discovery(address="127.0.0.1", port=args.port, unicast=[f"127.0.0.1:{args.sink_port}"], weight=1000, **options)
+    heard = [0]
+    if args.listener:
+        def on_hello(node: Any, *_: Any) -> None:
+            heard[0] += 1
+
+        d.on("helloReceived", on_hello)
     d.start()
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -35,7 +50,8 @@ def main() -> None:
             stats = d.stats
             dropped = sum(stats["dropped"].values())
             accepted = stats["packets_in"] - dropped
-            report = {"cpu": time.process_time(), "received": accepted, "dropped": dropped, "nodes": len(d.nodes)}
+            report = {"cpu": time.process_time(), "received": accepted, "dropped": dropped, "nodes": len(d.nodes),
+                      "heard": heard[0], "rss": rss()}
             print(json.dumps(report), flush=True)
     d.stop()
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 /*
  * The node-discover twin of benchmarks/hello_receiver.py: one node-discover 1.2.1 node that
- * reports its costs.  stdin line "mark" -> one JSON line {cpu, received, nodes}: this
- * process's CPU seconds (user + system), the hellos it handled (helloReceived events) and
- * its node-table size.  Runs until stdin closes.  Loopback only: binds --port, sends its
+ * reports its costs.  stdin line "mark" -> one JSON line {cpu, received, nodes, rss}: this
+ * process's CPU seconds (user + system), the hellos it handled (helloReceived events), its
+ * node-table size and its resident memory (bytes).  Runs until stdin closes.  Loopback only: binds --port, sends its
  * own hellos to 127.0.0.1:--sink-port.
  */
 'use strict';
@@ -36,6 +36,7 @@ readline.createInterface({ input: process.stdin }).on('line', function (line) {
         const cpu = process.cpuUsage();
         let nodes = 0;
         d.eachNode(function () { nodes += 1; });
-        console.log(JSON.stringify({ cpu: (cpu.user + cpu.system) / 1e6, received: received, nodes: nodes }));
+        console.log(JSON.stringify({ cpu: (cpu.user + cpu.system) / 1e6, received: received, nodes: nodes,
+                                     rss: process.memoryUsage().rss }));
     }
 }).on('close', function () { d.stop(); process.exit(0); });
