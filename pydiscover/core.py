@@ -128,7 +128,7 @@ class DiscoveryCore:
         self._replay = ReplayGuard(retention=self._replay_retention(options.codec))
         self._report_unchanged = report_unchanged_hellos
         self._last_was_message = False
-        self._last_refreshed_only = False
+        self._last_emits_only = False
         self._codec = options.codec
         self._budgets: dict[str, int] = {}  # max_payload per packet name, for this codec
         self._wall_offset = 0.0
@@ -315,13 +315,14 @@ class DiscoveryCore:
         return self._last_was_message
 
     @property
-    def last_refreshed_only(self) -> bool:
-        """Whether the last datagram only refreshed a known node (a hello that changed nothing).
+    def last_emits_only(self) -> bool:
+        """Whether the last datagram's actions are one event to emit and nothing else: a hello
+        that changed nothing (its ``helloReceived`` report) or a channel message.
 
-        Its actions, if any, are then ``helloReceived`` reports alone, and no deadline moved
-        earlier: a runtime may emit them and skip everything else (the hot path with a listener).
+        No deadline moved earlier then: a runtime may emit it and skip everything else (the hot
+        paths of a cluster with a ``helloReceived`` listener, and of messages).
         """
-        return self._last_refreshed_only
+        return self._last_emits_only
 
     # ------------------------------------------------------------ lifecycle
     def start(self, now: float, wall_time: float | None = None) -> list[Action]:
@@ -544,7 +545,7 @@ class DiscoveryCore:
         may skip re-arming its timer then (the hot path: a hello that changed nothing).
         """
         out: list[Action] = []
-        self._last_was_message = self._last_refreshed_only = False
+        self._last_was_message = self._last_emits_only = False
         if not self._running:
             return out
         timers = self._timers
@@ -625,6 +626,7 @@ class DiscoveryCore:
             self._on_goodbye(now, env, out)
         elif env.event in self._channels:
             self._last_was_message = True
+            self._last_emits_only = not out  # nothing expired on the way here
             packet = Packet(env.event, env.pid, env.iid, env.hostname, env.data, host, port, env.seq)
             out.append(Emit(env.event, (env.data, packet)))
         elif env.event in RESERVED_NAMES:
@@ -661,7 +663,7 @@ class DiscoveryCore:
     def _unchanged_hello(self, peer: Peer, now: float, out: list[Action]) -> None:
         """The steady state of every cluster, a known node repeating itself: only the time moves."""
         self._peers.seen(peer, now)
-        self._last_refreshed_only = True
+        self._last_emits_only = not out  # nothing expired on the way here
         if self._report_unchanged:
             out.append(Emit("helloReceived", (self._peers.current(peer), False)))
 

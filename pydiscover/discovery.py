@@ -758,13 +758,12 @@ class AsyncDiscovery:
             return True
         if not actions:  # the core moves no deadline earlier without an action (see datagram_received)
             return True
-        if core.last_refreshed_only:  # helloReceived reports of a hello that changed nothing
-            emit = self._emitter.emit
-            for action in actions:
-                if type(action) is Emit:
-                    emit(action.event, *action.args)
-            return True
-        self._apply(actions)
+        action = actions[0] if core.last_emits_only and len(actions) == 1 else None
+        if type(action) is Emit and (self._book is None or action.event not in _PEER_EVENTS):
+            # An unchanged hello's report or a message: nothing to send, no timer to move.
+            self._emitter.emit(action.event, *action.args)
+        else:
+            self._apply(actions)
         return not core.last_was_message  # a message is read at once, hellos may gather
 
     def _link_changed(self, up: bool) -> None:

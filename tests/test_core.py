@@ -702,3 +702,23 @@ def test_a_seq_only_hello_after_a_goodbye_or_a_timeout_brings_nobody_back() -> N
     assert events(tick_until(core, 3.0), "removed")
     core.datagram_received(3.1, hello("b", seq=2), here)  # a replay of the last one heard
     assert "b" not in core.nodes
+
+
+@pytest.mark.parametrize("seq", [None, 2])
+def test_only_a_lone_report_or_message_is_marked_emits_only(seq: int | None) -> None:
+    """A runtime skips everything but emitting when last_emits_only says so: never when the
+    same datagram also expired a node (its removal and the election must go through)."""
+    core = lone_core()
+    core.start(0.0)
+    core.join("chat")
+    here = ("10.0.0.2", 1)
+    core.datagram_received(0.1, hello("a", seq=1), here)
+    core.datagram_received(1.5, hello("b", seq=None if seq is None else 1), here)
+    out = core.datagram_received(1.6, hello("b", seq=seq), here)  # unchanged: a lone report
+    assert core.last_emits_only and [e.event for e in events(out, "helloReceived")] == ["helloReceived"]
+    assert len(out) == 1
+    out = core.datagram_received(2.2, hello("b", seq=None if seq is None else 3), here)  # and a expires
+    assert not core.last_emits_only and events(out, "removed") and events(out, "helloReceived")
+    out = core.datagram_received(2.3, orjson.dumps({"event": "chat", "pid": "x", "iid": "b", "hostName": "h",
+                                                   "data": 1, "seq": 9}), here)
+    assert core.last_emits_only and core.last_was_message and len(out) == 1
