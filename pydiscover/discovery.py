@@ -283,6 +283,8 @@ class AsyncDiscovery:
         if self._coordinator is not None:
             self._core.set_fenced(True)
         self._emitter = SafeEmitter()
+        # Without a helloReceived handler a hello that changed nothing returns no action at all.
+        self._emitter.watch("helloReceived", lambda listened: self._core.set_listening(hello_received=listened))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -749,7 +751,6 @@ class AsyncDiscovery:
         if self._fence_deadline is not None:
             self._check_fence()  # after a pause: demote before answering anything as master
         core = self._core
-        core.set_listening(hello_received=self._emitter.has_listeners("helloReceived"))
         try:
             actions = core.datagram_received(self._now(), data, addr)
         except Exception:  # a bug in the core must not take the socket down

@@ -52,6 +52,7 @@ class SafeEmitter(AsyncIOEventEmitter):
     """
 
     def __init__(self) -> None:
+        self._watchers: dict[str, Callable[[bool], None]] = {}
         super().__init__()
         self._handler_loop: asyncio.AbstractEventLoop | None = None
         self._running: set[asyncio.Future[Any]] = set()
@@ -67,8 +68,34 @@ class SafeEmitter(AsyncIOEventEmitter):
         return set(self._running)
 
     def has_listeners(self, event: str) -> bool:
-        """Cheaper than ``listeners(event)`` (no copy, no lock): for per-datagram checks."""
+        """Cheaper than ``listeners(event)`` (no copy, no lock)."""
         return bool(self._events.get(event))
+
+    def watch(self, event: str, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(has_listeners)`` now and whenever ``event``'s handlers change, on the
+        thread that changed them: so the core learns whether anyone listens once per change,
+        not once per datagram."""
+        self._watchers[event] = callback
+        callback(self.has_listeners(event))
+
+    # pyee's three ways in and out of its handler table.
+    def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
+        super()._add_event_handler(event, k, v)
+        self._handlers_changed(event)
+
+    def _remove_listener(self, event: str, f: Callable[..., Any]) -> None:
+        super()._remove_listener(event, f)
+        self._handlers_changed(event)
+
+    def remove_all_listeners(self, event: str | None = None) -> None:
+        super().remove_all_listeners(event)
+        for name in list(self._watchers) if event is None else [event]:
+            self._handlers_changed(name)
+
+    def _handlers_changed(self, event: str) -> None:
+        watcher = self._watchers.get(event)
+        if watcher is not None:
+            watcher(self.has_listeners(event))
 
     def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
         # The hot path (every hello, every channel message): pyee's emit takes a lock
@@ -84,21 +111,23 @@ class SafeEmitter(AsyncIOEventEmitter):
         outer = self._in_error_event
         self._in_error_event = outer or event == "error"
         try:
-            for handler, call in list(handlers.items()):  # call: pyee's wrapper for once()
-                self._run(event, handler, call, args, kwargs)
+            # Inline, not one method call per handler: this loop runs for every hello a
+            # helloReceived handler hears.  ``call`` is pyee's wrapper for once(); a report
+            # names the user's ``handler``.
+            for handler, call in list(handlers.items()):
+                try:
+                    result = call(*args, **kwargs)
+                except Exception as exc:
+                    self._handler_failed(event, handler, exc, args)
+                    continue
+                if result is not None:
+                    self._schedule(event, handler, result, args)
         finally:
             self._in_error_event = outer
         return True
 
-    def _run(
-        self, event: str, f: Callable[..., Any], call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        """Call ``call`` (the registered form of the user's ``f``, named in any report)."""
-        try:
-            result = call(*args, **kwargs)
-        except Exception as exc:
-            self._handler_failed(event, f, exc, args)
-            return
+    def _schedule(self, event: str, f: Callable[..., Any], result: Any, args: tuple[Any, ...]) -> None:
+        """A handler returned a coroutine (or future): run it on the loop, report its failure."""
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             future = asyncio.ensure_future(result, loop=self._handler_loop)
             self._running.add(future)

@@ -81,6 +81,9 @@ class Codec(abc.ABC):
         """The largest datagram ``seal`` can produce for that many bytes (for the size budget)."""
 
 
+_new_tuple = tuple.__new__
+
+
 class PlainCodec(Codec):
     """No key: node-discover's plaintext JSON."""
 
@@ -92,7 +95,7 @@ class PlainCodec(Codec):
     def open(self, datagram: bytes) -> Opened:
         if datagram.startswith(MAGIC):
             raise OpenError("encrypted")  # a keyed cluster shares this port; we hold no key
-        return Opened(datagram)
+        return _new_tuple(Opened, (datagram, None))  # Opened(datagram) without its Python-level __new__
 
     def max_sealed_size(self, plaintext_size: int) -> int:
         return plaintext_size
@@ -299,6 +302,10 @@ class ReplayGuard:
             self._evict(now)
             return True
         high, seen = int(state[0]), int(state[1])
+        if seq == high + 1:  # the usual case, in order: one shift
+            state[0], state[1], state[2] = seq, ((seen << 1) | 1) & self._FULL, now + self.retention
+            self._state.move_to_end(iid)
+            return True
         if seq > high:
             shift = seq - high
             seen = ((seen << shift) | (1 << (shift - 1))) & ((1 << self.WINDOW) - 1) if shift <= self.WINDOW else 0

@@ -124,13 +124,12 @@ def split_seq(plaintext: bytes) -> tuple[bytes, int] | None:
     the quotes would be escaped; a nested object would need a second ``}``), and ``N`` must
     be an integer as JSON writes it (no sign, no leading zero).
     """
-    mark = plaintext.rfind(_SEQ_MARK, len(plaintext) - _SEQ_TAIL)
-    if mark < 0 or plaintext[-1:] != b"}":
+    body, mark, tail = plaintext.rpartition(_SEQ_MARK)
+    digits = tail[:-1]
+    if not mark or tail[-1:] != b"}" or not digits.isdigit() or len(tail) > _SEQ_TAIL - len(_SEQ_MARK) \
+            or (digits[:1] == b"0" and len(digits) > 1):
         return None
-    digits = plaintext[mark + len(_SEQ_MARK):-1]
-    if not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1):
-        return None
-    return plaintext[:mark], int(digits)
+    return body, int(digits)
 
 
 def check_json(value: Any, what: str) -> None:

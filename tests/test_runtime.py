@@ -429,3 +429,49 @@ def test_the_emitter_and_the_pinned_pyee_agree() -> None:
     assert seen == [("on", 1), ("once", 1), ("on", 2)]
     emitter.remove_all_listeners("x")
     assert not emitter.has_listeners("x") and not emitter.emit("x", 3)
+
+
+def test_a_watcher_hears_every_way_handlers_come_and_go() -> None:
+    """The core learns whether anyone listens for helloReceived from these calls alone (not per
+    datagram): on, once (and its firing), remove_listener, remove_all_listeners."""
+    from pydiscover.events import SafeEmitter
+
+    emitter = SafeEmitter()
+    heard: list[bool] = []
+    emitter.watch("x", heard.append)
+    assert heard == [False]
+
+    def handler(n: int) -> None:
+        pass
+
+    emitter.on("x", handler)
+    assert heard[-1] is True
+    emitter.remove_listener("x", handler)
+    assert heard[-1] is False
+    emitter.once("x", handler)
+    assert heard[-1] is True
+    emitter.emit("x", 1)  # a once handler leaves as it fires
+    assert heard[-1] is False and not emitter.has_listeners("x")
+    emitter.on("x", handler)
+    emitter.on("y", handler)
+    emitter.remove_all_listeners()
+    assert heard[-1] is False
+
+
+async def test_a_hello_listener_added_and_removed_at_run_time_is_heard_only_meanwhile() -> None:
+    bus = MemoryBus()
+    heard: list[str] = []
+
+    def on_hello(node: Node, is_new: bool) -> None:
+        heard.append(node.id)
+
+    async with AsyncDiscovery(transport=MemoryTransport(bus), weight=1, **QUICK) as a, \
+            AsyncDiscovery(transport=MemoryTransport(bus), weight=2, **QUICK) as b:
+        await async_eventually(lambda: b.me.id in a.nodes, 2, "a sees b")
+        a.on("helloReceived", on_hello)
+        await async_eventually(lambda: heard.count(b.me.id) >= 2, 2, "unchanged hellos heard")
+        a.remove_listener("helloReceived", on_hello)
+        count = len(heard)
+        seen_at = a.nodes[b.me.id].last_seen
+        await async_eventually(lambda: a.nodes[b.me.id].last_seen > seen_at, 2, "another hello from b")
+        assert len(heard) == count
