@@ -13,7 +13,7 @@ import contextlib
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,20 +213,23 @@ async def test_a_graceful_stop_revokes_the_lease(server: EtcdServer) -> None:
         await async_eventually(lambda: a.registry is not None and a.registry.members == {}, 1.0, "a sees b leave")
 
 
+def deaf_to_cancellation(supervise: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """``supervise`` run so that a cancel never reaches it (as when a library call swallows it)."""
+    async def stubborn(self: Any) -> None:
+        inner = asyncio.ensure_future(supervise(self))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(inner)  # the cancel reaches this task, never the supervisor
+        await inner
+
+    return stubborn
+
+
 async def test_a_stop_holds_even_if_the_supervisor_ignores_its_cancellation(
         server: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A library call that swallows the cancellation (aetcd's watch shutdown can) must not let the
     supervisor write the key again after the revoke: the close tells it to stop before cancelling.
     (Seen in CI: the key put back by the watch's own DELETE event, then a new lease taken.)"""
-    original = EtcdRegistry._supervise
-
-    async def stubborn(self: EtcdRegistry) -> None:
-        inner = asyncio.ensure_future(original(self))
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(inner)  # the cancel reaches this task, never the supervisor
-        await inner
-
-    monkeypatch.setattr(EtcdRegistry, "_supervise", stubborn)
+    monkeypatch.setattr(EtcdRegistry, "_supervise", deaf_to_cancellation(EtcdRegistry._supervise))
     key_prefix = prefix()
     a = node(f"{server.url}/{key_prefix}")
     async with running(a):
@@ -638,15 +641,7 @@ async def test_a_coordinator_close_holds_even_if_its_supervisor_ignores_the_canc
     even when the keep-alive task goes on (a swallowed cancellation)."""
     from pydiscover.etcd.coordinator import EtcdCoordinator
 
-    original = EtcdCoordinator._supervise
-
-    async def stubborn(self: EtcdCoordinator) -> None:
-        inner = asyncio.ensure_future(original(self))
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(inner)  # the cancel reaches this task, never the supervisor
-        await inner
-
-    monkeypatch.setattr(EtcdCoordinator, "_supervise", stubborn)
+    monkeypatch.setattr(EtcdCoordinator, "_supervise", deaf_to_cancellation(EtcdCoordinator._supervise))
     key_prefix = prefix()
     coordinator = EtcdCoordinator(f"{server.url}/{key_prefix}", node_timeout=2.0)
     reports = _Reports()
