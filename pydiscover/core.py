@@ -19,7 +19,7 @@ from .config import Options
 from .election import Decision, desired_master
 from .errors import PacketTooLarge
 from .master_role import MasterRole
-from .node import Node, Packet
+from .node import Node, received_packet
 from .peers import Peer, PeerTable
 from .repeats import REPEAT_CACHE_BYTES as REPEAT_CACHE_BYTES  # re-exported: their old home
 from .repeats import REPEAT_CACHE_SIZE as REPEAT_CACHE_SIZE
@@ -589,7 +589,7 @@ class DiscoveryCore:
             except OpenError as exc:
                 self._drop(exc.reason, addr, exc)
                 return out
-            split = wire.split_seq(plaintext)
+            split = wire.split_seq(plaintext) if plaintext.startswith(wire.HELLO_START) else None
             if split is not None:
                 known = self._bodies.get(split[0])
                 if known is not None and self._seq_only_hello(now, known[0], split[1], sent_at, host, port, out):
@@ -627,7 +627,7 @@ class DiscoveryCore:
         elif env.event in self._channels:
             self._last_was_message = True
             self._last_emits_only = not out  # nothing expired on the way here
-            packet = Packet(env.event, env.pid, env.iid, env.hostname, env.data, host, port, env.seq)
+            packet = received_packet(env.event, env.pid, env.iid, env.hostname, env.data, host, port, env.seq)
             out.append(Emit(env.event, (env.data, packet)))
         elif env.event in RESERVED_NAMES:
             self.dropped["reserved_event"] += 1

@@ -75,3 +75,24 @@ class Packet:
     port: int
     #: The sender's sequence number (``None`` from node-discover peers).
     seq: int | None = None
+
+
+_PACKET_SETTERS = tuple(Packet.__dict__[name].__set__ for name in Packet.__slots__)
+
+
+def received_packet(
+    event: str, pid: str, iid: str, hostname: str, data: Any, address: str, port: int, seq: int | None
+) -> Packet:
+    """``Packet(...)`` for the receive path: the frozen ``__init__`` sets each of the eight fields
+    through ``object.__setattr__``; the slots' own setters take half the time (one per message)."""
+    packet = _new(Packet)
+    set_event, set_pid, set_iid, set_hostname, set_data, set_address, set_port, set_seq = _PACKET_SETTERS
+    set_event(packet, event)
+    set_pid(packet, pid)
+    set_iid(packet, iid)
+    set_hostname(packet, hostname)
+    set_data(packet, data)
+    set_address(packet, address)
+    set_port(packet, port)
+    set_seq(packet, seq)
+    return packet

@@ -110,6 +110,9 @@ def encode(envelope: Envelope, *, what: str = "packet", budget: int | None = Non
     return raw
 
 
+#: How :func:`encode` begins a hello (``event`` first): a message never does, so only these
+#: are worth :func:`split_seq` on the receive path.
+HELLO_START = b'{"event":"hello",'
 _SEQ_MARK = b',"seq":'
 #: The longest trailing ``,"seq":N}`` that :func:`encode` writes (``MAX_SEQ`` has 16 digits).
 _SEQ_TAIL = len(_SEQ_MARK) + len(str(MAX_SEQ)) + 1
