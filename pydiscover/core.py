@@ -621,6 +621,9 @@ class DiscoveryCore:
                 if env.seq is None and sent_at is None:
                     self._repeats.remember(data, env, plaintext)
                 elif split is not None:
+                    if peer.body is not None and peer.body != split[0]:
+                        self._bodies.discard(peer.body)  # superseded: a changing advertisement must not fill it
+                    peer.body = split[0]
                     self._bodies.remember(split[0], env, b"")
         elif env.event == wire.GOODBYE:
             self._on_goodbye(now, env, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ class SafeEmitter(AsyncIOEventEmitter):
 
     def __init__(self) -> None:
         self._watchers: dict[str, Callable[[bool], None]] = {}
+        self._watch_lock = threading.Lock()
         super().__init__()
         self._handler_loop: asyncio.AbstractEventLoop | None = None
         self._running: set[asyncio.Future[Any]] = set()
@@ -76,7 +78,7 @@ class SafeEmitter(AsyncIOEventEmitter):
         thread that changed them: so the core learns whether anyone listens once per change,
         not once per datagram."""
         self._watchers[event] = callback
-        callback(self.has_listeners(event))
+        self._handlers_changed(event)
 
     # pyee's three ways in and out of its handler table.
     def _add_event_handler(self, event: str, k: Callable[..., Any], v: Callable[..., Any]) -> None:
@@ -93,9 +95,12 @@ class SafeEmitter(AsyncIOEventEmitter):
             self._handlers_changed(name)
 
     def _handlers_changed(self, event: str) -> None:
+        # Read and tell under one lock: with handlers changing on two threads (the sync facade's
+        # user thread, a once handler firing on the loop), the last report is the last state.
         watcher = self._watchers.get(event)
         if watcher is not None:
-            watcher(self.has_listeners(event))
+            with self._watch_lock:
+                watcher(self.has_listeners(event))
 
     def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
         # The hot path (every hello, every channel message): pyee's emit takes a lock

@@ -20,7 +20,7 @@ class Peer:
     only that, and ``node`` is brought up to date when handed out (:meth:`PeerTable.current`).
     """
 
-    __slots__ = ("data", "data_json", "node", "seen", "seq")
+    __slots__ = ("body", "data", "data_json", "node", "seen", "seq")
 
     def __init__(self, node: Node, data: Any, data_json: bytes, seq: int) -> None:
         self.node = node
@@ -31,6 +31,8 @@ class Peer:
         self.data = data
         #: ... and its canonical JSON: equal text skips validation.
         self.data_json = data_json
+        #: The text of our peers' last hello but its seq (the core's body cache key), if kept.
+        self.body: bytes | None = None
 
 
 class PeerTable:

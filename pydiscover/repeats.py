@@ -46,6 +46,12 @@ class RepeatCache:
             self.size += len(datagram)
         entries[datagram] = (env, plaintext)
 
+    def discard(self, key: bytes) -> None:
+        """Forget ``key`` if held (a record it made was replaced: it will not come again)."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.size -= len(key)
+
     def clear(self) -> None:
         """Forget everything (on stop, and on a key change: what old keys opened new ones may not)."""
         self._entries.clear()

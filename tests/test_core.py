@@ -722,3 +722,15 @@ def test_only_a_lone_report_or_message_is_marked_emits_only(seq: int | None) -> 
     out = core.datagram_received(2.3, orjson.dumps({"event": "chat", "pid": "x", "iid": "b", "hostName": "h",
                                                    "data": 1, "seq": 9}), here)
     assert core.last_emits_only and core.last_was_message and len(out) == 1
+
+
+def test_a_peer_whose_hellos_keep_changing_holds_one_body_at_most() -> None:
+    """An advertisement that changes every hello (a load figure) replaces its body in the cache
+    instead of filling it (which would empty it, and send every steady peer back to parsing)."""
+    core = lone_core()
+    core.start(0.0)
+    here = ("10.0.0.2", 1)
+    core.datagram_received(0.1, hello("steady", seq=1), here)
+    for seq in range(1, 200):
+        core.datagram_received(0.1 + seq / 1000, hello("busy", seq=seq, weight=float(seq)), here)
+    assert len(core._bodies) == 2 and core.nodes["busy"].weight == 199.0
