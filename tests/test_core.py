@@ -346,7 +346,7 @@ def test_replies_to_a_newcomer_are_bounded_in_a_big_cluster() -> None:
     sim.run_until(3.5)
     before = sum(n.core.counters["packets_out"] for n in sim.nodes)
     newcomer = sim.add(weight=-1, hello_interval=2.0, node_timeout=5.0, check_interval=2.0)
-    sim.run_until(3.9)  # replies spread over 5 ms + 1 ms per node
+    sim.run_until(3.9)  # replies spread over 3 ms + 0.5 ms per node: 103 ms
     sent = sum(n.core.counters["packets_out"] for n in sim.nodes) - before
     assert len(sim.nodes[newcomer].core.nodes) == 200
     per_member = [[t for t, _ in sim.events(i, "helloEmitted") if t > 3.5] for i in range(200)]
@@ -355,7 +355,7 @@ def test_replies_to_a_newcomer_are_bounded_in_a_big_cluster() -> None:
     # ... so the burst is about one datagram per member, plus the ~40 regular hellos of 0.4 s
     assert sent <= 1.5 * 200
     replies = sorted(t for times in per_member for t in times if t < 3.75)
-    assert len(replies) >= 150 and replies[-1] - replies[0] > 0.1  # spread out, not a burst
+    assert len(replies) >= 150 and replies[-1] - replies[0] > 0.08  # spread out, not a burst
 
 
 # ------------------------------------------------------ dispatch and inputs
