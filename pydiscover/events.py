@@ -48,8 +48,9 @@ class SafeEmitter(AsyncIOEventEmitter):
     listener, is only logged.  pyee would raise into the emitter's caller, which here
     is the network loop.
 
-    Relies on pyee's handler table ``_events`` (the pinned major version is checked in
-    the tests); everything else it keeps itself.
+    Relies on pyee's handler table ``_events`` and on its ``_add_event_handler`` and
+    ``_remove_listener``, through which every way in and out passes (the pinned major
+    version is checked in the tests); everything else it keeps itself.
     """
 
     def __init__(self) -> None:
