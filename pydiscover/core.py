@@ -606,13 +606,7 @@ class DiscoveryCore:
         elif env.pid == self.pid and self.options.ignore_process:
             self.dropped["own_process"] += 1
             return out
-        if sent_at is not None:
-            window = self.options.replay_window
-            if window and abs(now + self._wall_offset - sent_at) > window:
-                self._drop("outside_window", addr, f"sent at {sent_at}, clock differs by more than {window}s")
-                return out
-        if env.seq is not None and not self._replay.accept(env.iid, env.seq, now):
-            self._drop("replayed", addr, f"{env.iid} seq {env.seq}")
+        if not self._fresh(now, env.iid, env.seq, sent_at, addr):
             return out
         if env.event == wire.HELLO:
             self._on_hello(now, env, host, port, out)
@@ -650,17 +644,26 @@ class DiscoveryCore:
         node = peer.node
         if node.port != port or node.address != host:
             return False
-        addr = (host, port)
-        window = self.options.replay_window
-        if sent_at is not None and window and abs(now + self._wall_offset - sent_at) > window:
-            self._drop("outside_window", addr, f"sent at {sent_at}, clock differs by more than {window}s")
-        elif not self._replay.accept(env.iid, seq, now):
-            self._drop("replayed", addr, f"{env.iid} seq {seq}")
-        elif seq < peer.seq:
+        if not self._fresh(now, env.iid, seq, sent_at, (host, port)):
+            return True  # dropped and counted
+        if seq < peer.seq:
             self.dropped["stale"] += 1  # reordered: an older state than the one we hold
-        else:
-            peer.seq = seq
-            self._unchanged_hello(peer, now, out)
+            return True
+        peer.seq = seq
+        self._unchanged_hello(peer, now, out)
+        return True
+
+    def _fresh(self, now: float, iid: str, seq: int | None, sent_at: float | None, addr: Address) -> bool:
+        """The checks on a packet's time and seq: sent within the replay window (sealed packets
+        carry their sender's clock), and a seq never taken before; a failure is dropped."""
+        if sent_at is not None:
+            window = self.options.replay_window
+            if window and abs(now + self._wall_offset - sent_at) > window:
+                self._drop("outside_window", addr, f"sent at {sent_at}, clock differs by more than {window}s")
+                return False
+        if seq is not None and not self._replay.accept(iid, seq, now):
+            self._drop("replayed", addr, f"{iid} seq {seq}")
+            return False
         return True
 
     def _unchanged_hello(self, peer: Peer, now: float, out: list[Action]) -> None:

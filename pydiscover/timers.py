@@ -8,11 +8,12 @@ from __future__ import annotations
 import math
 import random
 
-#: A reply to a newcomer waits a random part of a window of this many seconds, plus the next
-#: constant per member we know of (at most a quarter hello interval): 12.5 ms among 20 nodes,
+#: A reply to a newcomer waits a random part of a window: this many seconds, plus the next
+#: for each member we know of, at most a quarter hello interval.  12.5 ms among 20 nodes;
 #: 103 ms among 200, where a newcomer gets one reply per member spread over the window.
 REPLY_WINDOW_BASE = 0.003
 REPLY_WINDOW_PER_PEER = 0.0005
+
 
 class Timers:
     """When the next hello, check and reply are due, and whether we were not run for a while."""
