@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
+from collections.abc import Callable
 
 import orjson
 from conftest import async_eventually
@@ -28,7 +29,8 @@ async def stream(port: int, datagrams: list[bytes], bursts: int) -> None:
             await asyncio.sleep(0.001)
 
 
-async def read_all(port: int, *, coalesce: float, bulk: bool, bursts: int = 150) -> tuple[list[bytes], int]:
+async def read_all(port: int, *, coalesce: float, bulk: bool | Callable[[bytes], bool],
+                   bursts: int = 150) -> tuple[list[bytes], int]:
     transport = UdpTransport(address="127.0.0.1", port=port, unicast=[("127.0.0.1", port)], read_coalesce=coalesce)
     transport.stream_gap = 1.0  # any two wake-ups count as a stream: no dependence on timing
     got: list[bytes] = []
@@ -44,7 +46,7 @@ async def read_all(port: int, *, coalesce: float, bulk: bool, bursts: int = 150)
 
     def receive(data: bytes, addr: Address) -> bool:
         got.append(data)
-        return bulk
+        return bulk(data) if callable(bulk) else bulk
 
     await transport.open(receive)
     try:
@@ -70,6 +72,16 @@ async def test_a_dense_stream_is_read_at_once(port: int) -> None:
 
 async def test_channel_messages_never_pause_reading(port: int) -> None:
     _, pauses = await read_all(port, coalesce=0.004, bulk=False)
+    assert pauses == 0
+
+
+async def test_discovery_traffic_between_channel_messages_never_pauses_reading(port: int) -> None:
+    """A request/response exchange (a task and our own echo, in turns) is no hello stream.
+
+    Each wake-up that holds a channel message starts the count again: before, the echoes
+    alone reached it, and from then on every task waited ``read_coalesce`` (20 ms by default).
+    """
+    _, pauses = await read_all(port, coalesce=0.004, bulk=lambda data: int(data) % 2 == 0, bursts=600)
     assert pauses == 0
 
 

@@ -84,8 +84,9 @@ class UdpTransport(Transport):
     the burst of replies a newcomer gets), reading pauses for ``read_coalesce``
     seconds so the next wake-up finds many datagrams.  On a VM a wake-up can cost ten
     times the handling of a hello, so this cuts a big cluster's CPU by about half or
-    more.  A batch holding a channel message never pauses, and smaller clusters never
-    reach the stream rate; a message that arrives during a pause waits at most
+    more.  A batch holding a channel message never pauses and starts the count again
+    (a request/response exchange is no stream), and smaller clusters never reach the
+    stream rate; a message that arrives during a pause waits at most
     ``read_coalesce``.
     """
 
@@ -296,7 +297,9 @@ class UdpTransport(Transport):
                 return
         else:
             return  # a full batch: more is waiting, and the loop calls again at once
-        if 0 < handled <= COALESCE_BELOW and bulk_only and self.read_coalesce and self._loop is not None:
+        if not bulk_only:
+            self._stream_wakes = 0  # channel traffic: no pure stream of hellos, whose wake-ups a pause would save
+        elif 0 < handled <= COALESCE_BELOW and self.read_coalesce and self._loop is not None:
             now = self._loop.time()
             if now - self._last_bulk_read < self.stream_gap:
                 self._stream_wakes += 1
