@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydiscover.balancer.machine import Action, Assigned, Cancel, Cancelled, Machine, Run, Send, Settle
+from pydiscover.balancer.machine import Action, Assigned, Cancel, Cancelled, Machine, Outbox, Run, Send, Settle
 from pydiscover.config import Options
 from pydiscover.core import DiscoveryCore, Emit
 
@@ -93,6 +93,11 @@ class Member:
     closing: bool = False
     events: list[tuple[float, str, tuple[Any, ...]]] = field(default_factory=list)
     settled: list[tuple[float, Settle]] = field(default_factory=list)
+    #: Sends held to the end of the step and packed, as the driver holds them to the end of a loop turn.
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.machine)
 
 
 class BalancerSim(Sim):
@@ -185,19 +190,28 @@ class BalancerSim(Sim):
         result = step(self.now, *args)
         value, actions = result if isinstance(result, tuple) else (None, result)
         self._carry_out(idx, actions)
+        member = self.members[idx]
+        if member.outbox.holding:
+            for data in member.outbox.flush():
+                self._send(idx, data)
         self._schedule_machine(idx)
         return value
 
+    def _send(self, idx: int, data: Any) -> None:
+        if not self.members[idx].alive:
+            return
+        sent = self.nodes[idx].core.send(self.now, self.members[idx].machine.channel, data)
+        if sent:
+            self._route(idx, sent)
+
     def _carry_out(self, idx: int, actions: list[Action]) -> None:
         member = self.members[idx]
-        core = self.nodes[idx].core
         for action in actions:
             if not member.alive:
                 return
             if isinstance(action, Send):
-                sent = core.send(self.now, member.machine.channel, action.data)
-                if sent:
-                    self._route(idx, sent)
+                for data in member.outbox.post(action.data):
+                    self._send(idx, data)
             elif isinstance(action, Emit):
                 member.events.append((self.now, action.event, action.args))
             elif isinstance(action, Run):

@@ -6,10 +6,11 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 import pytest
 
 from pydiscover.balancer.assignment import rendezvous
-from pydiscover.balancer.machine import Action, Assigned, Cancel, Run, Send, Settle
+from pydiscover.balancer.machine import Action, Assigned, Cancel, Outbox, Run, Send, Settle
 from pydiscover.balancer.task_machine import MAX_ERROR_TEXT, TaskError, TaskInfo, TaskMachine
 from pydiscover.config import Options
 from pydiscover.errors import PacketTooLarge
@@ -293,12 +294,12 @@ def test_an_oversized_or_non_json_result_becomes_a_failure() -> None:
 
 def test_announces_at_once_on_a_join_jittered_and_every_round() -> None:
     w, cluster = machine(me="w")
-    assert sent(w.set_worker(0.0, 1), "worker") == [{"type": "worker"}]
+    assert sent(w.set_worker(0.0, 1), "worker") == [{"type": "worker", "batch": 1}]
     assert w.node_added(0.1, "n1") == [] and w.node_added(0.1, "n2") == []  # one announce for a burst
     soon = w.next_deadline()
     assert soon is not None and 0.1 <= soon <= 0.15
-    assert sent(w.tick(soon), "worker") == [{"type": "worker"}]
-    assert w.next_deadline() == 1.0 and sent(w.tick(1.0), "worker") == [{"type": "worker"}]
+    assert sent(w.tick(soon), "worker") == [{"type": "worker", "batch": 1}]
+    assert w.next_deadline() == 1.0 and sent(w.tick(1.0), "worker") == [{"type": "worker", "batch": 1}]
     assert w.next_deadline() == 2.0
     cluster.running = False
     assert w.set_worker(2.0, 2) == []  # not running: nothing goes out
@@ -339,7 +340,7 @@ def test_stopped_abandons_pending_tasks_and_drops_calls_then_started_resumes() -
     assert Cancel(run.call) in stop and m.running == 0 and m.next_deadline() is None
     assert m.hook_done(0.6, run.call, 1, None) == []
     assert m.live_workers(0.7) == [ME]  # presence cleared
-    assert sent(m.started(1.0), "worker") == [{"type": "worker"}] and m.next_deadline() == 2.0
+    assert sent(m.started(1.0), "worker") == [{"type": "worker", "batch": 1}] and m.next_deadline() == 2.0
 
 
 def test_close_says_bye_abandons_and_cancels_in_flight_and_queued() -> None:
@@ -401,3 +402,121 @@ def test_a_task_carries_its_masters_token_and_a_worker_refuses_an_older_one() ->
     untokened = worker.message(0.3, ME, {"type": "task", "id": 2, "to": "w", "from": ME, "attempt": 1,
                                          "payload": 1})
     assert worker.stats["executed"] == 2 and untokened == []  # accepted (queued behind the first): no token, no check
+
+
+# ------------------------------------------------------------ packing (performance round two)
+def batch_worker(me: str = "w", concurrency: int = 16) -> TaskMachine:
+    worker, cluster = machine(me=me)
+    cluster.nodes.add(ME)
+    worker.set_worker(0.0, concurrency)
+    return worker
+
+
+def test_tasks_for_a_batch_worker_pack_into_one_message_that_runs_them_all_and_results_pack_back() -> None:
+    m, _ = machine(workers=("w",))
+    m.message(0.0, "w", {"type": "worker", "batch": 1})
+    sends = [a.data for n in range(3) for a in submit(m, 0.0, {"n": n})[1] if isinstance(a, Send)]
+    assert all(m.packable(data) for data in sends)
+    [packed] = m.pack(sends)
+    assert packed == {"type": "tasks", "to": "w", "from": ME,
+                      "tasks": [[1, 1, {"n": 0}], [2, 1, {"n": 1}], [3, 1, {"n": 2}]]}
+    worker = batch_worker()
+    calls = runs(worker.message(0.1, ME, orjson.loads(orjson.dumps(packed))))
+    assert [c.args[0] for c in calls] == [{"n": 0}, {"n": 1}, {"n": 2}] and worker.stats["executed"] == 3
+    answers = [a.data for c in calls for a in worker.hook_done(0.2, c.call, c.args[0]["n"] * 10, None)
+               if isinstance(a, Send)]
+    assert all(worker.packable(data) for data in answers)  # the master sent a batch: it reads one
+    [results] = worker.pack(answers)
+    assert results == {"type": "results", "to": ME, "from": "w", "results": [[1, 1, True, 0], [2, 1, True, 10],
+                                                                             [3, 1, True, 20]]}
+    done = settled(m.message(0.3, "w", orjson.loads(orjson.dumps(results))))
+    assert [(s.task_id, s.value, s.worker) for s in done] == [(1, 0, "w"), (2, 10, "w"), (3, 20, "w")]
+    assert m.stats["completed"] == 3 and m.stats["dropped_messages"] == 0
+
+
+def test_failures_and_retries_travel_in_a_results_batch() -> None:
+    m, _ = machine(workers=("w", "v"))
+    m.message(0.0, "w", {"type": "worker", "batch": 1})
+    m.message(0.0, "v", {"type": "worker", "batch": 1})
+    first = sent(submit(m, 0.0)[1])[0]
+    second = sent(submit(m, 0.0)[1])[0]
+    w_tasks = [t for t in (first, second) if t["to"] == "w"]
+    assert len(w_tasks) == 1
+    results = {"type": "results", "to": ME, "from": "w",
+               "results": [[w_tasks[0]["id"], 1, False, "no handler", 1], [99, 1, False, "boom"]]}
+    actions = m.message(0.1, "w", results)
+    moved = sent(actions)
+    assert moved and moved[0]["id"] == w_tasks[0]["id"] and moved[0]["attempt"] == 2  # the retry flag was read
+    assert m.stats["dropped_results"] == 1  # task 99: nobody waits for it
+
+
+def test_only_batch_workers_and_batch_masters_get_packed_messages() -> None:
+    m, _ = machine(workers=("old",))  # announced without "batch": an older node
+    task = sent(submit(m, 0.0)[1])[0]
+    assert not m.packable(task)
+    worker = batch_worker()
+    [call] = runs(worker.message(0.0, ME, {"type": "task", "id": 1, "to": "w", "from": ME, "attempt": 1,
+                                           "payload": 1}))
+    [answer] = [a.data for a in worker.hook_done(0.1, call.call, 2, None) if isinstance(a, Send)]
+    assert not worker.packable(answer)  # this master never sent a batch
+    m.message(1.0, "old", {"type": "worker"})
+    m.message(1.0, "new", {"type": "worker", "batch": 1})
+    m.message(1.1, "new", {"type": "bye"})
+    assert not m.packable({"type": "task", "to": "new"})  # a bye forgets it
+
+
+def test_packing_keeps_each_message_within_the_budget_and_a_lone_one_as_it_was() -> None:
+    m, cluster = machine(workers=("w", "v"))
+    m.message(0.0, "w", {"type": "worker", "batch": 1})
+    m.message(0.0, "v", {"type": "worker", "batch": 1})
+    cluster.budget = 400
+    sends = [a.data for n in range(30) for a in submit(m, 0.0, "x" * 40)[1] if isinstance(a, Send)]
+    packed = m.pack(sends)
+    assert all(len(orjson.dumps(p)) <= 400 for p in packed)
+    unpacked = sorted((t["id"], t["to"]) for p in packed for t in (
+        [p] if p["type"] == "task" else [{"id": i[0], "to": p["to"]} for i in p["tasks"]]))
+    assert unpacked == sorted((s["id"], s["to"]) for s in sends)  # every task once
+    assert len(packed) < len(sends) and all(p["type"] == "tasks" for p in packed[:2])
+    assert m.pack([sends[0], sends[2]])[0]["type"] == "tasks"
+    other = next(s for s in sends if s["to"] != sends[0]["to"])
+    assert m.pack([sends[0], other]) == [sends[0], other]  # one message for a node stays a single "task"
+
+
+def test_packed_tasks_keep_their_token_and_are_grouped_by_it() -> None:
+    m, cluster = machine(workers=("w",))
+    m.message(0.0, "w", {"type": "worker", "batch": 1})
+    cluster.fencing_token = 7
+    sends = [a.data for _ in range(2) for a in submit(m, 0.0)[1] if isinstance(a, Send)]
+    [packed] = m.pack(sends)
+    assert packed["token"] == 7
+    worker = batch_worker()
+    worker.message(0.0, "newer", {"type": "tasks", "to": "w", "from": "newer", "token": 9, "tasks": [[5, 1, 0]]})
+    stale = worker.message(0.1, ME, packed)  # token 7 < 9: each task refused with retry
+    assert worker.stats["stale_master"] == 2
+    assert [d["retry"] for d in sent(stale, "result")] == [True, True]
+
+
+def test_malformed_batches_are_counted_and_batches_for_others_ignored() -> None:
+    worker = batch_worker()
+    assert worker.message(0.0, ME, {"type": "tasks", "to": "other", "from": ME, "tasks": [[1, 1, 0]]}) == []
+    assert worker.stats["dropped_messages"] == 0 and worker.stats["executed"] == 0
+    worker.message(0.0, ME, {"type": "tasks", "to": "w", "from": ME, "tasks": "nope"})
+    worker.message(0.0, ME, {"type": "tasks", "to": "w", "from": "spoof", "tasks": []})
+    assert worker.stats["dropped_messages"] == 2
+    calls = runs(worker.message(0.0, ME, {"type": "tasks", "to": "w", "from": ME,
+                                          "tasks": [[1, 1], "x", [2, 1, 0], [3, "a", 0]]}))
+    assert len(calls) == 1 and worker.stats["dropped_messages"] == 5
+    m, _ = machine(workers=("w",))
+    m.message(0.0, "w", {"type": "results", "to": ME, "from": "w", "results": [[1, 1, True], [1, 1, False, "e", 2]]})
+    assert m.stats["dropped_messages"] == 2
+
+
+def test_an_outbox_holds_packable_sends_and_never_reorders_around_others() -> None:
+    m, _ = machine(workers=("w",))
+    m.message(0.0, "w", {"type": "worker", "batch": 1})
+    box = Outbox(m)
+    sends = [a.data for _ in range(2) for a in submit(m, 0.0)[1] if isinstance(a, Send)]
+    assert box.post(sends[0]) == [] and box.post(sends[1]) == [] and box.holding
+    out = box.post({"type": "bye"})  # not packable: what is held leaves first, packed
+    assert [d["type"] for d in out] == ["tasks", "bye"] and not box.holding
+    assert box.post(sends[0]) == [] and box.flush() == [sends[0]] and box.flush() == []

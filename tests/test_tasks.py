@@ -551,6 +551,74 @@ async def test_stopping_discovery_fails_pending_futures() -> None:
             await future
 
 
+async def test_tasks_assigned_in_one_loop_turn_leave_in_one_datagram_per_worker() -> None:
+    """Twenty tasks submitted together: one ``tasks`` message per worker, one ``results`` back each."""
+    async with cluster() as c:
+        md, master = await c.add(master=True)
+        workers = [await c.add(handler=triple) for _ in range(2)]
+        await sees_workers(master, 2)
+        await asyncio.sleep(0)  # (the announce round's own sends leave first)
+        sent_before = md.stats["packets_out"]
+        received_before = [d.stats["packets_in"] for d, _ in workers]
+        futures = [master.submit(i) for i in range(20)]
+        assert await asyncio.gather(*futures) == [i * 3 for i in range(20)]
+        assert md.stats["packets_out"] - sent_before <= 2 + 2  # two batches (and perhaps a hello each way)
+        for (d, worker), before in zip(workers, received_before, strict=True):
+            assert worker.stats["executed"] == 10
+            assert d.stats["packets_in"] - before <= 2 + 4  # one batch from the master (and perhaps hellos)
+        assert master.stats["completed"] == 20 and master.stats["dropped_messages"] == 0
+
+
+def test_submits_from_threads_do_not_wait_for_the_loop_and_a_stop_settles_every_one(port: int) -> None:
+    """Four threads submit 200 tasks each without waiting; then a stop while more arrive: none hangs."""
+    opts: dict[str, Any] = {"port": port, "broadcast": LOOPBACK_BROADCAST, **QUICK}
+    with Discovery(weight=100, **opts) as master_d, Discovery(**opts) as worker_d:
+        master, worker = TaskBalancer(master_d), TaskBalancer(worker_d)
+        with master, worker:
+            worker.worker(lambda x: x * 3)
+            eventually(lambda: master_d.is_master and len(master.workers) == 1, 3, "a master and a worker")
+            futures: dict[int, list[Any]] = {n: [] for n in range(4)}
+
+            def submit_many(n: int) -> None:
+                futures[n] += [master.submit(n * 1000 + i, timeout=5) for i in range(200)]
+
+            threads = [threading.Thread(target=submit_many, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            for n, batch in futures.items():
+                assert [f.result(10) for f in batch] == [(n * 1000 + i) * 3 for i in range(200)]
+            assert master.stats["completed"] == 800
+
+            late: list[Any] = []
+            refused: list[BaseException] = []
+            stop = threading.Event()
+
+            def keep_submitting() -> None:
+                for i in range(100_000):  # bounded; ends at the stop
+                    try:
+                        late.append(master.submit(i, timeout=5))
+                    except RuntimeError as exc:
+                        refused.append(exc)
+                        return
+                    if stop.is_set() and i % 50 == 0:
+                        time.sleep(0.001)
+
+            submitter = threading.Thread(target=keep_submitting)
+            submitter.start()
+            eventually(lambda: len(late) > 100, 5, "tasks arriving")
+            stop.set()
+            master_d.stop()
+            submitter.join(10)
+            assert not submitter.is_alive() and refused  # a submit after the stop raises at once
+            for f in late:  # each one settled: a result, or the stop's RuntimeError
+                try:
+                    f.result(5)
+                except RuntimeError as exc:
+                    assert "stopped" in str(exc) or "not the master" in str(exc)
+
+
 async def test_arguments_are_validated() -> None:
     d = AsyncDiscovery(transport=MemoryTransport(MemoryBus()), **QUICK)
     with pytest.raises(TypeError, match="Discovery or an AsyncDiscovery"):

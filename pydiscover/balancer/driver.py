@@ -31,7 +31,7 @@ from ..core import Emit
 from ..discovery import AsyncDiscovery, Discovery
 from ..errors import PacketTooLarge
 from ..node import Node, Packet
-from .machine import Action, Cancel, Cancelled, Machine, Run, Send, message_kind
+from .machine import Action, Cancel, Cancelled, Machine, Outbox, Run, Send, message_kind
 
 log = logging.getLogger("pydiscover.balancer.driver")
 
@@ -118,6 +118,8 @@ class Driver:
         self._close_on_stop = close_on_stop
         self._calls: dict[int, _Call] = {}
         self._inline = False  # plain hooks run on the caller's thread (during close(inline=True))
+        self._outbox = Outbox(machine)
+        self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._close_task: asyncio.Future[None] | None = None
@@ -226,6 +228,7 @@ class Driver:
 
     def _on_stopped(self, _discovery: object) -> None:
         self._cancel_timer()
+        self._drop_held()  # the socket is gone: nothing held can leave
         self._event(self.machine.stopped)
         for call, entry in list(self._calls.items()):  # abandoned: what has not begun never will
             if entry.task is not None:
@@ -297,6 +300,32 @@ class Driver:
                 raise TypeError(f"no one carries out {action!r}")
 
     def _send(self, data: Any) -> None:
+        """Send now, or hold until the loop's turn is over so that the machine can pack (:class:`Outbox`)."""
+        if not self.engine.running:
+            return
+        for message in self._outbox.post(data):
+            self._send_now(message)
+        if self._outbox.holding and self._flush_handle is None:
+            loop = self._live_loop()
+            if loop is None:
+                self._flush()
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:  # (cancelling the call now running is harmless)
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        for message in self._outbox.flush():
+            self._send_now(message)
+
+    def _drop_held(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._outbox.clear()
+
+    def _send_now(self, data: Any) -> None:
         if not self.engine.running:
             return
         try:
@@ -398,6 +427,7 @@ class Driver:
             self.feed(self.machine.close)
         finally:
             self._inline = False
+        self._flush()  # before leaving the channel: what the machine said goes out
         self.closed = True  # after the close's own actions: they run like any others
         self._pool.release_idle()
         for event, handler in self._listeners:

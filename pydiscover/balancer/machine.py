@@ -17,6 +17,7 @@ simulated core).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,8 @@ from ..errors import PacketTooLarge
 
 if TYPE_CHECKING:
     from ..config import Options
+
+log = logging.getLogger("pydiscover.balancer")
 
 
 class Cluster(Protocol):
@@ -220,8 +223,66 @@ class Machine:
         """What to do once the close waited (``gave_up``: some calls did not finish in time)."""
         return []
 
+    def packable(self, data: Any) -> bool:
+        """Whether a :class:`Send` of ``data`` may wait for the end of the loop's turn to be packed."""
+        return False
+
+    def pack(self, messages: list[Any]) -> list[Any]:
+        """``messages`` (all :meth:`packable`, in order) as fewer messages carrying the same.
+
+        Pure; every result must fit :meth:`Cluster.max_payload`.  The default packs nothing.
+        """
+        return messages
+
+
+class Outbox:
+    """Sends held until the end of a loop turn, so that a machine can pack them (:meth:`Machine.pack`).
+
+    Under load a master assigns many tasks, and a worker finishes many, in one turn of
+    the loop: one datagram each costs every node on the channel a receive.  A driver
+    passes every :class:`Send` through :meth:`post` and sends what it returns; when
+    :attr:`holding`, it calls :meth:`flush` once the turn is over (``loop.call_soon``; the
+    simulation, at the end of the step).  A message that is not packable first flushes
+    what is held, so the order in which messages leave never changes.
+    """
+
+    __slots__ = ("_held", "_machine")
+
+    def __init__(self, machine: Machine) -> None:
+        self._machine = machine
+        self._held: list[Any] = []
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def post(self, data: Any) -> list[Any]:
+        """What to send now for a :class:`Send` of ``data``, in order (nothing while it is held)."""
+        if self._machine.packable(data):
+            self._held.append(data)
+            return []
+        held = self.flush()
+        held.append(data)
+        return held
+
+    def flush(self) -> list[Any]:
+        """Everything held, packed, in order; the outbox is empty after."""
+        held, self._held = self._held, []
+        if len(held) < 2:
+            return held
+        try:
+            return self._machine.pack(held)
+        except Exception:  # a bug in pack() must not lose the messages: send them as they are
+            log.exception("packing %d messages on %r failed; sending them one by one", len(held),
+                          self._machine.channel)
+            return held
+
+    def clear(self) -> None:
+        """Drop what is held (the discovery stopped: nothing can be sent)."""
+        self._held.clear()
+
 
 __all__ = [
-    "Action", "Assigned", "Cancel", "Cancelled", "Cluster", "Emit", "Machine", "Run", "Send", "Settle", "check_fits",
-    "json_size", "message_kind",
+    "Action", "Assigned", "Cancel", "Cancelled", "Cluster", "Emit", "Machine", "Outbox", "Run", "Send", "Settle",
+    "check_fits", "json_size", "message_kind",
 ]

@@ -16,7 +16,12 @@ fake-clock simulation (``testbed.balancer_sim``) run the same protocol:
 * a worker runs each (submitter, id, attempt) once and at most ``concurrency`` at once
   (the rest queue here, in arrival order); a handler that raised is a failure, not retried;
 * with a coordinator, a task carries its master's fencing token (``"token"``) and a worker
-  refuses one older than the newest it has seen (a deposed master's), with ``"retry"``.
+  refuses one older than the newest it has seen (a deposed master's), with ``"retry"``;
+* under load, what one turn of the loop sends to one node is packed (:meth:`TaskMachine.pack`)
+  into ``{"type": "tasks", "to", "from", ["token",] "tasks": [[id, attempt, payload], ...]}``
+  and ``{"type": "results", "to", "from", "results": [[id, attempt, ok, value | error
+  (, 1 to retry)], ...]}``: only to workers that announced ``"batch": 1`` and to masters
+  that sent a batch, so older nodes keep getting one message per task.
 
 A task ends with exactly one :class:`~.machine.Settle`; each assignment is announced with
 :class:`~.machine.Assigned` so the submitter's future can show its attempts.  Pure: no
@@ -149,6 +154,8 @@ class TaskMachine(Machine):
         self._closing: frozenset[int] = frozenset()
         # Master side (every node keeps the worker table: any of them may become master).
         self._presence: dict[str, float] = {}
+        self._batch_workers: set[str] = set()  # announced "batch": 1 (a subset of _presence's keys)
+        self._batch_masters: set[str] = set()  # members that sent us a batch of tasks
         self._tasks: dict[int, _Task] = {}
         self._waiting: dict[int, None] = {}  # tasks with no live worker, oldest first
         #: Tasks in flight per worker, from this master (``least_loaded`` reads it).
@@ -244,6 +251,7 @@ class TaskMachine(Machine):
                 for worker, seen in list(self._presence.items()):
                     if seen < stale:
                         del self._presence[worker]
+                        self._batch_workers.discard(worker)
                 actions += self._pump(now)
         return actions
 
@@ -259,6 +267,8 @@ class TaskMachine(Machine):
         """Pending tasks fail (``abandoned``); tasks running here are dropped (their masters reassign them)."""
         self._round_at = self._announce_at = None
         self._presence.clear()
+        self._batch_workers.clear()
+        self._batch_masters.clear()
         actions = self._abandon("discovery stopped")
         actions += self._drop_calls()
         return actions
@@ -274,6 +284,8 @@ class TaskMachine(Machine):
 
     def node_removed(self, now: float, node_id: str) -> list[Action]:
         self._presence.pop(node_id, None)
+        self._batch_workers.discard(node_id)
+        self._batch_masters.discard(node_id)
         return self._worker_gone(now, node_id, "left the cluster")
 
     def message(self, now: float, sender: str, data: Any) -> list[Action]:
@@ -282,10 +294,17 @@ class TaskMachine(Machine):
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "worker":
             self._presence[sender] = now
+            if data.get("batch") == 1:
+                self._batch_workers.add(sender)
+            else:
+                self._batch_workers.discard(sender)
             return self._pump(now) if self._waiting else []
         if kind == "bye":
             self._presence.pop(sender, None)
+            self._batch_workers.discard(sender)
             return self._worker_gone(now, sender, "stopped working")
+        if kind in ("tasks", "results"):
+            return self._unpack(now, sender, kind, data)
         if kind not in ("task", "result"):
             self.stats["dropped_messages"] += 1
             return []
@@ -365,14 +384,29 @@ class TaskMachine(Machine):
         return actions
 
     def submit(
-        self, now: float, payload: Any, timeout: float, attempts: int, key: bytes | None
+        self, now: float, payload: Any, timeout: float, attempts: int, key: bytes | None, *,
+        task_id: int | None = None, checked: bool = False,
     ) -> tuple[int, list[Action]]:
         """A new task from this node (the master); its id and the actions assigning it.
 
         Raises ``RuntimeError`` when closed or not the master, :class:`PacketTooLarge` or
         ``TypeError`` when the payload cannot travel.  The payload is kept as the network
         would deliver it (through JSON), so a local worker sees what a remote one would.
+        ``task_id`` is a new id from the caller (default: the next of the machine's own);
+        ``checked`` says the payload is what :meth:`check_payload` returned for it already.
         """
+        self.check_submitter()
+        if task_id is None:
+            task_id = next(self._ids)
+        if not checked:
+            payload = self.check_payload(task_id, payload, attempts)
+        task = _Task(task_id, payload, key, timeout, attempts)
+        self._tasks[task_id] = task
+        self.stats["submitted"] += 1
+        return task_id, self._dispatch(now, task)
+
+    def check_submitter(self) -> None:
+        """Raise ``RuntimeError`` unless this node may submit now (open, and the master)."""
         if self.closed:
             raise RuntimeError("TaskBalancer is closed")
         if not self.cluster.is_master:
@@ -380,16 +414,19 @@ class TaskMachine(Machine):
                 "tasks are assigned by the master: this node is not the master "
                 "(submit from the master, e.g. once is_master is true or after the 'promotion' event)"
             )
-        task_id = next(self._ids)
+
+    def check_payload(self, task_id: int, payload: Any, attempts: int) -> Any:
+        """``payload`` as a worker will receive it (through JSON), if a task message can carry it.
+
+        Reads only the datagram budget, so a caller may check on its own thread before
+        handing the task to the loop.  Raises :class:`PacketTooLarge` or ``TypeError``.
+        """
         probe = {"type": "task", "id": task_id, "to": self.me, "from": self.me, "attempt": attempts,
                  "payload": payload}  # the largest attempt number it will carry
         if self.cluster.fencing_token is not None:
             probe["token"] = 2**53  # room for any token
         raw = self._encode(probe, f"task {task_id} payload (in its message)")
-        task = _Task(task_id, orjson.loads(raw)["payload"], key, timeout, attempts)
-        self._tasks[task_id] = task
-        self.stats["submitted"] += 1
-        return task_id, self._dispatch(now, task)
+        return orjson.loads(raw)["payload"]
 
     def forget(self, now: float, task_id: int) -> list[Action]:
         """The caller cancelled the task's future: stop tracking it (a late result is dropped)."""
@@ -400,10 +437,65 @@ class TaskMachine(Machine):
             self.stats["cancelled"] += 1
         return []
 
+    # ------------------------------------------------------------- packing
+    def packable(self, data: Any) -> bool:
+        """A task for a worker that takes batches, or a result for a master that sends them."""
+        if type(data) is not dict:
+            return False
+        kind = data.get("type")
+        if kind == "task":
+            return data["to"] in self._batch_workers
+        return kind == "result" and data["to"] in self._batch_masters
+
+    def pack(self, messages: list[Any]) -> list[Any]:
+        """The tasks (or results) for one node as ``"tasks"`` (``"results"``) messages, each within the budget.
+
+        Grouped by destination in the order of each one's first message (a message only
+        ever leaves earlier than it would have); a group of one stays as it was.
+        """
+        groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+        for message in messages:
+            groups.setdefault((message["type"], message["to"], message.get("token")), []).append(message)
+        budget = self.cluster.max_payload(self.channel)
+        packed: list[Any] = []
+        for (kind, to, token), group in groups.items():
+            if len(group) == 1:
+                packed.append(group[0])
+                continue
+            header: dict[str, Any] = {"type": kind + "s", "to": to, "from": self.me}
+            if token is not None:
+                header["token"] = token
+            if kind == "task":
+                items = [[m["id"], m["attempt"], m["payload"]] for m in group]
+            else:
+                items = [_result_item(m) for m in group]
+            packed += _fill_datagrams(header, kind + "s", items, group, budget)
+        return packed
+
+    def _unpack(self, now: float, sender: str, kind: str, data: dict[str, Any]) -> list[Action]:
+        """A batch, one message at a time through the same checks as a single one."""
+        if data.get("to") != self.me:
+            return []  # for another node
+        items = data.get(kind)
+        if data.get("from") != sender or not isinstance(items, list):
+            self.stats["dropped_messages"] += 1
+            return []
+        token = data.get("token")
+        actions: list[Action] = []
+        if kind == "tasks" and self.cluster.has_node(sender):
+            self._batch_masters.add(sender)  # it reads a batch of results too
+        for item in items:
+            single = _unpacked(kind, sender, self.me, token, item)
+            if single is None:
+                self.stats["dropped_messages"] += 1
+                continue
+            actions += self.message(now, sender, single)
+        return actions
+
     # ---------------------------------------------------------- the worker
     def _announce(self) -> list[Action]:
         self._announce_at = None
-        return [Send({"type": "worker"})] if self.cluster.running else []
+        return [Send({"type": "worker", "batch": 1})] if self.cluster.running else []
 
     def _execute(self, now: float, submitter: str, task_id: int, attempt: int, payload: Any) -> list[Action]:
         key = (submitter, task_id, attempt)
@@ -605,6 +697,49 @@ class TaskMachine(Machine):
         if message["ok"]:
             return self._settle(task, message.get("value"), outcome="completed", worker=sender)
         return self._settle(task, error=TaskError(task.id, sender, message["error"]), outcome="failed", worker=sender)
+
+
+def _result_item(message: dict[str, Any]) -> list[Any]:
+    item = [message["id"], message["attempt"], message["ok"], message["value"] if message["ok"] else message["error"]]
+    if message.get("retry") is True:
+        item.append(1)
+    return item
+
+
+def _unpacked(kind: str, sender: str, me: str, token: Any, item: Any) -> dict[str, Any] | None:
+    """One item of a ``"tasks"``/``"results"`` batch as the single message it stands for (``None``: malformed)."""
+    if type(item) is not list:
+        return None
+    if kind == "tasks":
+        if len(item) != 3:
+            return None
+        task = {"type": "task", "id": item[0], "to": me, "from": sender, "attempt": item[1], "payload": item[2]}
+        if token is not None:
+            task["token"] = token
+        return task
+    if len(item) not in (4, 5) or (len(item) == 5 and item[4] != 1):
+        return None
+    result = {"type": "result", "id": item[0], "to": me, "from": sender, "attempt": item[1], "ok": item[2]}
+    result["value" if item[2] is True else "error"] = item[3]
+    if len(item) == 5:
+        result["retry"] = True
+    return result
+
+
+def _fill_datagrams(header: dict[str, Any], key: str, items: list[list[Any]], singles: list[dict[str, Any]],
+                    budget: int) -> list[dict[str, Any]]:
+    """``items`` under ``header[key]``, as few messages as fit ``budget`` each (a lone item: its single message)."""
+    base = len(orjson.dumps({**header, key: []}))
+    out: list[dict[str, Any]] = []
+    start, size = 0, base
+    for i, item in enumerate(items):
+        grow = len(orjson.dumps(item)) + (1 if i > start else 0)
+        if i > start and size + grow > budget:
+            out.append(singles[start] if i - start == 1 else {**header, key: items[start:i]})
+            start, size, grow = i, base, grow - 1
+        size += grow
+    out.append(singles[start] if len(items) - start == 1 else {**header, key: items[start:]})
+    return out
 
 
 __all__ = ["MAX_ERROR_TEXT", "SEEN_TASKS", "STRATEGIES", "TaskError", "TaskInfo", "TaskMachine", "describe"]

@@ -43,8 +43,11 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
+import itertools
 import math
 import random
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -149,6 +152,14 @@ def _resolve(future: AnyTaskFuture, value: Any = None, error: BaseException | No
             future.set_result(value)
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running ``loop`` (a handler: the task is taken at once)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 def _replay(now: float, actions: list[Action]) -> list[Action]:
     """A step for :meth:`Driver.feed` that returns actions computed already."""
     return actions
@@ -203,6 +214,13 @@ class TaskBalancer(Generic[FutureT]):
         self._rng = random.Random()
         self._machine = TaskMachine(discovery.engine, channel=channel, strategy=strategy, rng=self._rng)
         self._futures: dict[int, AnyTaskFuture] = {}
+        self._task_ids = itertools.count(1)  # next() is atomic: submits on any thread draw from it
+        # Tasks submitted on other threads, waiting for the loop (see _submit_from_thread);
+        # the lock makes "the discovery stopped" and "a task arrived" happen in one order.
+        self._arrivals: deque[tuple[TaskFuture, Any, float, int, bytes | None]] = deque()
+        self._arrivals_lock = threading.Lock()
+        self._arrivals_open = False  # the discovery runs: an arrival will be taken
+        self._arrivals_wake = False  # a take is scheduled on the loop
         self._driver = Driver(
             discovery,
             self._machine,
@@ -213,6 +231,7 @@ class TaskBalancer(Generic[FutureT]):
             join_error="channel {channel!r} is already joined on this node (one TaskBalancer per channel)",
             thread_name="pydiscover-task",
         )
+        self._driver.call(self._watch_running)
 
     # ---------------------------------------------------------------- API
     @overload
@@ -272,6 +291,10 @@ class TaskBalancer(Generic[FutureT]):
                 running = None
             if running is not loop:
                 raise RuntimeError("with an AsyncDiscovery, call submit() from its event loop")
+        elif self._sync and loop is not None and not _on_loop(loop):
+            queued: AnyTaskFuture | None = self._submit_from_thread(payload, float(timeout), attempts, hashed, loop)
+            if queued is not None:
+                return cast(FutureT, queued)
         return cast(FutureT, self._driver.call(self._submit, payload, float(timeout), attempts, hashed))
 
     def close(self) -> Awaitable[None]:
@@ -288,10 +311,14 @@ class TaskBalancer(Generic[FutureT]):
         ``finally`` blocks).  From a thread other than the discovery loop's it blocks
         until then.
         """
+        self._refuse_arrivals("TaskBalancer closed")
+        self._driver.call(self._unwatch_running)
         return self._driver.close()
 
     async def aclose(self) -> None:
         """:meth:`close`, awaited until the cancelled coroutine handlers have unwound; from any event loop."""
+        self._refuse_arrivals("TaskBalancer closed")
+        self._driver.call(self._unwatch_running)
         await self._driver.aclose()
 
     def __enter__(self) -> TaskBalancer[FutureT]:
@@ -341,12 +368,87 @@ class TaskBalancer(Generic[FutureT]):
 
     def _submit(self, payload: Any, timeout: float, attempts: int, key: bytes | None) -> AnyTaskFuture:
         driver = self._driver
-        task_id, actions = self._machine.submit(driver.now(), payload, timeout, attempts, key)
+        task_id, actions = self._machine.submit(driver.now(), payload, timeout, attempts, key,
+                                                task_id=next(self._task_ids))
         loop = driver.engine.loop
         assert loop is not None  # a master is running
         future: AnyTaskFuture = TaskFuture(task_id) if self._sync else AsyncTaskFuture(task_id, loop=loop)
+        self._track(future, actions)
+        return future
+
+    def _submit_from_thread(self, payload: Any, timeout: float, attempts: int, key: bytes | None,
+                            loop: asyncio.AbstractEventLoop) -> TaskFuture | None:
+        """Check the task here and queue it for the loop, without waiting for the loop to take it.
+
+        A submitter then never waits a loop round trip per task, and the tasks that arrive
+        in one turn of the loop leave in one datagram per worker (:meth:`TaskMachine.pack`).
+        The checks run again on the loop: a node deposed meanwhile fails the future.
+        ``None`` when the discovery is not running (the caller takes the usual path).
+        """
+        machine = self._machine
+        machine.check_submitter()
+        task_id = next(self._task_ids)
+        checked = machine.check_payload(task_id, payload, attempts)
+        future = TaskFuture(task_id)
+        with self._arrivals_lock:
+            if not self._arrivals_open:
+                return None
+            self._arrivals.append((future, checked, timeout, attempts, key))
+            if not self._arrivals_wake:
+                self._arrivals_wake = True
+                loop.call_soon_threadsafe(self._take_arrivals)  # the loop runs: "stopped" not seen yet
+        return future
+
+    def _take_arrivals(self) -> None:
+        with self._arrivals_lock:
+            self._arrivals_wake = False
+            arrivals = list(self._arrivals)
+            self._arrivals.clear()
+        for future, payload, timeout, attempts, key in arrivals:
+            if future.cancelled():
+                continue  # cancelled before the loop took it: never submitted
+            try:
+                _, actions = self._machine.submit(self._driver.now(), payload, timeout, attempts, key,
+                                                  task_id=future.task_id, checked=True)
+            except Exception as exc:  # closed or deposed since the caller's check
+                _resolve(future, error=exc)
+                continue
+            self._track(future, actions)
+
+    def _refuse_arrivals(self, why: str) -> None:
+        """No more arrivals until the next start; those not taken yet fail (any thread)."""
+        with self._arrivals_lock:
+            self._arrivals_open = False
+            arrivals = list(self._arrivals)
+            self._arrivals.clear()
+        for future, *_ in arrivals:
+            _resolve(future, error=RuntimeError(f"{why} before task {future.task_id} was assigned"))
+
+    def _watch_running(self) -> None:
+        engine = self._driver.engine
+        engine.on("started", self._on_started)
+        engine.on("stopped", self._on_stopped)
+        self._arrivals_open = engine.running
+
+    def _unwatch_running(self) -> None:
+        engine = self._driver.engine
+        engine.remove_listener("started", self._on_started)
+        engine.remove_listener("stopped", self._on_stopped)
+
+    def _on_started(self, _discovery: object) -> None:
+        with self._arrivals_lock:
+            self._arrivals_open = not self._driver.closed
+
+    def _on_stopped(self, _discovery: object) -> None:
+        self._refuse_arrivals("discovery stopped")
+
+    def _track(self, future: AnyTaskFuture, actions: list[Action]) -> None:
+        """A submitted task's future, settled by the machine's actions (this one's first)."""
+        task_id = future.task_id
+        loop = self._driver.engine.loop
+        assert loop is not None
         self._futures[task_id] = future  # before the actions: they may already assign or settle it
-        driver.feed(_replay, actions)
+        self._driver.feed(_replay, actions)
 
         def on_done(settled: Any) -> None:  # any thread, for a concurrent future
             if settled.cancelled():
@@ -354,7 +456,6 @@ class TaskBalancer(Generic[FutureT]):
                     loop.call_soon_threadsafe(self._forget, task_id)
 
         future.add_done_callback(on_done)
-        return future
 
     def _forget(self, task_id: int) -> None:
         if self._futures.pop(task_id, None) is not None and not self._driver.closed:
