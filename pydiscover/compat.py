@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, SupportsIndex
 
@@ -65,8 +65,9 @@ def _or(options: Mapping[str, Any], name: str, default: Any) -> Any:
     return value if _truthy(value) else default
 
 
-def _unknown_option(name: object) -> TypeError:
-    text = f"Discover(): unknown option {name!r}"
+def _unknown_option(name: object) -> str:
+    """What the warning for an option node-discover does not read says (with the nearest one)."""
+    text = f"Discover(): unknown option {name!r} ignored, as node-discover ignores it"
     if isinstance(name, str):
         camel = "".join(part.capitalize() if i else part for i, part in enumerate(name.split("_")))
         guess = camel if camel in OPTIONS else None
@@ -75,14 +76,35 @@ def _unknown_option(name: object) -> TypeError:
             guess = close[0] if close else None
         if guess is not None:
             unit = " (in milliseconds, as in node-discover)" if guess in _MS_OPTIONS else ""
-            return TypeError(f"{text}; did you mean {guess!r}{unit}?")
-    return TypeError(f"{text}; node-discover's options are: {', '.join(sorted(OPTIONS))}")
+            return f"{text}; did you mean {guess!r}{unit}?"
+    return f"{text}; node-discover's options are: {', '.join(sorted(OPTIONS))}"
+
+
+def _numeric(value: Any) -> Any:
+    """A number written as a string (``process.argv``, environment variables) as the number.
+
+    JavaScript turns ``"42603"`` into a number where one is needed (``bind``,
+    ``setInterval``), so node-discover code passes such strings; anything else stays as
+    given for the checks to name.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                return value
+            return number if number == number and abs(number) != float("inf") else value
+    return value
 
 
 def _milliseconds(name: str, value: Any) -> Any:
     """``value`` as given (``settings`` shows it as node-discover would), once checked to be a number."""
     if callable(value):
         raise TypeError(f"{name}: a function is not supported here, give a number of milliseconds")
+    value = _numeric(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of milliseconds, got {type(value).__name__}")
     return value
@@ -111,13 +133,18 @@ def _arity(handler: Handler) -> int | None:
 def translate_options(options: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """node-discover's options -> (its ``settings`` as it would show them, the native keyword arguments).
 
-    Applies node-discover's defaults and checks (with its messages) and refuses what it
-    does not know, naming it; the engine then validates the rest.
+    Applies node-discover's defaults and checks (with its messages).  Like node-discover
+    it ignores options it does not read (code that passes ``argv`` whole keeps working),
+    but says so in a warning naming the nearest option; numbers written as strings are
+    taken as numbers, as JavaScript takes them.  The engine then validates the rest.
     """
     options = dict(options or {})
-    for name in options:
-        if name not in OPTIONS:
-            raise _unknown_option(name)
+    for name in [name for name in options if name not in OPTIONS]:
+        log.warning("%s", _unknown_option(name))
+        del options[name]
+    for name in ("port", "multicastTTL", "mastersRequired"):
+        if name in options:
+            options[name] = _numeric(options[name])
     if options.get("leadershipElector") is not None:
         raise ValueError("leadershipElector is not supported: pydiscover always runs node-discover's "
                          "basic election (weight decides); use the native API to change roles by hand")
@@ -207,6 +234,31 @@ def _me_object(me: Node) -> NodeObject:
         "address": "127.0.0.1",
         "advertisement": me.advertisement,
     }
+
+
+class LiveView(Mapping[str, Any]):
+    """A read-only mapping that reads its source at every access (node-discover's objects are live).
+
+    Iterating takes the keys first, so a change on the discovery thread meanwhile never
+    breaks the loop.
+    """
+
+    __slots__ = ("_source",)
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        self._source = source
+
+    def __getitem__(self, key: str) -> Any:
+        return self._source()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._source()))
+
+    def __len__(self) -> int:
+        return len(self._source())
+
+    def __repr__(self) -> str:
+        return repr(dict(self._source()))
 
 
 class EventEmitter:
@@ -454,6 +506,8 @@ class Discover(EventEmitter):
         settings, native = translate_options(options)
         self._d = Discovery(start=False, **native)
         self._node_objects: dict[str, NodeObject] = {}
+        self._nodes_view = LiveView(lambda: self._node_objects)
+        self._me_view = LiveView(lambda: _me_object(self._d.me))
         self._channel_list: list[str] = []
         self._pending_start: threading.Timer | None = None
         #: Guards the automatic start's bookkeeping: a stop() during it is carried out after it.
@@ -635,26 +689,35 @@ class Discover(EventEmitter):
         return True
 
     def send(self, channel: str, obj: Any = None) -> bool:
-        """Send ``obj`` on ``channel``; ``False`` for a reserved name (or, here, when not running)."""
+        """Send ``obj`` on ``channel``; ``False`` for a reserved name (or, here, when not running).
+
+        node-discover throws when it is not running yet; the facade returns ``False`` and
+        logs a warning, so a message sent before the start is never lost without a word.
+        """
         if channel in RESERVED_EVENTS:
+            return False
+        if not self._d.running:
+            log.warning("send(%r) before the node started (or after it stopped): nothing sent; send from "
+                        "the 'started' handler or the start callback", channel)
             return False
         return self._d.send(channel, obj)
 
     @property
-    def channels(self) -> list[str]:
-        """The channels joined."""
-        return list(self._channel_list)
+    def channels(self) -> tuple[str, ...]:
+        """The channels joined (a tuple: change them with :meth:`join` and :meth:`leave`)."""
+        return tuple(self._channel_list)
 
     # ---------------------------------------------------------------- views
     @property
-    def nodes(self) -> dict[str, NodeObject]:
-        """The peers by id: node-discover's node objects (the same dicts the events carry, kept up to date)."""
-        return dict(self._node_objects)
+    def nodes(self) -> Mapping[str, NodeObject]:
+        """The peers by id, live as node-discover's ``d.nodes``: node objects (the same dicts the
+        events carry, kept up to date).  Read-only; safe to iterate while nodes come and go."""
+        return self._nodes_view
 
     @property
     def me(self) -> Mapping[str, Any]:
-        """What this node's hellos say, read-only (change it with promote, demote, advertise)."""
-        return MappingProxyType(_me_object(self._d.me))
+        """What this node's hellos say, live and read-only (change it with promote, demote, advertise)."""
+        return self._me_view
 
     def eachNode(self, fn: Callable[[NodeObject], Any]) -> None:
         """Call ``fn(node)`` for every peer."""
@@ -725,4 +788,4 @@ class Discover(EventEmitter):
 
 
 __all__ = ["OPTIONS", "RESERVED_EVENTS", "START_DELAY", "Broadcast", "DestinationList", "Discover",
-           "EventEmitter", "translate_options"]
+           "EventEmitter", "LiveView", "translate_options"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -144,6 +145,31 @@ def test_settings_and_me_are_read_only(make: Callable[..., Discover]) -> None:
     with pytest.raises(TypeError):
         d.me["advertisement"] = {"x": 1}  # type: ignore[index]
     assert d.settings["nodeTimeout"] == FAST["nodeTimeout"]
+    with pytest.raises(AttributeError):
+        d.channels.append("x")  # type: ignore[attr-defined]
+
+
+def test_nodes_and_me_are_live_as_in_node_discover(make: Callable[..., Discover]) -> None:
+    """``n = d.nodes`` taken early, ``m = d.me`` before a promotion: both show what is true now."""
+    a, b = make(), make()
+    nodes, me = a.nodes, a.me
+    assert len(nodes) == 0
+    eventually(lambda: len(nodes) == 1 and b.broadcast.instanceUuid in nodes, what="b in a's early view")
+    assert nodes[b.broadcast.instanceUuid]["id"] == b.broadcast.instanceUuid
+    with pytest.raises(TypeError):
+        del nodes[b.broadcast.instanceUuid]  # type: ignore[attr-defined]
+    a.demote(True)
+    eventually(lambda: me["isMaster"] is False and me["isMasterEligible"] is False, what="a demoted, seen in me")
+    a.promote()
+    eventually(lambda: me["isMaster"] is True, what="a promoted, seen in the same me")
+    assert dict(me) == dict(a.me) and "isMaster" in repr(me)
+
+
+def test_send_before_the_start_says_so(make: Callable[..., Discover], caplog: pytest.LogCaptureFixture) -> None:
+    d = make({"start": False})
+    with caplog.at_level(logging.WARNING, logger="pydiscover.compat"):
+        assert d.send("chat", 1) is False
+    assert "send('chat') before the node started" in caplog.text
 
 
 def test_a_stop_during_the_automatic_start_is_carried_out(make: Callable[..., Discover]) -> None:
@@ -224,7 +250,7 @@ def test_join_and_send_pass_data_obj_rinfo(make: Callable[..., Discover]) -> Non
     assert obj == {"event": "chat", "pid": b.broadcast.processUuid, "iid": b.broadcast.instanceUuid,
                    "hostName": obj["hostName"], "data": {"text": "hi"}}
     assert rinfo["address"] == "127.0.0.1" and rinfo["port"] == b.settings["port"]
-    assert a.leave("chat") and a.channels == []
+    assert a.leave("chat") and a.channels == ()
 
 
 def test_handlers_registered_after_the_constructor_miss_nothing(make: Callable[..., Discover]) -> None:
@@ -314,17 +340,22 @@ def test_options_translate_camel_case_milliseconds() -> None:
     assert native["key"] is None and native["encryption"] is None and native["weight"] < 0
 
 
-def test_unknown_and_bad_options_are_named() -> None:
-    with pytest.raises(TypeError, match="unknown option 'hello_interval'; did you mean 'helloInterval'"):
-        Discover({"hello_interval": 1})
-    with pytest.raises(TypeError, match="unknown option 'helloIntervall'; did you mean 'helloInterval'"):
-        Discover({"helloIntervall": 1})
-    with pytest.raises(TypeError, match="unknown option 'bogus'; node-discover's options are"):
-        Discover({"bogus": 1})
+def test_unknown_options_are_ignored_with_a_warning_and_bad_ones_named(caplog: pytest.LogCaptureFixture) -> None:
+    """As node-discover: basic-argv.js hands it optimist's argv whole (``_``, ``$0``, strings)."""
+    with caplog.at_level(logging.WARNING, logger="pydiscover.compat"):
+        settings, native = translate_options({"hello_interval": 1, "helloIntervall": 1, "bogus": 1, "_": [],
+                                              "$0": "x", "port": "42603", "helloInterval": "500"})
+    warned = " | ".join(r.getMessage() for r in caplog.records)
+    assert "unknown option 'hello_interval' ignored" in warned and "did you mean 'helloInterval'" in warned
+    assert "unknown option 'helloIntervall' ignored" in warned
+    assert "unknown option 'bogus' ignored" in warned and "node-discover's options are" in warned
+    assert "'_'" in warned and "'$0'" in warned
+    assert native["port"] == 42603 and native["hello_interval"] == 0.5  # numbers written as strings
+    assert "bogus" not in settings
     with pytest.raises(ValueError, match="nodeTimeout must be greater than or equal to checkInterval"):
         Discover({"nodeTimeout": 1000, "checkInterval": 2000})
     with pytest.raises(TypeError, match="helloInterval must be a number of milliseconds"):
-        Discover({"helloInterval": "1000"})
+        Discover({"helloInterval": "soon"})
     with pytest.raises(ValueError, match="leadershipElector"):
         Discover({"leadershipElector": object()})
 
