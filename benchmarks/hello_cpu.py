@@ -17,6 +17,9 @@ instances).  Modes:
   AES-256-GCM, fresh nonce each.
 * ``... + listener``: the pydiscover receiver also has a ``helloReceived`` handler (a
   counter), as node-discover's receiver always has: the cost a user with one pays.
+* ``plain, ServiceDiscovery with 10 needs``: the receiver is a ``ServiceDiscovery`` that
+  needs ten services, one of them the ``"fake"`` every peer advertises (1,000 providers),
+  against plain tracking in alternating rounds of the same run (goal: at most 1.2 times).
 
 Absorption: the rate is doubled from 25k/s until the receiver handles less than 99.9 % of a
 blast, then the last good rate is reported (plain mode).
@@ -130,12 +133,12 @@ class Blaster:
 RECEIVER_OPTIONS: list[str] = []
 
 
-def receiver(impl: str, mode: str, listener: bool = False) -> LineChild:
+def receiver(impl: str, mode: str, listener: bool = False, needs: int = 0) -> LineChild:
     port, sink = free_udp_port(), free_udp_port()
     keyed = mode in ("legacy", "aead")
     if impl == "pydiscover":
         argv = [sys.executable, "-m", "benchmarks.hello_receiver", "--port", str(port), "--sink-port", str(sink)]
-        argv += RECEIVER_OPTIONS + (["--listener"] if listener else [])
+        argv += RECEIVER_OPTIONS + (["--listener"] if listener else []) + (["--needs", str(needs)] if needs else [])
         if keyed:
             argv += ["--key", KEY, "--encryption", "node-discover" if mode == "legacy" else "aead"]
         child = LineChild(argv, python_env())
@@ -148,9 +151,10 @@ def receiver(impl: str, mode: str, listener: bool = False) -> LineChild:
     return child
 
 
-def measure(impl: str, mode: str, rate: float, seconds: float, listener: bool = False) -> dict[str, Any]:
+def measure(impl: str, mode: str, rate: float, seconds: float, listener: bool = False,
+            needs: int = 0) -> dict[str, Any]:
     """One blast against a fresh receiver: CPU per hello, share handled, table size."""
-    with receiver(impl, mode, listener) as rx:
+    with receiver(impl, mode, listener, needs) as rx:
         blaster = Blaster(mode, rx.port)  # type: ignore[attr-defined]
         idle = rx.ask("mark")
         try:
@@ -176,6 +180,7 @@ def measure(impl: str, mode: str, rate: float, seconds: float, listener: bool = 
         "cpu_s": cpu,
         "cpu_per_hello_us": cpu / received * 1e6 if received else None,
         "nodes": after["nodes"],
+        "providers": after.get("providers"),  # with needs: the peers the ServiceDiscovery counts as "fake"
         # Resident memory after the blast over the same process before any hello: the cost
         # of tracking the 1,000 instances (and of whatever the blast left allocated).
         "rss_over_idle_mb": (after["rss"] - idle["rss"]) / 1e6 if "rss" in idle else None,
@@ -200,12 +205,12 @@ def impls() -> list[str]:
 
 
 def median_run(impls: list[str], mode: str, rate: float, seconds: float, rounds: int,
-               listener: bool = False) -> dict[str, dict[str, Any]]:
+               listener: bool = False, needs: int = 0) -> dict[str, dict[str, Any]]:
     """``rounds`` blasts per implementation, alternating, so both see the same machine; medians."""
     runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
     for _ in range(rounds):
         for impl in impls:
-            runs[impl].append(measure(impl, mode, rate, seconds, listener))
+            runs[impl].append(measure(impl, mode, rate, seconds, listener, needs))
     out = {}
     for impl, results in runs.items():
         costs = [r["cpu_per_hello_us"] for r in results if r["cpu_per_hello_us"] is not None]
@@ -261,7 +266,37 @@ def cpu_figures(quick: bool, rate: float = 10_000) -> list[Figure]:
                     detail={impl: [r["rss_over_idle_mb"] for r in v["rounds"]] for impl, v in results.items()},
                 )
             )
+    figures.append(services_figure(seconds, rounds, rate))
     return figures
+
+
+#: The ServiceDiscovery row: this many needs, and its goal over plain tracking.
+NEEDS = 10
+SERVICES_GOAL = 1.2
+
+
+def services_figure(seconds: float, rounds: int, rate: float) -> Figure:
+    """A ``ServiceDiscovery`` needing ``NEEDS`` services among the 1,000 peers, against plain
+    tracking measured in the same rounds (alternating), so both see the same machine."""
+    plain: list[float] = []
+    services: list[float] = []
+    shares: list[float] = []
+    for _ in range(rounds):
+        plain.append(measure("pydiscover", "plain", rate, seconds)["cpu_per_hello_us"])
+        r = measure("pydiscover", "plain", rate, seconds, needs=NEEDS)
+        services.append(r["cpu_per_hello_us"])
+        shares.append(r["share"] if r["nodes"] == INSTANCES else 0.0)
+    ours, base = statistics.median(services), statistics.median(plain)
+    return Figure(
+        NAME,
+        f"CPU per received hello, plain, ServiceDiscovery with {NEEDS} needs",
+        "µs",
+        ours,
+        goal=f"<= {SERVICES_GOAL:g} x plain tracking in the same rounds ({base:.3g} µs), >= 99 % handled",
+        met=ours <= SERVICES_GOAL * base and min(shares) >= 0.99,
+        detail={"rate": rate, "seconds": seconds, "services": services, "plain": plain, "shares": shares,
+                "over_plain": ours / base},
+    )
 
 
 def absorption(quick: bool, impl: str = "pydiscover", start: float = 25_000, limit: float = 400_000) -> dict[str, Any]:

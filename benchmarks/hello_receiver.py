@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from pydiscover import Discovery
+from pydiscover import Discovery, ServiceDiscovery
 
 
 def rss() -> int:
@@ -32,11 +32,16 @@ def main() -> None:
     parser.add_argument("--read-coalesce", type=float, help="the option of that name (default: the library's)")
     parser.add_argument("--listener", action="store_true",
                         help="a helloReceived handler that counts (as node-discover's receiver has)")
+    parser.add_argument("--needs", type=int, default=0,
+                        help="a ServiceDiscovery that needs this many services, the blast's 'fake' among them")
     args = parser.parse_args()
     options: dict[str, Any] = {"key": args.key, "encryption": args.encryption} if args.key else {}
     if args.read_coalesce is not None:
         options["read_coalesce"] = args.read_coalesce
-    d = Discovery(address="127.0.0.1", port=args.port, unicast=[f"127.0.0.1:{args.sink_port}"], weight=1000, **options)
+    cls = ServiceDiscovery if args.needs else Discovery
+    d = cls(address="127.0.0.1", port=args.port, unicast=[f"127.0.0.1:{args.sink_port}"], weight=1000, **options)
+    if isinstance(d, ServiceDiscovery):
+        d.need("fake", *(f"service-{n}" for n in range(1, args.needs)))
     heard = [0]
     if args.listener:
         def on_hello(node: Any, *_: Any) -> None:
@@ -52,6 +57,8 @@ def main() -> None:
             accepted = stats["packets_in"] - dropped
             report = {"cpu": time.process_time(), "received": accepted, "dropped": dropped, "nodes": len(d.nodes),
                       "heard": heard[0], "rss": rss()}
+            if isinstance(d, ServiceDiscovery):
+                report["providers"] = len(d.services.get("fake", []))
             print(json.dumps(report), flush=True)
     d.stop()
 

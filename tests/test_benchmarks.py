@@ -79,6 +79,14 @@ def test_hello_blast_fills_the_table_and_counts_every_hello(impl: str) -> None:
     assert result["cpu_per_hello_us"] is not None and result["cpu_per_hello_us"] > 0
 
 
+@pytest.mark.slow
+def test_a_service_discovery_receiver_tracks_every_peer_as_a_provider() -> None:
+    """The ServiceDiscovery row's receiver: every fake peer advertises the service it needs."""
+    result = measure("pydiscover", "plain", rate=5_000, seconds=0.5, needs=3)
+    assert result["nodes"] == INSTANCES and result["providers"] == INSTANCES
+    assert result["share"] >= 0.99 and result["cpu_per_hello_us"] > 0
+
+
 def test_merge_reruns_only_the_named_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = fake_benchmark(True), types.ModuleType("other_benchmark")
     second.run = lambda quick: [Figure("other", "size", "B", 1.0, goal="", met=None)]  # type: ignore[attr-defined]
