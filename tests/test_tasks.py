@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -552,20 +553,28 @@ async def test_stopping_discovery_fails_pending_futures() -> None:
 
 
 async def test_tasks_assigned_in_one_loop_turn_leave_in_one_datagram_per_worker() -> None:
-    """Twenty tasks submitted together: one ``tasks`` message per worker, one ``results`` back each."""
+    """Twenty tasks submitted together: one ``tasks`` message per worker, one ``results`` back each.
+
+    The workers' handler is a coroutine, so each worker finishes its ten in one turn of the
+    loop (a thread handler's results come back when each thread is done: packed or not).
+    """
+
+    async def triple_soon(x: int) -> int:
+        return x * 3
+
     async with cluster() as c:
         md, master = await c.add(master=True)
-        workers = [await c.add(handler=triple) for _ in range(2)]
+        workers = [await c.add(handler=triple_soon) for _ in range(2)]
         await sees_workers(master, 2)
         await asyncio.sleep(0)  # (the announce round's own sends leave first)
-        sent_before = md.stats["packets_out"]
-        received_before = [d.stats["packets_in"] for d, _ in workers]
+        sent_before, received_before = md.stats["packets_out"], md.stats["packets_in"]
         futures = [master.submit(i) for i in range(20)]
         assert await asyncio.gather(*futures) == [i * 3 for i in range(20)]
-        assert md.stats["packets_out"] - sent_before <= 2 + 2  # two batches (and perhaps a hello each way)
-        for (d, worker), before in zip(workers, received_before, strict=True):
-            assert worker.stats["executed"] == 10
-            assert d.stats["packets_in"] - before <= 2 + 4  # one batch from the master (and perhaps hellos)
+        # Two batches out, two back (and perhaps a hello or an announce each way meanwhile);
+        # unpacked, it would be 20 out and 20 back.
+        assert md.stats["packets_out"] - sent_before <= 2 + 2
+        assert md.stats["packets_in"] - received_before <= 2 + 6
+        assert [w.stats["executed"] for _, w in workers] == [10, 10]
         assert master.stats["completed"] == 20 and master.stats["dropped_messages"] == 0
 
 
@@ -684,7 +693,12 @@ async def test_close_drops_queued_thread_jobs() -> None:
             with pytest.raises(RuntimeError, match="closed before task"):
                 await future
         release.set()
-        await async_eventually(lambda: not threads[0].is_alive(), 5, "the worker thread ended")
+        try:
+            await async_eventually(lambda: not threads[0].is_alive(), 5, "the worker thread ended")
+        except AssertionError as exc:  # (seen once on CI, not reproduced: say where the thread is)
+            frame = sys._current_frames().get(threads[0].ident or 0)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+            raise AssertionError(f"{exc}; ran={ran}; the thread is at:\n{where}") from None
         assert ran == [1]
 
 

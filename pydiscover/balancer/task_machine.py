@@ -51,6 +51,8 @@ log = logging.getLogger("pydiscover.balancer.tasks")  # the runtime's name: log 
 STRATEGIES = ("round_robin", "random", "least_loaded", "hash")
 #: How many (submitter, task, attempt) keys a worker remembers to refuse duplicates.
 SEEN_TASKS = 4096
+#: Masters a worker remembers as reading packed results (more than a cluster has at once).
+MAX_BATCH_MASTERS = 64
 #: Remote error texts are cut to this many characters so a failure always fits a datagram.
 MAX_ERROR_TEXT = 400
 #: The counters of :attr:`TaskMachine.stats`, in their documented order.
@@ -155,7 +157,8 @@ class TaskMachine(Machine):
         # Master side (every node keeps the worker table: any of them may become master).
         self._presence: dict[str, float] = {}
         self._batch_workers: set[str] = set()  # announced "batch": 1 (a subset of _presence's keys)
-        self._batch_masters: set[str] = set()  # members that sent us a batch of tasks
+        #: Nodes that sent us a batch of tasks (they read a batch of results), most recent last.
+        self._batch_masters: OrderedDict[str, None] = OrderedDict()
         self._tasks: dict[int, _Task] = {}
         self._waiting: dict[int, None] = {}  # tasks with no live worker, oldest first
         #: Tasks in flight per worker, from this master (``least_loaded`` reads it).
@@ -285,7 +288,7 @@ class TaskMachine(Machine):
     def node_removed(self, now: float, node_id: str) -> list[Action]:
         self._presence.pop(node_id, None)
         self._batch_workers.discard(node_id)
-        self._batch_masters.discard(node_id)
+        self._batch_masters.pop(node_id, None)
         return self._worker_gone(now, node_id, "left the cluster")
 
     def message(self, now: float, sender: str, data: Any) -> list[Action]:
@@ -482,8 +485,11 @@ class TaskMachine(Machine):
             return []
         token = data.get("token")
         actions: list[Action] = []
-        if kind == "tasks" and self.cluster.has_node(sender):
-            self._batch_masters.add(sender)  # it reads a batch of results too
+        if kind == "tasks":  # it reads a batch of results too (perhaps before its hello reached us)
+            self._batch_masters[sender] = None
+            self._batch_masters.move_to_end(sender)
+            if len(self._batch_masters) > MAX_BATCH_MASTERS:
+                self._batch_masters.popitem(last=False)
         for item in items:
             single = _unpacked(kind, sender, self.me, token, item)
             if single is None:
