@@ -69,6 +69,9 @@ class Options:
     #: it in batches this many seconds apart (0: read every datagram at once); see
     #: :class:`~pydiscover.transports.udp.UdpTransport`.
     read_coalesce: float = 0.02
+    #: Instances the node table holds at most; hellos from new ones beyond it are dropped
+    #: (``table_full``), and every per-instance structure is sized from it.
+    max_nodes: int = 4096
     #: The cluster's name on a broker transport (Redis); ``None`` when unset.  After a
     #: Discovery is built on Redis it holds the namespace in effect (option, URL or default).
     namespace: str | None = None

@@ -10,13 +10,14 @@ under a fake clock (see ``testbed/sim.py``).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import Counter
 from typing import Any, NamedTuple
 
 from . import wire
 from .config import Options
-from .election import Decision, desired_master
+from .election import Decision, desired_standing
 from .errors import PacketTooLarge
 from .master_role import MasterRole
 from .node import Node, received_packet
@@ -109,11 +110,17 @@ class DiscoveryCore:
         self.options = options
         self.pid = pid
         self.iid = iid
-        self._peers = PeerTable(node_timeout=options.node_timeout, master_timeout=options.master_timeout)
-        self._repeats = RepeatCache()
+        self._peers = PeerTable(node_timeout=options.node_timeout, master_timeout=options.master_timeout,
+                                rank=(options.weight, 0, iid))
+        # Every per-instance structure is bounded by max_nodes (a flood of made-up instances
+        # is dropped at the table, see _table_full): the caches hold a hello per member.
+        cache_entries = max(REPEAT_CACHE_SIZE, options.max_nodes)
+        cache_bytes = max(REPEAT_CACHE_BYTES, options.max_nodes * 256)
+        self._repeats = RepeatCache(cache_entries, cache_bytes)
         #: Our peers' hellos by body (all but the seq, see wire.split_seq): one whose only
         #: change is its seq moves the node's time, as a node-discover repeat does.
-        self._bodies = RepeatCache()
+        self._bodies = RepeatCache(cache_entries, cache_bytes)
+        self._table_full_last = -math.inf  # the last hello dropped because the table was full
         self._timers = Timers(
             hello_interval=options.hello_interval, check_interval=options.check_interval, rng=rng or random.Random()
         )
@@ -125,7 +132,9 @@ class DiscoveryCore:
         )
         # Each (instance, seq) counts once, and is remembered past the instance's removal,
         # so a capture replayed after a leave or a timeout changes nothing.
-        self._replay = ReplayGuard(retention=self._replay_retention(options.codec))
+        # (Members, instances removed within the retention, and message senders that say no hello.)
+        self._replay = ReplayGuard(retention=self._replay_retention(options.codec),
+                                   capacity=max(1024, 4 * options.max_nodes))
         self._report_unchanged = report_unchanged_hellos
         self._last_was_message = False
         self._last_emits_only = False
@@ -606,6 +615,9 @@ class DiscoveryCore:
         elif env.pid == self.pid and self.options.ignore_process:
             self.dropped["own_process"] += 1
             return out
+        if env.event == wire.HELLO and len(peers) >= self.options.max_nodes and peers.get(env.iid) is None:
+            self._table_full(now, addr)  # before _fresh: a flood leaves no replay state either
+            return out
         if not self._fresh(now, env.iid, env.seq, sent_at, addr):
             return out
         if env.event == wire.HELLO:
@@ -679,6 +691,21 @@ class DiscoveryCore:
         if reason in _MISMATCH_ADVICE and self.dropped[reason] == 1:
             # Counting alone would leave a split cluster silent: say once what to change.
             log.warning("dropping packets from %s: %s", addr, _MISMATCH_ADVICE[reason])
+
+    def _table_full(self, now: float, addr: Address) -> None:
+        """A hello from a new instance with ``max_nodes`` known: dropped; members are never evicted for it.
+
+        Warns once per burst (drops less than a ``node_timeout`` apart), as a flood would
+        otherwise log thousands of lines a second.
+        """
+        self.dropped["table_full"] += 1
+        if now - self._table_full_last > self.options.node_timeout:
+            log.warning(
+                "node table full (max_nodes=%d): hellos from new instances are dropped (first from %s) and "
+                "counted in stats['dropped']['table_full']; members already known stay", self.options.max_nodes,
+                addr,
+            )
+        self._table_full_last = now
 
     def _valid_channel(self, channel: object) -> bool:
         if not isinstance(channel, str):
@@ -860,7 +887,7 @@ class DiscoveryCore:
         if self._fenced:
             self._elect_fenced(now, out)
             return
-        decision = self._role.elect(now, self._peers.records())
+        decision = self._role.elect(now, self._peers.standing)
         if decision is Decision.PROMOTE:
             log.info("promoting %s to master", self.iid)
             out.append(Emit("promotion", (self.me(now),)))
@@ -874,10 +901,8 @@ class DiscoveryCore:
         """Who should hold a leader key: stop being master first, then hand the key back."""
         if now < self._role.settle_at:
             return
-        wanted = desired_master(
-            my_rank=(self.options.weight, 0, self.iid), i_am_eligible=self._eligible,
-            others=self._peers.records(), masters_required=self.options.masters_required,
-        )
+        wanted = desired_standing(self._peers.standing, i_am_eligible=self._eligible,
+                                  masters_required=self.options.masters_required)
         if not wanted and self._role.resign():
             log.info("demoting %s: %d higher-ranked candidates", self.iid, self.options.masters_required)
             self._token = None

@@ -256,6 +256,7 @@ class AsyncDiscovery:
         hostname: str | None = None,
         advertisement: Any = None,
         max_datagram: int | None = None,
+        max_nodes: int = Options.max_nodes,
         transport: str | Transport | None = None,
         namespace: str | None = None,
         registry: str | Registry | None = None,
@@ -299,7 +300,8 @@ class AsyncDiscovery:
         if self._transport.supports_destinations:
             self._book = PeerBook(
                 self.options.unicast, self.options.learn_peers, node_timeout=self.options.node_timeout,
-                ask_interval=self.options.hello_interval, max_learned=MAX_LEARNED, max_pending=MAX_PENDING,
+                ask_interval=self.options.hello_interval, max_pending=MAX_PENDING,
+                max_learned=min(MAX_LEARNED, self.options.max_nodes),
             )
             # Joined even when not learning: a learning peer's question is then answered
             # or ignored here, not counted as a message on an unknown channel.
@@ -1045,6 +1047,7 @@ class Discovery:
         hostname: str | None = None,
         advertisement: Any = None,
         max_datagram: int | None = None,
+        max_nodes: int = Options.max_nodes,
         transport: str | Transport | None = None,
         namespace: str | None = None,
         registry: str | Registry | None = None,

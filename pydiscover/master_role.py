@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .election import Decision, decide
+from .election import Decision, Standing, decide_standing, standing_of
 from .node import Node
 
 
@@ -82,16 +82,13 @@ class MasterRole:
         """A master appeared: the hand-over is done, be a normal candidate again."""
         self.stepping_down_until = None
 
-    def elect(self, now: float, others: Iterable[Node]) -> Decision:
-        """Apply the election rule to the live ``others``; nothing before ``settle_at``."""
+    def elect(self, now: float, others: Iterable[Node] | Standing) -> Decision:
+        """Apply the election rule to the live ``others`` (or their counts); nothing before ``settle_at``."""
         if now < self.settle_at:
             return Decision.STAY
-        decision = decide(
-            my_rank=self._rank,
-            i_am_master=self.is_master,
-            i_am_eligible=self.eligible,
-            others=others,
-            masters_required=self._masters_required,
+        standing = others if isinstance(others, Standing) else standing_of(self._rank, others)
+        decision = decide_standing(
+            standing, i_am_master=self.is_master, i_am_eligible=self.eligible, masters_required=self._masters_required
         )
         if decision is Decision.PROMOTE:
             self.is_master = True

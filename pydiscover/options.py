@@ -213,6 +213,7 @@ def build_options(
     hostname: str | None = None,
     advertisement: Any = None,
     max_datagram: int | None = None,
+    max_nodes: int = Options.max_nodes,
     namespace: str | None = None,
     allow_long_intervals: bool = False,
 ) -> Options:
@@ -339,6 +340,7 @@ def build_options(
         codec=codec,
         replay_window=float(replay_window),
         read_coalesce=coalesce,
+        max_nodes=_int("max_nodes", max_nodes, 1, 1_000_000),
         namespace=None if namespace is None else check_namespace(namespace),
     )
 
@@ -374,6 +376,12 @@ OPTION_HELP: dict[str, str] = {
     "encryption": "With a key: ``\"aead\"`` (AES-256-GCM, the default) or ``\"node-discover\"`` (its legacy, "
     "unauthenticated cipher, to share a cluster with node-discover peers).",
     "replay_window": "Seconds a sealed packet's clock may differ from ours; 0 disables the time check.",
+    "max_nodes": "Instances the node table holds at most.  Beyond it, hellos from new instances are dropped and "
+                 "counted (``stats['dropped']['table_full']``, a WARNING once per burst) and members already "
+                 "known are never evicted: a LAN neighbour inventing instances cannot exhaust memory.  The "
+                 "default, 4096, is four times the largest cluster this full-mesh protocol suits (1,000 nodes "
+                 "at 1 Hz is a million datagrams a second across the cluster) and bounds a node's tables at "
+                 "about 10 MB.",
     "read_coalesce": "UDP: while hellos stream in at hundreds of wake-ups a second, read them in batches this "
     "many seconds apart (about half the CPU; a channel message waits at most this long); 0 reads every "
     "datagram at once.",

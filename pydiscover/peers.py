@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+from .election import Standing
 from .node import Node
 
 
@@ -43,10 +44,12 @@ class PeerTable:
     skip the scan with one comparison.
     """
 
-    __slots__ = ("_by_age", "_peers", "_timeouts", "get", "next_expiry")
+    __slots__ = ("_by_age", "_peers", "_timeouts", "get", "next_expiry", "standing")
 
-    def __init__(self, *, node_timeout: float, master_timeout: float) -> None:
+    def __init__(self, *, node_timeout: float, master_timeout: float, rank: tuple[float, int, str]) -> None:
         self._peers: dict[str, Peer] = {}
+        #: How the peers stand against ``rank`` (this node's) in the election, kept as records change.
+        self.standing = Standing(rank)
         self._by_age: dict[bool, OrderedDict[str, Peer]] = {False: OrderedDict(), True: OrderedDict()}
         self._timeouts = {False: node_timeout, True: master_timeout}
         #: No peer expires before this (read it; the table keeps it).
@@ -90,10 +93,12 @@ class PeerTable:
             peer = self._peers[iid] = Peer(node, data, data_json, -1 if seq is None else seq)
         else:
             del self._by_age[peer.node.is_master][iid]
+            self.standing.count(peer.node, -1)
             peer.node, peer.seen, peer.data, peer.data_json = node, node.last_seen, data, data_json
             if seq is not None:
                 peer.seq = seq
         self._by_age[node.is_master][iid] = peer
+        self.standing.count(node, 1)
         # A new (or re-classed) entry may be the first due; refreshes only move expiries later.
         expiry = node.last_seen + self._timeouts[node.is_master]
         if expiry < self.next_expiry:
@@ -104,6 +109,7 @@ class PeerTable:
         """Forget ``iid`` (it must be here); return its up-to-date record."""
         peer = self._peers.pop(iid)
         del self._by_age[peer.node.is_master][iid]
+        self.standing.count(peer.node, -1)
         return self.current(peer)
 
     def expired(self, now: float) -> list[Node]:
@@ -133,6 +139,7 @@ class PeerTable:
                 peer.seen = min(peer.seen + seconds, now)
 
     def clear(self) -> None:
+        self.standing.reset()
         self._peers.clear()
         for ids in self._by_age.values():
             ids.clear()

@@ -734,3 +734,41 @@ def test_a_peer_whose_hellos_keep_changing_holds_one_body_at_most() -> None:
     for seq in range(1, 200):
         core.datagram_received(0.1 + seq / 1000, hello("busy", seq=seq, weight=float(seq)), here)
     assert len(core._bodies) == 2 and core.nodes["busy"].weight == 199.0
+
+
+# ------------------------------------------------------------------ bounded table (issue 20)
+def test_a_full_table_drops_new_instances_keeps_members_and_warns_once_per_burst(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    core = lone_core(max_nodes=3)
+    core.start(0.0)
+    for n in range(3):
+        assert events(core.datagram_received(0.1, hello(f"m{n}", seq=1), ("10.0.0.2", 1)), "added")
+    with caplog.at_level("WARNING", logger="pydiscover.core"):
+        for n in range(100):  # a flood of made-up instances, seq'd and node-discover style
+            out = core.datagram_received(0.2 + n / 1000, hello(f"fake{n}", seq=1 if n % 2 else None), ("10.0.0.9", 1))
+            assert out == []
+    assert core.dropped["table_full"] == 100 and len(core.nodes) == 3
+    assert [r.getMessage().startswith("node table full (max_nodes=3)") for r in caplog.records] == [True]
+    assert core._replay.highest("fake1") is None  # no replay state for a dropped instance either
+    # Members keep being heard (never evicted), and a change of theirs still counts.
+    assert events(core.datagram_received(0.5, hello("m0", seq=2, weight=9.0), ("10.0.0.2", 1)), "nodeUpdated")
+    # A member leaves: there is room again for a newcomer.
+    bye = orjson.dumps({"event": "pydiscover.goodbye", "pid": "x", "iid": "m1", "hostName": "h", "data": {}, "seq": 3})
+    assert events(core.datagram_received(0.6, bye, ("10.0.0.2", 1)), "removed")
+    assert events(core.datagram_received(0.7, hello("late", seq=1), ("10.0.0.3", 1)), "added")
+    # A second burst, after a quiet node_timeout, warns again.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pydiscover.core"):
+        core.datagram_received(0.8, hello("fake-a", seq=1), ("10.0.0.9", 1))
+        core.datagram_received(0.8 + FAST["node_timeout"] / 2, hello("fake-b", seq=1), ("10.0.0.9", 1))
+        core.datagram_received(1.5 + 2 * FAST["node_timeout"], hello("fake-c", seq=1), ("10.0.0.9", 1))
+    assert len(caplog.records) == 2 and core.dropped["table_full"] == 103
+
+
+def test_max_nodes_is_checked_and_defaults_to_4096() -> None:
+    with pytest.raises(ValueError, match="max_nodes must be between 1 and"):
+        build_options(max_nodes=0)
+    with pytest.raises(TypeError, match="max_nodes must be an int"):
+        build_options(max_nodes=2.5)  # type: ignore[arg-type]
+    assert build_options().max_nodes == 4096

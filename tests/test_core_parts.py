@@ -7,9 +7,11 @@ import random
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pydiscover.core import DiscoveryCore, Emit, Transmit
-from pydiscover.election import Decision
+from pydiscover.election import Decision, standing_of
 from pydiscover.master_role import MasterRole
 from pydiscover.node import Node
 from pydiscover.options import build_options
@@ -35,7 +37,7 @@ def node(iid: str, seen: float, *, master: bool = False, weight: float = 0.0, el
 
 # ------------------------------------------------------------------ PeerTable
 def table() -> PeerTable:
-    return PeerTable(node_timeout=3.0, master_timeout=2.0)
+    return PeerTable(node_timeout=3.0, master_timeout=2.0, rank=(0.0, 0, "me"))
 
 
 def test_a_recorded_peer_is_found_and_sets_the_next_expiry() -> None:
@@ -46,6 +48,30 @@ def test_a_recorded_peer_is_found_and_sets_the_next_expiry() -> None:
     assert peers.next_expiry == 4.0  # node timeout
     peers.record(node("m", 1.5, master=True), {}, b"{}", None)
     assert peers.next_expiry == 3.5 and peers.get("m").seq == -1  # type: ignore[union-attr]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["record", "remove", "expire", "clear"]), st.integers(0, 7),
+                          st.booleans(), st.booleans(), st.integers(-2, 2)), max_size=60))
+def test_the_election_counts_kept_by_the_table_equal_a_fresh_count(steps: list[tuple[str, int, bool, bool, int]],
+                                                                   ) -> None:
+    """Whatever records come, change class, leave or time out, the kept standing is a recount's."""
+    peers = table()
+    now = 0.0
+    for op, n, master, eligible, weight in steps:
+        now += 0.5
+        iid = f"n{n}"
+        if op == "record":
+            peers.record(node(iid, now, master=master, weight=float(weight), eligible=eligible), {}, b"{}", None)
+        elif op == "remove" and iid in peers:
+            peers.remove(iid)
+        elif op == "expire":
+            peers.expired(now)
+        elif op == "clear":
+            peers.clear()
+        kept, fresh = peers.standing, standing_of((0.0, 0, "me"), peers.records())
+        assert (kept.masters, kept.higher_masters, kept.higher_candidates, kept.higher_eligible) == (
+            fresh.masters, fresh.higher_masters, fresh.higher_candidates, fresh.higher_eligible)
 
 
 def test_seen_moves_only_the_time_and_records_are_handed_out_up_to_date() -> None:
