@@ -32,6 +32,7 @@ BENCHMARKS = {
     "scale": "benchmarks.scale",
     "loss": "benchmarks.loss",
     "balancer": "benchmarks.balancer",
+    "flood": "benchmarks.flood",
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as runner
+from benchmarks import flood
 from benchmarks._harness import REPO, Figure, table
 from benchmarks.hello_cpu import INSTANCES, measure
 from testbed.node_discover import node_discover_available
@@ -85,6 +86,15 @@ def test_a_service_discovery_receiver_tracks_every_peer_as_a_provider() -> None:
     result = measure("pydiscover", "plain", rate=5_000, seconds=0.5, needs=3)
     assert result["nodes"] == INSTANCES and result["providers"] == INSTANCES
     assert result["share"] >= 0.99 and result["cpu_per_hello_us"] > 0
+
+
+@pytest.mark.slow
+def test_a_flood_fills_a_small_table_no_further_and_spares_the_real_peer() -> None:
+    """The flood benchmark in small: 3,000 made-up instances against a table of 100."""
+    r = flood.measure(instances=3_000, rate=10_000, max_nodes=100)
+    assert r["table_after"] <= 100 and r["table_full"] >= 3_000 * r["read_share"] - 100 - 50
+    assert r["read_share"] > 0.9 and not r["real_peer_removed"] and r["real_peer_present"]
+    assert r["newcomer_seen_s"] is not None
 
 
 def test_merge_reruns_only_the_named_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
