@@ -54,6 +54,12 @@ class Figure:
         return out
 
 
+def rss() -> int:
+    """This process's resident memory now, in bytes (Linux); the receivers report it."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def python_env() -> dict[str, str]:
     """This environment with the repository root on the child's ``PYTHONPATH`` (it runs ``benchmarks.*``)."""
     env = dict(os.environ)

@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
+from benchmarks._harness import rss
 from pydiscover import Discovery
-
-
-def rss() -> int:
-    """Resident memory now, in bytes (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def main() -> None:

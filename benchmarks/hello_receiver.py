@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
 
+from benchmarks._harness import rss
 from pydiscover import Discovery, ServiceDiscovery
-
-
-def rss() -> int:
-    """This process's resident memory now, in bytes (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def main() -> None:
