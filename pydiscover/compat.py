@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from types import MappingProxyType
 from typing import Any, SupportsIndex
 
@@ -65,19 +65,22 @@ def _or(options: Mapping[str, Any], name: str, default: Any) -> Any:
     return value if _truthy(value) else default
 
 
-def _unknown_option(name: object) -> str:
-    """What the warning for an option node-discover does not read says (with the nearest one)."""
-    text = f"Discover(): unknown option {name!r} ignored, as node-discover ignores it"
+def _unknown_option(name: object) -> None:
+    """An option node-discover does not read: ignored with a warning, as node-discover ignores it
+    (basic-argv.js hands it ``argv`` whole); but a near miss of one of its options is a
+    ``TypeError``, since ignoring a misspelt ``key`` would run the node unencrypted."""
     if isinstance(name, str):
         camel = "".join(part.capitalize() if i else part for i, part in enumerate(name.split("_")))
         guess = camel if camel in OPTIONS else None
-        if guess is None:
-            close = difflib.get_close_matches(name, sorted(OPTIONS), n=1, cutoff=0.7)
+        if guess is None:  # the same letters in another order or case ("kye", "Key"), then difflib's
+            same = [option for option in sorted(OPTIONS) if sorted(option.lower()) == sorted(name.lower())]
+            close = same or difflib.get_close_matches(name, sorted(OPTIONS), n=1, cutoff=0.7)
             guess = close[0] if close else None
         if guess is not None:
             unit = " (in milliseconds, as in node-discover)" if guess in _MS_OPTIONS else ""
-            return f"{text}; did you mean {guess!r}{unit}?"
-    return f"{text}; node-discover's options are: {', '.join(sorted(OPTIONS))}"
+            raise TypeError(f"Discover(): unknown option {name!r}; did you mean {guess!r}{unit}?")
+    log.warning("Discover(): unknown option %r ignored, as node-discover ignores it; its options are: %s",
+                name, ", ".join(sorted(OPTIONS)))
 
 
 def _numeric(value: Any) -> Any:
@@ -96,7 +99,9 @@ def _numeric(value: Any) -> Any:
                 number = float(text)
             except ValueError:
                 return value
-            return number if number == number and abs(number) != float("inf") else value
+            if number != number or abs(number) == float("inf"):
+                return value
+            return int(number) if number.is_integer() else number  # "1e3" is 1000, as Number("1e3")
     return value
 
 
@@ -135,14 +140,15 @@ def translate_options(options: Mapping[str, Any] | None) -> tuple[dict[str, Any]
 
     Applies node-discover's defaults and checks (with its messages).  Like node-discover
     it ignores options it does not read (code that passes ``argv`` whole keeps working),
-    but says so in a warning naming the nearest option; numbers written as strings are
-    taken as numbers, as JavaScript takes them.  The engine then validates the rest.
+    with a warning, but a near miss of one of its options (``kye``, ``hello_interval``) is
+    a ``TypeError`` naming it; numbers written as strings are taken as numbers, as
+    JavaScript takes them.  The engine then validates the rest.
     """
     options = dict(options or {})
     for name in [name for name in options if name not in OPTIONS]:
-        log.warning("%s", _unknown_option(name))
+        _unknown_option(name)
         del options[name]
-    for name in ("port", "multicastTTL", "mastersRequired"):
+    for name in ("port", "multicastTTL", "mastersRequired", "weight"):
         if name in options:
             options[name] = _numeric(options[name])
     if options.get("leadershipElector") is not None:
@@ -256,6 +262,17 @@ class LiveView(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._source())
+
+    # Taken in one go (the mixins would look each key up again, and a peer may be gone by then).
+    def items(self) -> ItemsView[str, Any]:
+        return dict(self._source()).items()
+
+    def values(self) -> ValuesView[Any]:
+        return dict(self._source()).values()
+
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of what it holds now (``json.dumps(d.nodes.copy())``, as ``JSON.stringify(d.nodes)``)."""
+        return dict(self._source())
 
     def __repr__(self) -> str:
         return repr(dict(self._source()))

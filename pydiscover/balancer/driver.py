@@ -205,6 +205,7 @@ class Driver:
             self.engine.on(event, handler)
         if self._close_on_stop:
             self.engine.add_stop_hook(self.aclose)
+        self.engine.add_stop_hook(self._send_held)
         if self.engine.running:
             self.feed(self.machine.started)
             if self.engine.coordinator_ready:  # built after the lease became good: no event will say so
@@ -318,6 +319,13 @@ class Driver:
             self._flush_handle = None
         for message in self._outbox.flush():
             self._send_now(message)
+
+    async def _send_held(self) -> None:
+        """Before the goodbye: what is held goes out now, and what lands in the next turn (a
+        result a thread hands back as the stop begins), not after the socket is gone."""
+        self._flush()
+        await asyncio.sleep(0)
+        self._flush()
 
     def _drop_held(self) -> None:
         if self._flush_handle is not None:
@@ -469,6 +477,7 @@ class Driver:
 
     def _finish_close_now(self, *, gave_up: bool) -> None:
         self.engine.remove_stop_hook(self.aclose)
+        self.engine.remove_stop_hook(self._send_held)
         self._carry_out(self.machine.close_finished(self.now(), gave_up))
 
 

@@ -44,6 +44,7 @@ import contextlib
 import functools
 import inspect
 import itertools
+import logging
 import math
 import random
 import threading
@@ -57,6 +58,10 @@ from .driver import Driver, is_coroutine_function
 from .machine import Action, Assigned, Settle
 from .task_machine import MAX_ERROR_TEXT, SEEN_TASKS, STRATEGIES, TaskError, TaskInfo, TaskMachine
 
+log = logging.getLogger("pydiscover.balancer.tasks")
+
+#: Tasks queued by other threads that one turn of the loop submits (then it reads its socket).
+ARRIVALS_PER_TURN = 256
 #: How long a close waits for cancelled coroutine handlers to unwind.
 CLOSE_TIMEOUT = 10.0
 
@@ -292,7 +297,7 @@ class TaskBalancer(Generic[FutureT]):
             if running is not loop:
                 raise RuntimeError("with an AsyncDiscovery, call submit() from its event loop")
         elif self._sync and loop is not None and not _on_loop(loop):
-            queued: AnyTaskFuture | None = self._submit_from_thread(payload, float(timeout), attempts, hashed, loop)
+            queued: AnyTaskFuture | None = self._submit_from_thread(payload, float(timeout), attempts, hashed)
             if queued is not None:
                 return cast(FutureT, queued)
         return cast(FutureT, self._driver.call(self._submit, payload, float(timeout), attempts, hashed))
@@ -376,13 +381,14 @@ class TaskBalancer(Generic[FutureT]):
         self._track(future, actions)
         return future
 
-    def _submit_from_thread(self, payload: Any, timeout: float, attempts: int, key: bytes | None,
-                            loop: asyncio.AbstractEventLoop) -> TaskFuture | None:
+    def _submit_from_thread(self, payload: Any, timeout: float, attempts: int,
+                            key: bytes | None) -> TaskFuture | None:
         """Check the task here and queue it for the loop, without waiting for the loop to take it.
 
         A submitter then never waits a loop round trip per task, and the tasks that arrive
         in one turn of the loop leave in one datagram per worker (:meth:`TaskMachine.pack`).
-        The checks run again on the loop: a node deposed meanwhile fails the future.
+        The checks run again on the loop: a node deposed meanwhile fails the future.  The
+        task counts in ``pending`` and its ``timeout`` runs from when the loop takes it.
         ``None`` when the discovery is not running (the caller takes the usual path).
         """
         machine = self._machine
@@ -391,34 +397,48 @@ class TaskBalancer(Generic[FutureT]):
         checked = machine.check_payload(task_id, payload, attempts)
         future = TaskFuture(task_id)
         with self._arrivals_lock:
-            if not self._arrivals_open:
+            # The loop read here, not before the lock: a restart in between would leave us
+            # scheduling on the old one, which never runs again.
+            loop = self._driver.engine.loop
+            if not self._arrivals_open or loop is None or loop.is_closed():
                 return None
             self._arrivals.append((future, checked, timeout, attempts, key))
             if not self._arrivals_wake:
+                try:
+                    loop.call_soon_threadsafe(self._take_arrivals)  # open: "stopped" not seen yet
+                except RuntimeError:  # closed meanwhile after all: the usual path decides
+                    self._arrivals.pop()
+                    return None
                 self._arrivals_wake = True
-                loop.call_soon_threadsafe(self._take_arrivals)  # the loop runs: "stopped" not seen yet
         return future
 
     def _take_arrivals(self) -> None:
+        """Submit what threads queued, at most :data:`ARRIVALS_PER_TURN` a turn (the loop has hellos to read too)."""
         with self._arrivals_lock:
-            self._arrivals_wake = False
-            arrivals = list(self._arrivals)
-            self._arrivals.clear()
+            count = min(len(self._arrivals), ARRIVALS_PER_TURN)
+            arrivals = [self._arrivals.popleft() for _ in range(count)]
+            self._arrivals_wake = bool(self._arrivals)
+        if self._arrivals_wake:
+            loop = self._driver.engine.loop
+            assert loop is not None  # we run on it
+            loop.call_soon(self._take_arrivals)
         for future, payload, timeout, attempts, key in arrivals:
             if future.cancelled():
                 continue  # cancelled before the loop took it: never submitted
             try:
                 _, actions = self._machine.submit(self._driver.now(), payload, timeout, attempts, key,
                                                   task_id=future.task_id, checked=True)
-            except Exception as exc:  # closed or deposed since the caller's check
+                self._track(future, actions)
+            except Exception as exc:  # closed or deposed since the caller's check (or a bug: said aloud)
+                if not isinstance(exc, RuntimeError):
+                    log.exception("submitting task %s failed", future.task_id)
                 _resolve(future, error=exc)
-                continue
-            self._track(future, actions)
 
     def _refuse_arrivals(self, why: str) -> None:
         """No more arrivals until the next start; those not taken yet fail (any thread)."""
         with self._arrivals_lock:
             self._arrivals_open = False
+            self._arrivals_wake = False  # a take still scheduled finds nothing; the next start schedules anew
             arrivals = list(self._arrivals)
             self._arrivals.clear()
         for future, *_ in arrivals:
