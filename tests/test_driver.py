@@ -260,3 +260,36 @@ async def test_close_asks_again_what_to_wait_for_until_nothing_is_left() -> None
     assert stop_ended.is_set() and machine.closed_with is False
     assert [entry for entry in machine.log if entry[0] == "done"] == [("done", "started"), ("done", "stopped")]
     await a.stop()
+
+
+class Packing(Machine):
+    """Every send may wait for the end of the loop's turn (and packs to nothing but itself)."""
+
+    channel = "held"
+
+    def packable(self, data: Any) -> bool:
+        return True
+
+
+async def test_a_stop_sends_what_the_driver_holds_before_its_goodbye() -> None:
+    """A send held for packing when the stop begins, in the same turn, still goes out.
+
+    Before, the stop said goodbye first and the held message (a worker's result) was
+    dropped with the socket: its task then ran twice, or failed with ``attempts=1``.
+    """
+    bus = MemoryBus()
+    sender = AsyncDiscovery(transport=MemoryTransport(bus), **QUICK)
+    receiver = AsyncDiscovery(transport=MemoryTransport(bus), **QUICK)
+    got: list[Any] = []
+    receiver.join("held", lambda data, packet: got.append(data))
+    await sender.start()
+    await receiver.start()
+    try:
+        driver = Driver(sender, Packing(), {}, close_on_stop=False)
+        driver.feed(lambda now: [Send({"n": 1})])
+        assert got == []  # held until the end of the turn...
+        await sender.stop()  # ...which this stop begins before
+        await async_eventually(lambda: got == [{"n": 1}], 2, "the held message")
+    finally:
+        await sender.stop()
+        await receiver.stop()

@@ -578,29 +578,6 @@ async def test_tasks_assigned_in_one_loop_turn_leave_in_one_datagram_per_worker(
         assert master.stats["completed"] == 20 and master.stats["dropped_messages"] == 0
 
 
-async def test_a_result_handed_back_as_the_workers_discovery_stops_still_goes_out() -> None:
-    """Results wait for the end of the loop's turn to be packed; a stop must send them before its goodbye.
-
-    The handler starts its own node's stop from its thread, then returns: the result lands
-    while the stop runs (before: lost, and the task failed with ``attempts=1``).
-    """
-    async with cluster() as c:
-        _, master = await c.add(master=True)
-        loop = asyncio.get_running_loop()
-        holder: list[AsyncDiscovery] = []
-
-        def handler(x: Any) -> Any:
-            if x == "stop":
-                asyncio.run_coroutine_threadsafe(holder[0].stop(), loop)
-            return x
-
-        wd, _ = await c.add(handler=handler)
-        holder.append(wd)
-        await sees_workers(master, 1)
-        assert await asyncio.gather(*[master.submit(i, timeout=1) for i in range(4)]) == [0, 1, 2, 3]  # batches
-        assert await asyncio.wait_for(master.submit("stop", timeout=1, attempts=1), 3) == "stop"
-
-
 def test_thread_submits_keep_working_across_a_restart_of_a_sync_discovery() -> None:
     """A restart gives a ``Discovery`` a new loop: queued submits follow it, none is left behind."""
     d = Discovery(transport=MemoryTransport(MemoryBus()), weight=100, start=False, **QUICK)
