@@ -388,7 +388,7 @@ class TaskBalancer(Generic[FutureT]):
         A submitter then never waits a loop round trip per task, and the tasks that arrive
         in one turn of the loop leave in one datagram per worker (:meth:`TaskMachine.pack`).
         The checks run again on the loop: a node deposed meanwhile fails the future.  The
-        task counts in ``pending`` and its ``timeout`` runs from when the loop takes it.
+        task is in ``pending``, and its ``timeout`` runs, from when the loop takes it.
         ``None`` when the discovery is not running (the caller takes the usual path).
         """
         machine = self._machine
