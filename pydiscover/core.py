@@ -434,6 +434,24 @@ class DiscoveryCore:
             return None
         return [self._transmit(now, channel, data, what=f"message on channel {channel!r}")]
 
+    def reissue(self, now: float, datagram: bytes) -> bytes | None:
+        """One of our messages, held by the transport through a link outage, stamped afresh.
+
+        A new seq and, when sealed, the time now: a receiver's replay guard has moved on
+        (our hellos went out first) or forgotten us meanwhile, and would drop the old
+        stamp as a replay.  ``None`` when stopped, or when it no longer opens (a key
+        dropped since) or is not ours.
+        """
+        if not self._running:
+            return None
+        try:
+            env = wire.decode(self._codec.open(datagram).plaintext)
+        except (OpenError, wire.DecodeError):
+            return None
+        if env.iid != self.iid:
+            return None
+        return self._transmit(now, env.event, env.data, what=f"message on channel {env.event!r}").datagram
+
     @property
     def codec(self) -> Codec:
         return self._codec

@@ -334,6 +334,7 @@ class AsyncDiscovery:
         self._emitter.set_loop(loop)
         self._transport.set_link_listener(self._link_changed)
         self._transport.set_error_listener(self._transport_error)
+        self._transport.set_reissuer(self._reissue)
         await self._transport.open(self._datagram_received)
         if self._registry is not None:
             try:
@@ -479,19 +480,28 @@ class AsyncDiscovery:
         return True
 
     def send(self, channel: str, data: Any = None) -> bool:
-        """Send ``data`` on ``channel``; ``False`` for a reserved name or when stopped.
+        """Send ``data`` on ``channel``; ``False`` for a reserved name, when stopped, or when
+        the transport cannot send it (Redis: its link is down and its outage buffer full).
 
-        Raises :class:`PacketTooLarge` over the datagram budget and ``TypeError`` for
-        data that is not JSON-serializable.  node-discover peers ignore falsy data
-        (``None``, ``0``, ``""``, ``False``): send an object to reach them.
+        Every message refused by the transport, or accepted and never published, is
+        counted as ``unsent`` in ``stats["dropped"]``.  Raises :class:`PacketTooLarge`
+        over the datagram budget and ``TypeError`` for data that is not
+        JSON-serializable.  node-discover peers ignore falsy data (``None``, ``0``,
+        ``""``, ``False``): send an object to reach them.
         """
         if channel == PEERS_CHANNEL:
             return False
         actions = self._core.send(self._now(), channel, data)
         if actions is None or not self._core.running:
             return False
-        self._apply(actions)
-        return True
+        if self._fence_deadline is not None:
+            self._check_fence()
+        sent = True
+        for action in actions:  # one Transmit: the message
+            assert isinstance(action, Transmit), action
+            sent = self._transport.send_message(action.datagram) and sent
+        self._reschedule()
+        return sent
 
     def advertise(self, advertisement: Any) -> None:
         """Publish ``advertisement`` with every hello from the next one on; checked for size now."""
@@ -773,6 +783,10 @@ class AsyncDiscovery:
         now = self._now()
         log.warning("transport link %s", "restored" if up else "lost; pausing removals and elections")
         self._apply(self._core.link_restored(now) if up else self._core.link_lost(now))
+
+    def _reissue(self, datagram: bytes) -> bytes | None:
+        """A message the transport held through an outage, with a fresh seq and time (see the core)."""
+        return self._core.reissue(self._now(), datagram)
 
     def _transport_error(self, reason: str, detail: str) -> None:
         """node-discover emits socket errors as ``error``; we do too, at most one per reason every few seconds."""

@@ -772,3 +772,38 @@ def test_max_nodes_is_checked_and_defaults_to_4096() -> None:
     with pytest.raises(TypeError, match="max_nodes must be an int"):
         build_options(max_nodes=2.5)  # type: ignore[arg-type]
     assert build_options().max_nodes == 4096
+
+
+# ------------------------------------------------- messages held through an outage
+@pytest.mark.parametrize(("key", "encryption"), [(None, None), ("k", "aead"), ("k", "node-discover")])
+def test_a_reissued_message_is_taken_where_the_held_copy_counts_as_a_replay(
+    key: str | None, encryption: str | None
+) -> None:
+    def core(iid: str) -> DiscoveryCore:
+        c = DiscoveryCore(build_options(key=key, encryption=encryption, hostname="h", **FAST), pid=iid, iid=iid)
+        c.start(0.0, 1_700_000_000.0)
+        return c
+
+    sender, receiver = core("sender"), core("receiver")
+    receiver.join("chat")
+    (held,) = sender.send(0.0, "chat", {"n": 1}) or []
+    assert isinstance(held, Transmit)
+    for _ in range(70):  # the link came back: hellos went out (and were heard) before the held message
+        for action in sender.hello(0.5):
+            if isinstance(action, Transmit):
+                receiver.datagram_received(0.5, action.datagram, ("127.0.0.1", 1))
+
+    def delivered(datagram: bytes) -> list[object]:
+        out = receiver.datagram_received(1.0, datagram, ("127.0.0.1", 1))
+        return [a.args[0] for a in out if isinstance(a, Emit) and a.event == "chat"]
+
+    assert delivered(held.datagram) == []  # 70 seqs behind: a replay, as far as the receiver can tell
+    assert receiver.dropped["replayed"] == 1
+    fresh = sender.reissue(1.0, held.datagram)
+    assert fresh is not None and fresh != held.datagram
+    assert delivered(fresh) == [{"n": 1}]
+    assert delivered(fresh) == []  # and only once
+    assert receiver.reissue(1.0, held.datagram) is None  # not its own
+    assert sender.reissue(1.0, b"junk") is None
+    sender.stop(2.0)
+    assert sender.reissue(2.0, held.datagram) is None  # stopped: nothing goes out any more

@@ -30,6 +30,7 @@ class Transport(abc.ABC):
         self.errors = {}
         self._link_listener: Callable[[bool], None] | None = None
         self._error_listener: Callable[[str, str], None] | None = None
+        self._reissuer: Callable[[bytes], bytes | None] | None = None
 
     def set_link_listener(self, listener: Callable[[bool], None] | None) -> None:
         """Called with ``False`` when the transport loses the cluster and ``True`` when it is back.
@@ -42,6 +43,14 @@ class Transport(abc.ABC):
         """Called with ``(reason, detail)`` for each network error counted (the runtime rate-limits them)."""
         self._error_listener = listener
 
+    def set_reissuer(self, reissue: Callable[[bytes], bytes | None] | None) -> None:
+        """How to stamp a held message afresh before it goes out (``None``: it cannot go out any more).
+
+        A transport that holds messages through an outage (Redis) must send them with a
+        new seq and time, or peers would drop them as replays; the runtime sets this.
+        """
+        self._reissuer = reissue
+
     def _link_changed(self, up: bool) -> None:
         if self._link_listener is not None:
             self._link_listener(up)
@@ -53,6 +62,16 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def send(self, datagram: bytes) -> None:
         """Send to every destination; never blocks, never raises for network errors (counts them)."""
+
+    def send_message(self, datagram: bytes) -> bool:
+        """Send a channel message (not a hello); ``False`` when it is known not to go out.
+
+        The runtime returns this from ``send()``.  A transport that can lose its link
+        (Redis) holds messages through an outage or refuses them here, counting each
+        one never sent as ``unsent``; the default sends like :meth:`send` and says ``True``.
+        """
+        self.send(datagram)
+        return True
 
     @abc.abstractmethod
     async def close(self) -> None:

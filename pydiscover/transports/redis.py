@@ -15,9 +15,15 @@ connection; nothing listens there).
 Resilience: one supervisor task per open transport owns the connection (a client for
 PUBLISH and a subscribed PubSub connection).  When either fails, or the server stops
 answering pings, the link is reported down (the core then freezes removals and
-elections), queued datagrams are dropped and counted, and it reconnects with jittered
+elections), queued hellos are dropped and counted, and it reconnects with jittered
 exponential backoff, resubscribes, and reports the link up (the core says hello at
 once).  Nothing is raised into user code after :meth:`RedisTransport.open`.
+
+Channel messages are not lost silently: those sent while the link is down (and those
+queued or in flight when it failed) are held, up to ``outage_buffer`` of them, and
+published in order once the peers are back (see :meth:`RedisTransport.send_message`);
+a message that cannot be held is refused (``send`` returns ``False``) and every
+message that is never published is counted as ``unsent``.
 
 The ``redis`` package is imported only when a Redis transport is built, so the rest of
 pydiscover works without it.
@@ -26,6 +32,7 @@ pydiscover works without it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -177,7 +184,10 @@ class RedisTransport(Transport):
     ``namespace`` (here or in the URL, not both with different values) names the
     cluster; the database number does not separate clusters, since Redis pub/sub is
     server-wide.  ``send`` queues at most ``queue_size`` datagrams for one writer task,
-    which publishes them in order; while the link is down they are dropped and counted.
+    which publishes them in order; while the link is down hellos are dropped and counted,
+    and channel messages are held, at most ``outage_buffer`` of them (0: none), until
+    the link is back and as many subscribers as before have resubscribed, or
+    ``resubscribe_wait`` seconds have passed (default: twice ``max_backoff``).
     Reconnection waits from ``min_backoff`` doubling to ``max_backoff`` seconds (with
     jitter).  An idle connection is pinged every ``ping_interval`` seconds and counts as
     lost after ``ping_timeout`` seconds without any reply.  ``close`` waits at most
@@ -196,6 +206,8 @@ class RedisTransport(Transport):
         ping_interval: float = 0.5,
         ping_timeout: float = 2.0,
         close_timeout: float = 1.0,
+        outage_buffer: int = 1024,
+        resubscribe_wait: float | None = None,
     ) -> None:
         super().__init__()
         self.url, from_url = parse_redis_url(url)
@@ -211,6 +223,10 @@ class RedisTransport(Transport):
         self.channel = CHANNEL_PREFIX + self.namespace
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be an int >= 1, got {queue_size!r}")
+        if isinstance(outage_buffer, bool) or not isinstance(outage_buffer, int) or outage_buffer < 0:
+            raise ValueError(f"outage_buffer must be an int >= 0 (messages), got {outage_buffer!r}")
+        if resubscribe_wait is None:
+            resubscribe_wait = 2 * max_backoff if isinstance(max_backoff, (int, float)) else max_backoff
         for name, value in (
             ("min_backoff", min_backoff),
             ("max_backoff", max_backoff),
@@ -218,6 +234,7 @@ class RedisTransport(Transport):
             ("ping_interval", ping_interval),
             ("ping_timeout", ping_timeout),
             ("close_timeout", close_timeout),
+            ("resubscribe_wait", resubscribe_wait),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 3600:
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
@@ -232,8 +249,21 @@ class RedisTransport(Transport):
         self.ping_interval = float(ping_interval)
         self.ping_timeout = float(ping_timeout)
         self.close_timeout = float(close_timeout)
+        self.outage_buffer = outage_buffer
+        self.resubscribe_wait = float(resubscribe_wait)
         self._receive: Receiver | None = None
-        self._queue: asyncio.Queue[bytes] | None = None
+        #: ``(datagram, is_message)`` for the writer, in order.
+        self._queue: asyncio.Queue[tuple[bytes, bool]] | None = None
+        #: Channel messages waiting for the link (and the peers) to be back, oldest first.
+        self._held: collections.deque[bytes] = collections.deque()
+        #: After a reconnect, until the held messages are out: new messages are held too (order).
+        self._holding = False
+        #: What the writer is publishing now: back to the front of ``_held`` if the link fails.
+        self._in_flight: tuple[bytes, bool] | None = None
+        #: How many subscribers the last publish reached (ourselves included), and how many
+        #: were there when the link failed: held messages wait for as many to be back.
+        self._subscribers = 0
+        self._wanted_back = 0
         self._link: _Link | None = None
         self._task: asyncio.Task[None] | None = None
         self._up = False
@@ -260,6 +290,10 @@ class RedisTransport(Transport):
         self._closing = False
         self._receive = receive
         self._queue = asyncio.Queue(self.queue_size)
+        self._held.clear()
+        self._holding = False
+        self._in_flight = None
+        self._subscribers = self._wanted_back = 0
         try:
             link = await self._connect()
         except Exception as exc:
@@ -288,7 +322,12 @@ class RedisTransport(Transport):
         self._up = False
         if link is not None:
             await link.close()
-        self._discard_queue(None)
+        self._hold_unpublished()
+        if self._held:
+            self._report_error("unsent", f"{len(self._held)} channel messages never published: closed before "
+                               f"the link to Redis at {self.display_url} was back", len(self._held))
+            log.warning("closing with %d channel messages not published (unsent)", len(self._held))
+            self._held.clear()
         self._queue = None
         self._receive = None
 
@@ -299,12 +338,40 @@ class RedisTransport(Transport):
             self._count_error("not_open")
             return
         if not self._up:
-            self._count_and_log("not_connected", "Redis link down: dropping datagrams until reconnected")
+            self._count_and_log("not_connected", "Redis link down: dropping hellos until reconnected")
             return
         try:
-            queue.put_nowait(bytes(datagram))
+            queue.put_nowait((bytes(datagram), False))
         except asyncio.QueueFull:
             self._count_and_log("queue_full", f"send queue full ({self.queue_size} datagrams): dropping")
+
+    def send_message(self, datagram: bytes) -> bool:
+        """Publish a channel message, or hold it through an outage; ``False`` (counted ``unsent``) if neither.
+
+        Held messages are published in order, before any message sent after them, once
+        the link is back and as many subscribers as the last publish reached have
+        resubscribed (at most ``resubscribe_wait`` seconds), so peers that reconnect a
+        little later than this node still get them.  A message in flight when the link
+        failed is sent again: receivers drop the copy they may already have (its seq).
+        """
+        queue = self._queue
+        if queue is None or self._closing:
+            self._count_and_log("unsent", "the Redis transport is not open: channel message not sent")
+            return False
+        if self._up and not self._holding and not self._held:
+            try:
+                queue.put_nowait((bytes(datagram), True))
+                return True
+            except asyncio.QueueFull:
+                self._count_and_log("unsent", f"send queue full ({self.queue_size} datagrams): message not sent")
+                return False
+        if len(self._held) < self.outage_buffer:
+            self._held.append(bytes(datagram))
+            return True
+        self._count_and_log(
+            "unsent", f"Redis link down and {self.outage_buffer} channel messages already held: message not sent"
+        )
+        return False
 
     def _count_and_log(self, reason: str, message: str) -> None:
         """Count; log at warning on the 1st, 10th, 100th, ... occurrence so a flood cannot flood the log."""
@@ -313,20 +380,37 @@ class RedisTransport(Transport):
         if count == 10 ** (len(str(count)) - 1):
             log.warning("%s (%s: %d so far)", message, reason, count)
 
-    def _discard_queue(self, reason: str | None) -> None:
+    def _hold_unpublished(self) -> None:
+        """The link failed: put the channel messages not surely published back in front of ``_held``.
+
+        Hellos queued are dropped (counted ``not_connected``): the core says hello again
+        once the link is back.  Beyond ``outage_buffer`` the newest are dropped, counted ``unsent``.
+        """
+        messages: list[bytes] = []
+        if self._in_flight is not None and self._in_flight[1]:
+            messages.append(self._in_flight[0])
+        self._in_flight = None
+        hellos = 0
         queue = self._queue
-        if queue is None:
-            return
-        dropped = 0
-        while True:
+        while queue is not None:
             try:
-                queue.get_nowait()
+                datagram, is_message = queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
             queue.task_done()
-            dropped += 1
-        if reason is not None and dropped:
-            self._report_error(reason, f"{dropped} queued datagrams dropped: the Redis link is down", dropped)
+            if is_message:
+                messages.append(datagram)
+            else:
+                hellos += 1
+        if hellos:
+            self._report_error("not_connected", f"{hellos} queued hellos dropped: the Redis link is down", hellos)
+        self._held.extendleft(reversed(messages))
+        excess = len(self._held) - self.outage_buffer
+        if excess > 0:
+            for _ in range(excess):
+                self._held.pop()
+            self._report_error("unsent", f"{excess} channel messages dropped: more than outage_buffer "
+                               f"({self.outage_buffer}) waiting for the Redis link", excess)
 
     # ---------------------------------------------------------- connection
     def _connection_options(self) -> dict[str, Any]:
@@ -377,7 +461,9 @@ class RedisTransport(Transport):
             self._up = False
             self._link = None
             self._report_error("connection_lost", f"lost the connection to Redis at {self.display_url}")
-            self._discard_queue("not_connected")
+            if not self._holding:  # (failing again before the release: the count before the first failure)
+                self._wanted_back = self._subscribers
+            self._hold_unpublished()
             await link.close()
             if self._closing:
                 # close() cancelled us, but Python 3.10's wait_for (in link.close) can swallow
@@ -386,6 +472,7 @@ class RedisTransport(Transport):
             self._notify(False)
             link = await self._reconnect()
             self._link = link
+            self._holding = True  # messages wait for the peers to resubscribe (_release_held)
             self._up = True
             log.warning("reconnected to Redis at %s", self.display_url)
             self._notify(True)
@@ -417,19 +504,64 @@ class RedisTransport(Transport):
             log.exception("link listener failed")
 
     async def _serve(self, link: _Link) -> None:
-        reader = asyncio.ensure_future(self._read(link))
-        writer = asyncio.ensure_future(self._write(link))
+        tasks = {asyncio.ensure_future(self._read(link)), asyncio.ensure_future(self._write(link))}
+        release = asyncio.ensure_future(self._release_held(link)) if self._holding else None
+        if release is not None:
+            tasks.add(release)
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if release is None or done != {release} or release.exception() is not None:
+                    break
+                tasks.discard(release)  # the held messages are queued: the reader and writer go on
+                release = None
         finally:
-            reader.cancel()
-            writer.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             exc = task.exception()
             if exc is not None:
                 raise exc
         raise ConnectionError("connection closed")
+
+    async def _release_held(self, link: _Link) -> None:
+        """After a reconnect: wait (bounded) for as many subscribers as before, then queue the held messages."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.resubscribe_wait
+        wanted = self._wanted_back
+        counts: Any = None
+        while wanted > 1 and loop.time() < deadline:
+            counts = await link.client.pubsub_numsub(self.channel)
+            if counts and int(counts[0][1]) >= wanted:
+                break
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        else:
+            if wanted > 1:
+                log.warning("%d of %d subscribers back on %s after %.1f s: publishing the held messages anyway",
+                            int(counts[0][1]) if counts else 0, wanted, self.channel, self.resubscribe_wait)
+        queue = self._queue
+        assert queue is not None
+        while self._held:
+            fresh = self._reissue(self._held[0])
+            if fresh is not None:
+                await queue.put((fresh, True))  # nothing is lost if cancelled while waiting here
+            self._held.popleft()
+        self._holding = False
+
+    def _reissue(self, datagram: bytes) -> bytes | None:
+        """A held message stamped afresh by the runtime (peers would drop the old seq as a replay)."""
+        reissue = self._reissuer
+        if reissue is None:
+            return datagram
+        try:
+            fresh = reissue(datagram)
+        except Exception:  # the runtime's failure must not stop the link
+            log.exception("reissuing a held message failed")
+            fresh = None
+        if fresh is None:
+            self._report_error("unsent", "a held channel message cannot go out any more (stopped, or its key dropped)")
+        return fresh
 
     async def _read(self, link: _Link) -> None:
         """Deliver messages; ping when idle, and give up after ``ping_timeout`` without a reply."""
@@ -468,18 +600,22 @@ class RedisTransport(Transport):
         assert queue is not None
         response_error = _import_redis().ResponseError
         while True:
-            datagram = await queue.get()
+            item = await queue.get()
+            self._in_flight = item
             try:
-                await link.client.publish(self.channel, link.header + datagram)
+                self._subscribers = int(await link.client.publish(self.channel, link.header + item[0]))
             except response_error as exc:
                 # Redis refused this one (an ACL without PUBLISH, a size limit): the
                 # connection is fine, so drop the datagram rather than the link.
                 self._count_and_log("send_error", f"Redis refused a publish on {self.channel}: {exc}")
+                if item[1]:
+                    self._count_error("unsent")
             except Exception as exc:
                 self._report_error("send_error", f"publish to Redis at {self.display_url} failed: {exc!r}")
-                raise
+                raise  # (in flight: _hold_unpublished sends a message again)
             finally:
                 queue.task_done()
+            self._in_flight = None
 
 
 def _local_address(client: Any) -> Address | None:
