@@ -450,7 +450,10 @@ class DiscoveryCore:
             return None
         if env.iid != self.iid:
             return None
-        return self._transmit(now, env.event, env.data, what=f"message on channel {env.event!r}").datagram
+        try:
+            return self._transmit(now, env.event, env.data, what=f"message on channel {env.event!r}").datagram
+        except PacketTooLarge:  # at the budget already, and the new seq has one more digit
+            return None
 
     @property
     def codec(self) -> Codec:
