@@ -3,7 +3,8 @@
 The monitor is a passive listener (a ``client=True`` node): it sends nothing, never
 joins the election, and shows every node it hears: a live table (with ``rich`` if it
 is installed, plain text otherwise), ``--watch`` event lines for logs, or
-``--once --json`` for scripts.
+``--once --json`` for scripts, or ``--http [HOST:]PORT``: a web page, a JSON API and
+Prometheus metrics (:mod:`pydiscover.web`, the ``web`` extra).
 
 It joins no channel, so every channel message it hears (the cluster's ordinary
 traffic) reaches the core as a message for a channel not joined, which the core counts
@@ -14,16 +15,21 @@ as the drop reason ``unknown_event``; the monitor reports that count as
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import ipaddress
 import json
 import logging
+import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .discovery import Discovery
+from .discovery import AsyncDiscovery, Discovery
 from .node import Node
 from .options import Options
 
@@ -32,6 +38,31 @@ from .options import Options
 _NOT_JOINED = "unknown_event"
 
 _COLUMNS = ("id", "hostname", "address", "master", "weight", "advertisement", "seen")
+#: Where ``--http PORT`` listens when no host is given: this host only.
+HTTP_DEFAULT_HOST = "127.0.0.1"
+#: ``--http-token``'s default, read from the environment (a token on the command line shows in ``ps``).
+TOKEN_VARIABLE = "PYDISCOVER_MONITOR_TOKEN"
+
+
+class Watched(Protocol):
+    """What the monitor reads of a node: a :class:`Discovery` or an :class:`AsyncDiscovery`."""
+
+    @property
+    def nodes(self) -> Any: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+
+def http_address(value: str) -> tuple[str, int]:
+    """``--http``'s ``[HOST:]PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``; port 0 picks a free one."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host = HTTP_DEFAULT_HOST
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535 or (sep and not host) or " " in host:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT, e.g. 8080 or 127.0.0.1:8080, got {value!r}")
+    return host, int(port_text)
 
 
 def _parse(argv: Sequence[str] | None, prog: str | None) -> argparse.Namespace:
@@ -60,6 +91,12 @@ def _parse(argv: Sequence[str] | None, prog: str | None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="listen --timeout seconds, print once, exit")
     mode.add_argument("--watch", action="store_true", help="print added/removed/master events as lines")
+    mode.add_argument("--http", metavar="[HOST:]PORT", type=http_address,
+                      help=f"serve a live web page, /api/nodes, /api/events and /metrics (needs the web extra); "
+                           f"without HOST on {HTTP_DEFAULT_HOST} only")
+    p.add_argument("--http-token", metavar="TOKEN",
+                   help=f"with --http: /api/* and /metrics need ?token=TOKEN or 'Authorization: Bearer TOKEN' "
+                        f"(default: ${TOKEN_VARIABLE})")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (--once: default 3)")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON; one object per line)")
     p.add_argument("--plain", action="store_true", help="plain text even if rich is installed")
@@ -68,6 +105,8 @@ def _parse(argv: Sequence[str] | None, prog: str | None) -> argparse.Namespace:
         p.error("--timeout must be > 0")
     if args.once and args.timeout is None:
         args.timeout = 3.0
+    if args.http_token is not None and args.http is None:
+        p.error("--http-token needs --http")
     return args
 
 
@@ -112,7 +151,7 @@ def node_record(node: Node, now: float, wall_now: float) -> dict[str, Any]:
     }
 
 
-def monitor_stats(d: Discovery) -> dict[str, Any]:
+def monitor_stats(d: Watched) -> dict[str, Any]:
     """``d.stats`` with the cluster's channel traffic as ``channel_messages``, not as a drop.
 
     The monitor joins no channel, so the core counts every channel message it hears
@@ -127,7 +166,7 @@ def monitor_stats(d: Discovery) -> dict[str, Any]:
     return stats
 
 
-def snapshot(d: Discovery) -> dict[str, Any]:
+def snapshot(d: Watched) -> dict[str, Any]:
     """Everything the monitor shows, as one JSON-ready object."""
     now, wall_now = time.monotonic(), time.time()
     nodes = sorted(d.nodes.values(), key=lambda n: (not n.is_master, -n.weight, n.id))
@@ -218,11 +257,68 @@ def _live(d: Discovery, plain: bool, until: float | None) -> None:
             live.update(_render_rich(snapshot(d)))
 
 
+def _serve_http(args: argparse.Namespace) -> int:
+    """``--http``: the node and the web server on one event loop, until Ctrl-C, SIGTERM or ``--timeout``."""
+    try:
+        from .web import ClusterView, WebMonitor
+    except ImportError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 2
+    host, port = args.http
+    token = args.http_token or os.environ.get(TOKEN_VARIABLE) or None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and token is None:
+        logging.getLogger("pydiscover.web").warning(
+            "serving on %s without --http-token: anyone who reaches it can read the cluster", host)
+
+    async def run() -> int:
+        options = _options(args)
+        for sync_only in ("stop_on_sigterm", "start"):  # (this loop handles the signals itself)
+            del options[sync_only]
+        try:
+            d = AsyncDiscovery(**options)
+        except (TypeError, ValueError, NotImplementedError, ImportError) as exc:
+            print(f"monitor: {exc}", file=sys.stderr)
+            return 2
+        view = ClusterView(d)
+        server = WebMonitor(view, token=token)
+        try:
+            await d.start()
+        except OSError as exc:
+            print(f"monitor: {exc}", file=sys.stderr)
+            return 2
+        try:
+            try:
+                await server.start(host, port)
+            except OSError as exc:
+                print(f"monitor: --http {host}:{port}: cannot listen there: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+            shown = ", ".join(f"http://[{h}]:{p}/" if ":" in h else f"http://{h}:{p}/" for h, p in server.addresses)
+            print(f"monitor: serving {shown}", file=sys.stderr, flush=True)
+            done = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, done.set)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), args.timeout)
+            return 0
+        finally:
+            await server.close()
+            await d.stop()
+
+    return asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run the monitor; ``prog`` is the command name shown in usage (the caller's)."""
     args = _parse(argv, prog)
     # The library installs only a NullHandler: a program shows its warnings (lost link, refused sends).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.http is not None:
+        return _serve_http(args)
     try:
         d = Discovery(**_options(args))
     except (TypeError, ValueError, NotImplementedError, ImportError) as exc:  # ImportError: an extra missing

@@ -45,8 +45,19 @@ def _modules() -> list[str]:
 
 def test_every_folder_of_the_package_is_a_package() -> None:
     # setup.cfg's ``packages = find:`` leaves out a folder without __init__.py, and the wheel with it.
-    missing = [str(f.relative_to(SOURCE)) for f in _folders() if not (f / "__init__.py").is_file()]
+    # A folder of data only (the web page's assets) ships through package_data instead: see below.
+    missing = [str(f.relative_to(SOURCE)) for f in _folders()
+               if not (f / "__init__.py").is_file() and any(f.glob("*.py"))]
     assert not missing, f"folders without __init__.py (not shipped in the wheel): {missing}"
+
+
+def test_every_data_file_of_the_package_is_installed() -> None:
+    # py.typed and the monitor's web page (HTML, JavaScript, CSS): setup.cfg's package_data.
+    data = [p.relative_to(SOURCE) for p in SOURCE.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert {"py.typed", "web/static/index.html", "web/static/app.js"} <= {str(p) for p in data}
+    missing = [str(p) for p in data if not (INSTALLED / p).is_file()]
+    assert not missing, f"not in the installed package: {missing}"
 
 
 @pytest.mark.parametrize("name", _modules())
