@@ -314,3 +314,58 @@ def test_the_docs_show_a_screenshot_of_the_page() -> None:
     assert "_static/monitor-web.png" in text
     picture = docs / "_static" / "monitor-web.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------- every option the monitor takes
+def _serving_url(monitor: subprocess.Popen[str]) -> str:
+    assert monitor.stderr is not None
+    line = monitor.stderr.readline()
+    assert "monitor: serving http://" in line, line + (monitor.stderr.read() if monitor.poll() is not None else "")
+    return line.split("serving ", 1)[1].split(",")[0].strip().rstrip("/")
+
+
+@pytest.mark.parametrize("mode", ["key", "multicast", "unicast", "redis"])
+def test_http_serves_whatever_cluster_the_monitor_options_name(mode: str, tmp_path: Path) -> None:
+    from pydiscover import Discovery
+    from testbed.ports import free_udp_ports
+
+    quick: dict[str, Any] = {"hello_interval": 0.2, "check_interval": 0.4, "node_timeout": 1.0,
+                             "ignore_process": False}
+    node_port, other_port, monitor_port = free_udp_ports(3)
+    timing = ["--hello-interval", "0.2", "--node-timeout", "1"]
+    with contextlib.ExitStack() as stack:
+        if mode == "key":
+            options: list[dict[str, Any]] = [{"port": node_port, "broadcast": LOOPBACK_BROADCAST, "key": "k"}] * 2
+            args = ["--port", str(node_port), "--broadcast", LOOPBACK_BROADCAST, "--key", "k"]
+        elif mode == "multicast":
+            group = {"port": node_port, "multicast": "239.255.91.8", "interface": "127.0.0.1"}
+            options = [group] * 2
+            args = ["--port", str(node_port), "--multicast", "239.255.91.8", "--interface", "127.0.0.1"]
+        elif mode == "unicast":
+            everyone = f"127.0.0.1:{node_port},127.0.0.1:{other_port},127.0.0.1:{monitor_port}"
+            options = [{"port": node_port, "unicast": everyone}, {"port": other_port, "unicast": everyone}]
+            args = ["--port", str(monitor_port), "--unicast", f"127.0.0.1:{node_port}"]
+        else:
+            from testbed.redis_server import RedisServer, redis_server_missing
+
+            if redis_server_missing():
+                pytest.skip(str(redis_server_missing()))
+            pytest.importorskip("redis")
+            server = stack.enter_context(RedisServer(tmp_path / "redis"))
+            options = [{"transport": server.url, "namespace": "web"}] * 2
+            args = ["--port", str(monitor_port), "--transport", server.url, "--namespace", "web"]
+        nodes = [stack.enter_context(Discovery(weight=w, **quick, **o)) for w, o in zip((1, 2), options, strict=True)]
+        monitor = subprocess.Popen([sys.executable, "-m", "pydiscover.monitor", "--http", "127.0.0.1:0", *args,
+                                    *timing, "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        stack.callback(monitor.wait, 10)
+        stack.callback(monitor.send_signal, signal.SIGTERM)
+        base = _serving_url(monitor)
+        deadline = time.monotonic() + 5
+        listed = api_nodes(base)
+        while (listed["totals"]["nodes"], listed["totals"]["masters"]) != (2, 1) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the server's answer, bounded by the deadline
+            listed = api_nodes(base)
+        assert listed["totals"]["nodes"] == 2 and listed["totals"]["masters"] == 1, listed
+        assert {n["id"] for n in listed["nodes"]} == {d.id for d in nodes}
+
