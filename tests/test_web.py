@@ -324,7 +324,7 @@ def _serving_url(monitor: subprocess.Popen[str]) -> str:
     return line.split("serving ", 1)[1].split(",")[0].strip().rstrip("/")
 
 
-@pytest.mark.parametrize("mode", ["key", "multicast", "unicast", "redis"])
+@pytest.mark.parametrize("mode", ["key", "multicast", "unicast", "redis", "etcd"])
 def test_http_serves_whatever_cluster_the_monitor_options_name(mode: str, tmp_path: Path) -> None:
     from pydiscover import Discovery
     from testbed.ports import free_udp_ports
@@ -345,6 +345,16 @@ def test_http_serves_whatever_cluster_the_monitor_options_name(mode: str, tmp_pa
             everyone = f"127.0.0.1:{node_port},127.0.0.1:{other_port},127.0.0.1:{monitor_port}"
             options = [{"port": node_port, "unicast": everyone}, {"port": other_port, "unicast": everyone}]
             args = ["--port", str(monitor_port), "--unicast", f"127.0.0.1:{node_port}"]
+        elif mode == "etcd":
+            from testbed.etcd_server import EtcdServer, etcd_server_missing
+
+            if etcd_server_missing():
+                pytest.skip(str(etcd_server_missing()))
+            pytest.importorskip("aetcd")
+            etcd = stack.enter_context(EtcdServer(tmp_path / "etcd"))
+            url = f"{etcd.url}/web-{os.getpid()}"
+            options = [{"port": port, "address": "127.0.0.1", "registry": url} for port in (node_port, other_port)]
+            args = ["--port", str(monitor_port), "--address", "127.0.0.1", "--registry", url]
         else:
             from testbed.redis_server import RedisServer, redis_server_missing
 
