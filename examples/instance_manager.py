@@ -10,6 +10,14 @@ Each process runs a :class:`~pydiscover.balancer.ResourceManager` over the same
 ``--resources`` pollers and prints what it owns whenever that changes (``--json``:
 one object per line).  Kill one: the others take its pollers over after the node
 timeout; start another: a third of the pollers move to it, and only those.
+
+``--capacity N`` gives a process N times a default one's share (0: it runs nothing).
+With ``--commands`` a process reads commands on stdin, one a line, and applies them to
+the whole cluster from wherever they are typed:
+
+    add poller-99            a new poller, started on exactly one process
+    remove poller-03         stopped wherever it runs, never started again
+    capacity 2               this process's share from now on (0 drains it)
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ def main() -> int:
     p.add_argument("--hello-interval", type=float, default=0.5, help="seconds between hellos (default 0.5)")
     p.add_argument("--node-timeout", type=float, default=2.0,
                    help="seconds before a silent node's pollers move (default 2)")
+    p.add_argument("--capacity", type=int, default=1, help="this process's share relative to the others' (default 1)")
+    p.add_argument("--commands", action="store_true",
+                   help="read add <id> / remove <id> / capacity <n> lines on stdin (end of input: exit)")
     p.add_argument("--duration", type=float, default=30.0, help="exit (cleanly) after this many seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     args = p.parse_args()
@@ -70,14 +81,41 @@ def main() -> int:
             last[0] = owned
             say("owned", id=d.me.id, count=len(owned), owned=sorted(owned), master=d.is_master)
 
-    rm = ResourceManager(d, resources=pollers, start=lambda poller: poller["id"], stop=lambda handle: None)
+    rm = ResourceManager(d, resources=pollers, start=lambda poller: poller["id"], stop=lambda handle: None,
+                         capacity=args.capacity)
     d.on("resourceStarted", report)
     d.on("resourceStopped", report)
-    say("started", id=d.me.id)
+    d.on("resourceAdded", lambda resource: say("added", id=resource["id"]))
+    d.on("resourceRemoved", lambda resource: say("removed", id=resource["id"]))
+    say("started", id=d.me.id, capacity=rm.capacity)
+    done = threading.Event()
+    if args.commands:
+        threading.Thread(target=obey, args=(rm, say, done), daemon=True).start()
     with contextlib.suppress(KeyboardInterrupt):
-        time.sleep(args.duration)
+        done.wait(args.duration)
     d.stop()
     return 0
+
+
+def obey(rm: ResourceManager, say: Any, done: threading.Event) -> None:
+    """Apply the commands read on stdin until it ends (then ``done``)."""
+    for line in sys.stdin:
+        words = line.split()
+        try:
+            if len(words) == 2 and words[0] == "add":
+                rm.add({"id": words[1], "url": f"https://example.invalid/feed/{words[1]}"})
+            elif len(words) == 2 and words[0] == "remove":
+                rm.remove(words[1])
+            elif len(words) == 2 and words[0] == "capacity":
+                rm.set_capacity(int(words[1]))
+            elif words:
+                raise ValueError("commands: add <id> | remove <id> | capacity <n>")
+            else:
+                continue
+            say("done", command=" ".join(words))
+        except (ValueError, TypeError) as exc:
+            say("refused", command=" ".join(words), error=str(exc))
+    done.set()
 
 
 if __name__ == "__main__":

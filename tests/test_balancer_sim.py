@@ -21,6 +21,7 @@ milliseconds.  Checked after every step of the simulation:
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections import Counter
@@ -51,6 +52,10 @@ def seeds() -> list[int]:
     return list(range(int(os.environ.get("PYDISCOVER_SIM_SEEDS", "200"))))
 
 
+#: Long forms run longer than the suite's default timeout allows.
+SCALED_TIMEOUT = pytest.mark.timeout(max(180.0, 60 + 0.5 * len(seeds())))
+
+
 def run_seeds(scenario: Callable[[int], None]) -> None:
     for seed in seeds():
         try:
@@ -76,6 +81,21 @@ class Faults:
         while t < FAULTS_END:
             yield t
             t += self.rng.uniform(1, 8)
+
+
+def drive(sim: BalancerSim, faults: Faults, fault: Callable[[], None], act: Callable[[], None],
+          gap: Callable[[], float]) -> None:
+    """Run to ``FAULTS_END`` in steps of ``gap()`` seconds: at each, a fault if one is due, then ``act()``."""
+    t = 1.0
+    schedule = iter(faults.times())
+    fault_at = next(schedule, FAULTS_END)
+    while t < FAULTS_END:
+        sim.run_until(t)
+        if t >= fault_at:
+            fault()
+            fault_at = next(schedule, FAULTS_END)
+        act()
+        t += gap()
 
 
 # ------------------------------------------------------------------ resources
@@ -127,11 +147,7 @@ def resources_scenario(seed: int) -> None:
         return ResourceMachine(view, resources=resources, has_stop=True, has_healthcheck=flaky,
                                health_interval=1.0, retry_delay=0.5)
 
-    kinds = ("crash", "restart", "stop", "master_crash", "master_stop")
-    unsafe = rng.random() < 0.5
-    if unsafe:
-        kinds += ("loss", "partition", "heal")
-    faults = Faults(rng, kinds)
+    faults, unsafe = resource_faults(rng, 0.5)
     sim = BalancerSim(make, hooks, seed=seed)
     weights = iter(range(1000, 0, -1))
     for _ in range(rng.randint(2, 5)):
@@ -140,11 +156,7 @@ def resources_scenario(seed: int) -> None:
     for at in faults.times():
         sim.run_until(at)
         _resource_fault(sim, faults, weights)
-    if sim.loss or any(n.segment for n in sim.nodes):
-        faults.last_unsafe = sim.now
-        faults.log.append((round(sim.now, 3), "heal"))
-    sim.loss = 0.0
-    sim.heal()
+    heal_all(sim, faults)
     if not sim.active():
         sim.add_member(**TIMINGS)
     sim.run_until(END)
@@ -158,6 +170,24 @@ def resources_scenario(seed: int) -> None:
     assert max(loads) - min(loads) <= 1, f"uneven spread {loads}; faults {faults.log}"
     plans = {tuple(sorted(sim.machine(idx).assignment.items())) for idx in alive}
     assert len(plans) == 1, f"members hold different plans; faults {faults.log}"
+
+
+def resource_faults(rng: random.Random, unsafe_share: float) -> tuple[Faults, bool]:
+    """Crashes, restarts and stops (of masters too); in ``unsafe_share`` of the runs also loss and partitions."""
+    kinds: tuple[str, ...] = ("crash", "restart", "stop", "master_crash", "master_stop")
+    unsafe = rng.random() < unsafe_share
+    if unsafe:
+        kinds += ("loss", "partition", "heal")
+    return Faults(rng, kinds), unsafe
+
+
+def heal_all(sim: BalancerSim, faults: Faults) -> None:
+    """The faults are over: no loss, no partition (logged as a heal if there was one)."""
+    if sim.loss or any(n.segment for n in sim.nodes):
+        faults.last_unsafe = sim.now
+        faults.log.append((round(sim.now, 3), "heal"))
+    sim.loss = 0.0
+    sim.heal()
 
 
 def _resource_fault(sim: BalancerSim, faults: Faults, weights: Iterator[int]) -> None:
@@ -186,6 +216,145 @@ def _resource_fault(sim: BalancerSim, faults: Faults, weights: Iterator[int]) ->
     else:
         return
     faults.log.append((round(sim.now, 3), kind))
+
+
+# ------------------------------------------------- run-time changes and capacity
+#: A remove heard by every node must stop the resource within this, and nobody starts it after.
+HEARD = 0.05
+
+
+@dataclass
+class ChangeLog:
+    """The adds and removes the test made: by whom, when, and the version each got."""
+
+    made: list[tuple[float, int, str, tuple[int, str], bool]] = field(default_factory=list)  # (t, idx, id, v, add)
+    starts: list[tuple[float, int, str]] = field(default_factory=list)  # (t, idx, id) of every start begun
+
+    def final(self) -> dict[str, tuple[tuple[int, str], bool]]:
+        """id -> the version and kind (add?) of its latest change."""
+        out: dict[str, tuple[tuple[int, str], bool]] = {}
+        for _, _, rid, version, add in self.made:
+            if rid not in out or version > out[rid][0]:
+                out[rid] = (version, add)
+        return out
+
+
+def changes_scenario(seed: int) -> None:
+    """Adds, removes and capacity changes on random members, racing joins, leaves and master changes."""
+    rng = random.Random(seed)
+    base = {f"r{i:02d}": {"id": f"r{i:02d}"} for i in range(rng.randint(0, 12))}
+    hook_rng = random.Random(seed + 1)
+    log = ChangeLog()
+
+    def hooks(node: int, hook: str, args: tuple[Any, ...]) -> tuple[float, Any, BaseException | None]:
+        if hook == "start":
+            log.starts.append((sim.now, node, args[0]["id"]))
+            return hook_rng.uniform(0, 0.3), f"h:{args[0]['id']}", None
+        if hook == "stop":
+            return hook_rng.uniform(0, 1.5), None, None
+        raise AssertionError(f"unexpected hook {hook}")
+
+    def make(view: CoreView) -> ResourceMachine:
+        return ResourceMachine(view, resources=base, has_stop=True)
+
+    faults, unsafe = resource_faults(rng, 0.3)
+    sim = BalancerSim(make, hooks, seed=seed)
+    weights = iter(range(1000, 0, -1))
+
+    def join() -> None:
+        idx = sim.add_member(weight=next(weights) if rng.random() < 0.5 else 0, **TIMINGS)
+        if rng.random() < 0.4:
+            sim.feed(idx, sim.machine(idx).set_capacity, rng.choice([0, 2, 3]))
+
+    for _ in range(rng.randint(2, 5)):
+        join()
+    sim.after_step = lambda: check_one_owner(sim, not unsafe, faults)
+
+    def change() -> None:
+        active = sim.active()
+        if not active:
+            return
+        idx = rng.choice(active)
+        roll = rng.random()
+        known = sorted({*base, *(m for _, _, m, _, _ in log.made)})
+        if roll < 0.45 or not known:
+            fresh = f"x{len(log.made):03d}"
+            rid = rng.choice([fresh, *known[:3]]) if known and rng.random() < 0.2 else fresh
+            version = sim.feed(idx, sim.machine(idx).add, {"id": rid, "n": len(log.made)}, int(sim.now * 1000))
+            log.made.append((sim.now, idx, rid, version, True))
+        elif roll < 0.85:
+            rid = rng.choice(known)
+            version = sim.feed(idx, sim.machine(idx).remove, rid, int(sim.now * 1000))
+            log.made.append((sim.now, idx, rid, version, False))
+        else:
+            sim.feed(idx, sim.machine(idx).set_capacity, rng.choice([0, 1, 1, 2, 3]))
+
+    drive(sim, faults, lambda: _resource_fault(sim, faults, weights), change, lambda: rng.uniform(0.05, 1.5))
+    heal_all(sim, faults)
+    if not sim.active():
+        sim.add_member(**TIMINGS)
+    if all(sim.machine(i).capacity == 0 for i in sim.active()):
+        idx = sim.active()[0]
+        sim.feed(idx, sim.machine(idx).set_capacity, 1)
+    sim.run_until(END)
+    check_one_owner(sim, True, faults)
+    alive = sim.alive()
+    where = f"faults {faults.log}; changes {[(round(t, 3), i, r, a) for t, i, r, _, a in log.made]}"
+    # Every member holds the same set and the same plan; no change of a member alive now is lost.
+    sets = {tuple(sorted(sim.machine(i).resources)) for i in alive}
+    assert len(sets) == 1, f"members hold different sets {sets}; {where}"
+    expected = set(next(iter(sets)))
+    changes = sim.machine(alive[0]).changes
+    for _, idx, rid, version, _ in log.made:
+        if idx in alive:
+            assert changes.get(rid, ((-1, ""), None))[0] >= version, f"n{idx}'s change of {rid} was lost; {where}"
+    final = log.final()
+    if not unsafe:  # every change reached every member: the latest of each id is what holds
+        assert expected == {r for r in base if r not in final} | {r for r, (_, add) in final.items() if add}, where
+    # Every resource of the set runs once, in proportion to capacity.
+    owners = Counter(rid for idx in alive for rid in sim.machine(idx).owned)
+    assert set(owners) == expected and set(owners.values()) <= {1}, (
+        f"owners {dict(owners)} of {sorted(expected)}; {where}")
+    caps = {i: sim.machine(i).capacity for i in alive}
+    total = sum(caps.values())
+    for i in alive:
+        share = len(expected) * caps[i] / total
+        assert math.floor(share) <= len(sim.machine(i).owned) <= math.ceil(share), (
+            f"n{i} (capacity {caps[i]}) runs {len(sim.machine(i).owned)} of {len(expected)}, share {share:.2f} "
+            f"(capacities {caps}); {where}")
+    # A removed resource is never started again once every member heard the removal.
+    if not unsafe:
+        for made_at, _, rid, version, add in log.made:
+            if add or final[rid][0] != version:
+                continue
+            late = [(round(at, 3), n) for at, n, started in log.starts if started == rid and at > made_at + HEARD]
+            assert not late, f"{rid}, removed at {made_at:.3f}, started again at {late}; {where}"
+
+
+@SCALED_TIMEOUT
+def test_run_time_changes_race_joins_leaves_and_master_changes() -> None:
+    run_seeds(changes_scenario)
+
+
+def capacity_example(capacities: list[int], count: int) -> list[int]:
+    resources = {f"r{i}": {"id": f"r{i}"} for i in range(count)}
+
+    def hooks(node: int, hook: str, args: tuple[Any, ...]) -> tuple[float, Any, BaseException | None]:
+        return 0.01, f"h:{args[0]['id']}" if hook == "start" else None, None
+
+    sim = BalancerSim(lambda view: ResourceMachine(view, resources=resources), hooks, seed=1)
+    members = []
+    for weight, cap in zip(range(len(capacities), 0, -1), capacities, strict=True):
+        members.append(sim.add_member(weight=weight, **TIMINGS))
+        sim.feed(members[-1], sim.machine(members[-1]).set_capacity, cap)
+    sim.run_until(10.0)
+    return [len(sim.machine(i).owned) for i in members]
+
+
+def test_shares_follow_capacity_rounded_to_whole_resources() -> None:
+    assert capacity_example([2, 1, 1], 8) == [4, 2, 2]
+    assert capacity_example([1, 1, 2], 6)[2] == 3
+    assert capacity_example([0, 1, 1], 6) == [0, 3, 3]
 
 
 # ---------------------------------------------------------------------- tasks
@@ -218,21 +387,16 @@ def tasks_scenario(seed: int) -> None:
         add()
     settled_once = SettledOnce(sim, submitted)
     sim.after_step = settled_once
-    t = 1.0
-    next_fault = iter(faults.times())
-    fault_at = next(next_fault, FAULTS_END)
-    while t < FAULTS_END:
-        sim.run_until(t)
-        if t >= fault_at:
-            _task_fault(sim, faults, add)
-            fault_at = next(next_fault, FAULTS_END)
+
+    def submit() -> None:
         for idx in sim.active():
             if sim.nodes[idx].core.is_master:
                 for _ in range(rng.randint(0, 3)):
                     key = str(rng.randint(0, 50)).encode()
                     task_id = sim.feed(idx, sim.machine(idx).submit, rng.randint(0, 1000), timeout, attempts, key)
                     submitted.setdefault(idx, []).append(task_id)
-        t += rng.uniform(0.05, 0.5)
+
+    drive(sim, faults, lambda: _task_fault(sim, faults, add), submit, lambda: rng.uniform(0.05, 0.5))
     sim.loss = 0.0
     sim.heal()
     sim.run_until(FAULTS_END + timeout * (attempts + 1) + 5 * TIMINGS["node_timeout"])
@@ -299,8 +463,6 @@ def _task_fault(sim: BalancerSim, faults: Faults, add: Callable[[], None]) -> No
 
 
 # ---------------------------------------------------------------------- tests
-#: Long forms run longer than the suite's default timeout allows.
-SCALED_TIMEOUT = pytest.mark.timeout(max(180.0, 60 + 0.5 * len(seeds())))
 
 
 @SCALED_TIMEOUT
@@ -379,3 +541,54 @@ def test_a_balancer_that_never_retries_is_caught(thirty_seeds: None, monkeypatch
     monkeypatch.setattr(TaskMachine, "_retry", lambda self, now, task, reason: [])
     with pytest.raises(AssertionError, match=r"never ended"):
         run_seeds(tasks_scenario)
+
+
+def test_run_time_changes_with_fenced_starts() -> None:
+    """With a coordinator (owner keys, as etcd's): an added resource starts under a key, a removed one gives it
+    back, a drained node's keys pass to the others with higher tokens; a key's holder is whoever runs it."""
+    resources = {f"r{i}": {"id": f"r{i}"} for i in range(6)}
+    keys: dict[str, tuple[int, int]] = {}  # id -> (holder, token)
+    revision = [0]
+    tokens: dict[str, list[int]] = {}
+
+    def hooks(node: int, hook: str, args: tuple[Any, ...]) -> tuple[float, Any, BaseException | None]:
+        if hook == "acquire":
+            rid = args[0]
+            if rid in keys and keys[rid][0] != node:
+                return 0.002, None, None  # held by the previous owner still: the machine tries again
+            revision[0] += 1
+            keys[rid] = (node, revision[0])
+            tokens.setdefault(rid, []).append(revision[0])
+            return 0.002, revision[0], None
+        if hook == "release":
+            rid, token = args
+            if rid in keys and keys[rid][0] == node and token in (None, keys[rid][1]):
+                del keys[rid]
+            return 0.002, None, None
+        return (0.2 if hook == "stop" else 0.05), f"h:{args[0]['id']}" if hook == "start" else None, None
+
+    sim = BalancerSim(lambda view: ResourceMachine(view, resources=resources, fenced=True), hooks, seed=3)
+    faults = Faults(random.Random(3), ())
+    members = [sim.add_member(weight=w, **TIMINGS) for w in (3, 2, 1)]
+    for idx in members:
+        sim.feed(idx, sim.machine(idx).fence_ready)
+
+    def keys_follow_owners() -> None:
+        check_one_owner(sim, True, faults)
+        for idx in members:
+            for rid in sim.machine(idx).owned:
+                assert keys.get(rid, (None, 0))[0] == idx, f"n{idx} runs {rid} without its key: {keys}"
+
+    sim.after_step = keys_follow_owners
+    sim.run_until(10.0)
+    master, one, other = members
+    sim.feed(one, sim.machine(one).add, {"id": "extra"}, 0)
+    sim.feed(other, sim.machine(other).remove, "r2", 0)
+    sim.run_until(12.0)
+    running = Counter(rid for idx in members for rid in sim.machine(idx).owned)
+    assert set(running) == (set(resources) - {"r2"}) | {"extra"} and set(running.values()) == {1}
+    assert "r2" not in keys and "extra" in keys
+    sim.feed(one, sim.machine(one).set_capacity, 0)
+    sim.run_until(16.0)
+    assert sim.machine(one).owned == frozenset() and len(sim.machine(master).owned) == 3
+    assert all(ts == sorted(ts) and len(set(ts)) == len(ts) for ts in tokens.values())

@@ -6,8 +6,10 @@ to 127.0.0.1.  Every run is bounded (a duration option, and a subprocess timeout
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import queue
 import re
 import subprocess
 import sys
@@ -351,6 +353,61 @@ def test_instance_manager_two_processes_split_the_pollers() -> None:
         and owned_at(timelines[0], t) | owned_at(timelines[1], t) == everything
         for t in sorted(at for timeline in timelines for at, _ in timeline)
     ), timelines
+
+
+def test_instance_manager_takes_run_time_commands() -> None:
+    """Two processes: an add typed on one runs once, a remove typed on the other stops, capacity 0 drains."""
+    port = str(free_udp_port())
+    lines: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
+    procs = [subprocess.Popen([sys.executable, str(EXAMPLES / "instance_manager.py"), "--port", port, "--resources",
+                               "4", "--duration", "60", "--json", "--commands"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    owned: list[set[str]] = [set(), set()]
+
+    def read(index: int) -> None:
+        stdout = procs[index].stdout
+        assert stdout is not None
+        for line in stdout:
+            lines.put((index, json.loads(line)))
+
+    def until(condition: Any, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {owned}"
+            with contextlib.suppress(queue.Empty):
+                index, event = lines.get(timeout=0.1)
+                if event["event"] == "owned":
+                    owned[index] = set(event["owned"])
+
+    def type_in(index: int, command: str) -> None:
+        stdin = procs[index].stdin
+        assert stdin is not None
+        stdin.write(command + "\n")
+        stdin.flush()
+
+    for index in range(2):
+        threading.Thread(target=read, args=(index,), daemon=True).start()
+    try:
+        every = {f"poller-{i:02d}" for i in range(4)}
+        until(lambda: owned[0] | owned[1] == every and not owned[0] & owned[1] and owned[0] and owned[1], "the split")
+        type_in(0, "add poller-99")
+        every.add("poller-99")
+        until(lambda: owned[0] | owned[1] == every and not owned[0] & owned[1], "poller-99 running once")
+        type_in(1, "remove poller-01")
+        every.discard("poller-01")
+        until(lambda: owned[0] | owned[1] == every, "poller-01 stopped")
+        type_in(1, "capacity 0")
+        until(lambda: owned[0] == every and not owned[1], "the second process drained")
+    finally:
+        for proc in procs:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()  # end of input: each exits cleanly
+        for proc in procs:
+            try:
+                assert proc.wait(30) == 0
+            finally:
+                proc.kill()
 
 
 def test_instance_manager_refuses_other_networks() -> None:

@@ -439,3 +439,212 @@ def test_the_master_plans_without_a_node_that_has_no_lease() -> None:
     m.message(2.0, "b", {"type": "ack", "e": m.epoch, "m": "a", "unfenced": True})
     m.tick(m.next_deadline() or 2.5)
     assert set(m.assignment.values()) == {"a"}
+
+
+# ---------------------------------------------------- run-time changes and capacity (issue 21)
+def trio(n: int = 3, *, caps: dict[str, int] | None = None
+         ) -> tuple[dict[str, FakeCluster], dict[str, ResourceMachine]]:
+    """Managers a (master), b, c over ``r0..r<n-1>``, each having heard the others' presence."""
+    names = "abc"
+    clusters = {x: FakeCluster(x, master=(x == "a")) for x in names}
+    ms = {x: ResourceMachine(clusters[x], resources=ids(n), listen_rounds=0, capacity=(caps or {}).get(x, 1))
+          for x in names}
+    for x in names:
+        clusters[x].peers = set(names) - {x}
+    for x in names:
+        out = ms[x].started(0.0)
+        deliver(ms, x, 0.0, out + start_all(ms[x], 0.0, out))
+    return clusters, ms
+
+
+def deliver(ms: dict[str, ResourceMachine], sender: str, now: float, actions: list[Action]) -> list[Action]:
+    """Broadcast ``sender``'s sends to the others, then what those cause, until quiet (stops and starts
+    answered at once); returns every action."""
+    out = list(actions)
+    queue = [(sender, d) for d in sends(actions)]
+    for _ in range(10_000):
+        if not queue:
+            return out
+        src, data = queue.pop(0)
+        for name, m in ms.items():
+            if name != src:
+                caused = m.message(now, src, data)
+                for run in runs(caused, "stop"):
+                    caused += m.hook_done(now, run.call, None, None)
+                caused += start_all(m, now, caused)
+                out += caused
+                queue += [(name, d) for d in sends(caused)]
+    raise AssertionError("messages never settled")
+
+
+def settle(ms: dict[str, ResourceMachine], start: float, until: float, step: float = 0.05) -> None:
+    """Tick everyone every ``step`` and deliver what they say; answer starts and stops at once."""
+    now = start
+    while now <= until:
+        for name, m in ms.items():
+            out = m.tick(now)
+            for run in runs(out, "stop"):
+                out += m.hook_done(now, run.call, None, None)
+            out += start_all(m, now, out)
+            deliver(ms, name, now, out)
+        now = round(now + step, 6)
+
+
+def owners(ms: dict[str, ResourceMachine]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, m in ms.items():
+        for rid in m.owned:
+            out.setdefault(rid, []).append(name)
+    return out
+
+
+def test_an_add_on_a_non_master_starts_on_exactly_one_node_at_once() -> None:
+    _, ms = trio(6)
+    settle(ms, 0.0, 2.0)
+    assert sorted(owners(ms)) == sorted(ids(6)) and all(len(o) == 1 for o in owners(ms).values())
+    version, out = ms["b"].add(2.01, {"id": "extra", "url": "x"}, 5)
+    assert version == (5, "b")  # at least the wall-clock stamp
+    (change,) = sends(out, "change")
+    assert change["x"] == [["extra", version[0], "b", {"id": "extra", "url": "x"}]]
+    assert emits(out, "resourceAdded")[0].args == ({"id": "extra", "url": "x"},) and ms["b"].stats["added"] == 1
+    assert ms["b"].unconfirmed == {"extra"}
+    deliver(ms, "b", 2.01, out)
+    assert all("extra" in m.resources for m in ms.values()) and ms["c"].stats["added"] == 1
+    assert ms["a"].next_deadline() == 2.01  # the master shows the overlay and plans at the end of this turn
+    settle(ms, 2.01, 2.02, step=0.01)
+    assert owners(ms)["extra"] in (["a"], ["b"], ["c"])  # started within the same turn's messages
+    assert ms["b"].unconfirmed == frozenset()  # the master's overlay shows it
+
+
+def test_a_remove_stops_the_resource_at_once_and_it_never_starts_again() -> None:
+    _, ms = trio(6)
+    settle(ms, 0.0, 2.0)
+    owner = owners(ms)["r2"][0]
+    other = next(x for x in "bc" if x != owner)
+    _, out = ms[other].remove(2.01, "r2")
+    caused = deliver(ms, other, 2.01, out)
+    stops = [r for r in runs(caused, "stop") if r.args == ("h-r2",)]
+    assert len(stops) == 1  # its owner stops it on hearing the change, before any plan
+    assert {x for x, m in ms.items() if m.stats["removed"] == 1} == {"a", "b", "c"}
+    settle(ms, 2.02, 8.0)
+    assert "r2" not in owners(ms) and all("r2" not in m.assignment for m in ms.values())
+    assert sorted(owners(ms)) == sorted(set(ids(6)) - {"r2"})
+    # An old plan that still names it cannot restart it: the node's own overlay says removed.
+    node = owners(ms)["r0"][0]
+    stale = plan_parts(ms[node].epoch + 5, "zz", {**ms[node].assignment, "r2": node})
+    assert all(r.args[0]["id"] != "r2" for r in runs(feed_plan(ms[node], 9.0, stale, sender="zz"), "start"))
+
+
+def test_changes_made_without_a_master_reach_the_next_one() -> None:
+    clusters, ms = trio(3)
+    settle(ms, 0.0, 2.0)
+    clusters["a"].is_master = False  # the master is gone (election in progress): nobody confirms
+    del ms["a"]
+    for x in "bc":
+        clusters[x].peers.discard("a")
+    out = ms["b"].add(2.1, {"id": "late"}, 0)[1]
+    # c missed the broadcast (lost); b repeats it every round while no master's overlay is heard.
+    assert sends(out, "change")
+    repeats = [sends(ms["b"].tick(t), "change") for t in (4.0, 5.0)]
+    assert all(r and r[0]["x"][0][0] == "late" for r in repeats)
+    clusters["c"].is_master = True  # c is elected; it never heard the change
+    promoted = ms["c"].promoted(5.5)
+    promoted += ms["c"].tick(5.5)
+    overlay = sends(promoted, "overlay")[0]
+    assert overlay["x"] == [] and overlay["c"] == 1
+    answer = ms["b"].message(5.5, "c", overlay)  # b compares: c lacks "late"
+    (change,) = sends(answer, "change")
+    ms["c"].message(5.5, "b", change)
+    assert "late" in ms["c"].resources
+    settle(ms, 5.5, 9.0)
+    assert sorted(owners(ms)) == ["late", "r0", "r1", "r2"] and ms["b"].unconfirmed == frozenset()
+
+
+def test_the_later_change_of_one_id_wins_whatever_the_order_of_arrival() -> None:
+    _, ms = trio(2)
+    settle(ms, 0.0, 1.0)
+    (v1, out1) = ms["b"].add(1.1, {"id": "x", "n": 1}, 1000)
+    (v2, out2) = ms["c"].remove(1.1, "x", 2000)
+    assert v2 > v1
+    for first, second in ((out1, out2), (out2, out1)):
+        _, m = machine("d", ids(2))
+        for actions in (first, second):
+            for data in sends(actions):
+                m.message(1.2, "b", data)
+        assert "x" not in m.resources and m.changes["x"] == (v2, None)
+    # A change made after hearing another has a higher clock, even with a wall clock behind.
+    _, m = machine("e", ids(2))
+    m.message(1.2, "b", sends(out2)[0])
+    assert m.add(1.3, {"id": "x"}, 0)[0] > v2
+
+
+def test_the_overlay_wins_over_the_base_set_from_a_callable() -> None:
+    _, m = machine("a", None, master=True, refresh_interval=1.0)
+    (read,) = runs(m.started(0.0), "resources")
+    m.hook_done(0.1, read.call, [{"id": "base1"}, {"id": "base2"}], None)
+    m.remove(0.2, "base1")
+    m.add(0.2, {"id": "extra"})
+    assert sorted(m.resources) == ["base2", "extra"]
+    (read,) = runs(m.tick(1.2), "resources")
+    m.hook_done(1.3, read.call, [{"id": "base1"}, {"id": "base3"}], None)  # base2 gone, base1 reported again
+    assert sorted(m.resources) == ["base3", "extra"]  # base1 stays removed: the run-time change wins
+
+
+def test_add_refuses_what_cannot_travel() -> None:
+    from pydiscover.errors import PacketTooLarge
+
+    _, m = machine("a", ids(1), master=True, budget=300)
+    with pytest.raises(PacketTooLarge, match="extra"):
+        m.add(0.0, {"id": "extra", "blob": "y" * 400})
+    with pytest.raises(ValueError, match="id"):
+        m.add(0.0, {"name": "no id"})
+    with pytest.raises(TypeError):
+        m.add(0.0, {"id": "x", "when": object()})
+    m.close(0.1)
+    with pytest.raises(RuntimeError, match="closed"):
+        m.remove(0.2, "r0")
+
+
+def test_capacity_travels_in_acks_and_shares_follow_it() -> None:
+    _, ms = trio(8, caps={"a": 1, "b": 2, "c": 1})
+    settle(ms, 0.0, 2.0)
+    assert sorted(len(m.owned) for m in ms.values()) == [2, 2, 4] and len(ms["b"].owned) == 4
+    assert {"type": "ack", "e": ms["b"].epoch, "m": "a", "cap": 2} in sends(ms["b"].tick(3.0), "ack")
+    assert all("cap" not in d for d in sends(ms["c"].tick(3.0), "ack"))  # capacity 1 says nothing (as 0.2)
+    before = {x: set(m.owned) for x, m in ms.items()}
+    out = ms["c"].set_capacity(3.1, 0)  # drain c
+    assert sends(out, "ack")[0]["cap"] == 0
+    deliver(ms, "c", 3.1, out)
+    settle(ms, 3.1, 6.0)
+    assert ms["c"].owned == frozenset() and len(ms["b"].owned) == 5 and len(ms["a"].owned) == 3
+    assert before["a"] <= ms["a"].owned and before["b"] <= ms["b"].owned  # only c's resources moved
+    assert sorted(owners(ms)) == sorted(ids(8)) and all(len(o) == 1 for o in owners(ms).values())
+
+
+def test_capacity_zero_everywhere_stops_everything() -> None:
+    _, ms = trio(3)
+    settle(ms, 0.0, 2.0)
+    for x in "abc":
+        deliver(ms, x, 2.1, ms[x].set_capacity(2.1, 0))
+    settle(ms, 2.1, 4.0)
+    assert owners(ms) == {} and all(m.assignment == {} for m in ms.values())
+    deliver(ms, "b", 4.1, ms["b"].set_capacity(4.1, 1))
+    settle(ms, 4.1, 6.0)
+    assert sorted(ms["b"].owned) == sorted(ids(3))
+
+
+def test_with_a_coordinator_an_added_resource_starts_under_its_owner_key_and_a_removed_one_gives_it_back() -> None:
+    _, m = machine("a", {}, master=True, fenced=True)
+    m.started(0.0)
+    now, _ = ready(m, 0.0)
+    _, out = m.add(now, {"id": "extra"})
+    out += m.tick(now)  # the master plans at the end of the turn
+    (acquire,) = runs(out, "acquire")
+    assert acquire.args == ("extra",) and runs(out, "start") == []
+    start_all(m, now, m.hook_done(now, acquire.call, 11, None))
+    assert m.owned == {"extra"} and m.token("extra") == 11
+    _, out = m.remove(now + 0.1, "extra")
+    (stop,) = runs(out, "stop")
+    (release,) = runs(m.hook_done(now + 0.2, stop.call, None, None), "release")
+    assert release.args == ("extra", 11) and m.owned == frozenset() and m.token("extra") is None
+    assert runs(m.tick(now + 5.0), "acquire") == []

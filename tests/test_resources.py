@@ -57,6 +57,24 @@ def test_thirty_over_three_then_two_then_three() -> None:
     assert loads(c, ["b", "c", "d"]) == [10, 10, 10] and moved(b, c) == 10
 
 
+def test_shares_follow_capacity_with_minimal_movement() -> None:
+    ids = [f"r{i}" for i in range(8)]
+    caps = {"a": 2, "b": 1, "c": 1}
+    a = rebalance({}, ids, ["a", "b", "c"], caps)
+    assert loads(a, ["a", "b", "c"]) == [4, 2, 2]
+    assert rebalance(a, ids, ["a", "b", "c"], {"a": 1, "b": 1, "c": 1}) == rebalance(a, ids, ["a", "b", "c"])
+    six = rebalance({}, ids[:6], ["a", "b", "c"], caps)
+    assert loads(six, ["a", "b", "c"])[0] == 3 and sorted(loads(six, ["b", "c"])) == [1, 2]
+    big = [f"r{i}" for i in range(3000)]
+    members = [f"n{i}" for i in range(10)]
+    before = rebalance({}, big, members)
+    doubled = rebalance(before, big, members, {"n0": 2})
+    assert loads(doubled, ["n0"]) == [545] and moved(before, doubled) == 545 - 300  # only what n0 gains moves
+    drained = rebalance(before, big, members, {"n0": 0})
+    assert loads(drained, ["n0"]) == [0] and moved(before, drained) == 300  # only n0's share moves
+    assert rebalance(before, big, members, dict.fromkeys(members, 0)) == {}
+
+
 def test_resource_validation() -> None:
     assert set(validate_resources([{"id": "a"}, {"id": "b", "x": 1}])) == {"a", "b"}
     for bad, error in (([{"id": "a"}, {"id": "a"}], "duplicate"), ([{"name": "a"}], "id"), ([{"id": 3}], "id"),
@@ -509,3 +527,50 @@ def test_close_from_another_thread_blocks_until_released() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+# ------------------------------------------------ run-time changes and capacity (issue 21)
+async def test_add_remove_and_capacity_in_memory() -> None:
+    cluster = Cluster([{"id": f"r{i}"} for i in range(6)])
+    try:
+        managers = [await cluster.add(w) for w in (3, 2, 1)]
+        await async_eventually(cluster.converged, 5, "six over three")
+        added: list[str] = []
+        cluster.nodes[0][0].on("resourceAdded", lambda resource: added.append(resource["id"]))
+        await managers[2].aadd({"id": "extra"})  # on the discovery's own loop: at once
+        managers[1].remove("r2")
+        cluster.resources = [r for r in cluster.resources if r["id"] != "r2"] + [{"id": "extra"}]
+        await async_eventually(lambda: "extra" in cluster.registry and "r2" not in cluster.registry
+                               and cluster.converged(), 5, "extra running, r2 gone")
+        assert "r2" not in cluster.registry and added == ["extra"]
+        assert all(m.stats["added"] == 1 and m.stats["removed"] == 1 for m in managers)
+        assert all(sorted(m.resources) == sorted(r["id"] for r in cluster.resources) for m in managers)
+        managers[0].set_capacity(0)
+        assert managers[0].capacity == 0
+        await async_eventually(lambda: not managers[0].owned and len(cluster.registry) == 6
+                               and sorted(len(m.owned) for m in managers[1:]) == [3, 3], 5, "drained")
+        with pytest.raises(ValueError, match="id"):
+            managers[1].add({"no": "id"})
+        with pytest.raises(TypeError, match="capacity"):
+            managers[1].set_capacity(1.5)  # type: ignore[arg-type]
+        assert cluster.violations == []
+    finally:
+        await cluster.close()
+
+
+def test_add_from_a_thread_and_from_another_event_loop(port: int) -> None:
+    """A sync Discovery: add from the user's thread blocks until applied; aadd from the user's own loop."""
+    ledger = Ledger()
+    d = Discovery(port=port, **REAL)
+    try:
+        rm = ledger.manager(d, "a")
+        eventually(lambda: rm.owned == ALL_FOUR, 10, "all four running")
+        rm.add({"id": "extra"})
+        asyncio.run(rm.aremove("r0"))
+        eventually(lambda: rm.owned == (ALL_FOUR - {"r0"}) | {"extra"}, 5, "extra running, r0 stopped")
+        with pytest.raises(ValueError, match=r"budget|bytes"):
+            rm.add({"id": "big", "blob": "x" * 2000})
+    finally:
+        d.stop()
+    with pytest.raises(RuntimeError, match="closed"):
+        rm.add({"id": "late"})

@@ -1,10 +1,14 @@
-"""Who owns which resource: balanced, sticky, deterministic.
+"""Who owns which resource: balanced in proportion to capacity, sticky, deterministic.
 
-``rebalance(previous, resources, members)`` keeps every resource where it is unless
-its owner left or holds more than its quota, and places the rest by rendezvous
-(highest-random-weight) hashing.  Quotas differ by at most one, so the spread is even
-(max - min <= 1), and the number of moves is the minimum that spread allows: about
-R/(N+1) on a join and the leaver's share on a leave.  Pure: no I/O, no clock.
+``rebalance(previous, resources, members, capacity)`` keeps every resource where it is
+unless its owner left or holds more than its quota, and places the rest by rendezvous
+(highest-random-weight) hashing.  A member's quota is its exact share
+``R * capacity / total capacity`` rounded down or up to a whole resource (the ups go
+first to members that already hold more than the rounded-down share, so fewer move);
+with equal capacities quotas differ by at most one (max - min <= 1).  The number of
+moves is the minimum those quotas allow: about R/(N+1) on a join (all to the newcomer),
+the leaver's share on a leave, and on a capacity change only what the new quotas shed.
+A member of capacity 0 gets nothing.  Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -37,21 +41,45 @@ def score(resource: str, member: str) -> int:
     return rendezvous(resource.encode(), member)
 
 
-def quotas(count: int, members: Sequence[str], load: Mapping[str, int]) -> dict[str, int]:
-    """``count`` split as evenly as possible; the +1s go to members already holding most (fewer moves)."""
-    if not members:
-        return {}
-    base, extra = divmod(count, len(members))
-    order = sorted(members, key=lambda m: (-load.get(m, 0), _h(m), m))
-    return {m: base + (1 if i < extra else 0) for i, m in enumerate(order)}
+def quotas(count: int, members: Sequence[str], load: Mapping[str, int],
+           capacity: Mapping[str, int] | None = None) -> dict[str, int]:
+    """``count`` split in proportion to ``capacity`` (1 for a member it does not name), in whole resources.
+
+    Each member gets its exact share ``count * c / C`` rounded down, or up: the ups
+    (as many as the rounding-down left over) go to members whose share is not whole,
+    first to those already holding more than the rounded-down share (``load``: fewer
+    moves), then to the largest fractions, then in a fixed pseudo-random order.  With
+    equal capacities: ``count // N`` each, the +1s to the members holding most.
+    """
+    caps = {m: _capacity(capacity, m) for m in members}
+    total = sum(caps.values())
+    if not members or total == 0:
+        return dict.fromkeys(members, 0)
+    out = {m: count * caps[m] // total for m in members}
+    fraction = {m: count * caps[m] % total for m in members}  # numerators over ``total``
+    extra = count - sum(out.values())  # < the number of members with a fraction (they sum to it)
+    order = sorted((m for m in members if fraction[m]),
+                   key=lambda m: (load.get(m, 0) <= out[m], -fraction[m], -load.get(m, 0), _h(m), m))
+    for m in order[:extra]:
+        out[m] += 1
+    return out
+
+
+def _capacity(capacity: Mapping[str, int] | None, member: str) -> int:
+    return 1 if capacity is None else max(0, int(capacity.get(member, 1)))
 
 
 def rebalance(
-    previous: Mapping[str, str], resources: Iterable[str], members: Iterable[str]
+    previous: Mapping[str, str], resources: Iterable[str], members: Iterable[str],
+    capacity: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
-    """The next assignment ``resource id -> member`` (empty if there are no members)."""
+    """The next assignment ``resource id -> member`` (empty if no member has capacity).
+
+    ``capacity``: member -> relative capacity (an int >= 0; 1 for a member it does not
+    name); members of capacity 0 get nothing.
+    """
     ids = sorted(set(resources))
-    team = sorted(set(members))
+    team = sorted(m for m in set(members) if _capacity(capacity, m) > 0)
     if not team:
         return {}
     members_set = set(team)
@@ -60,7 +88,7 @@ def rebalance(
         owner = previous.get(rid)
         if owner in members_set:
             held[owner].append(rid)
-    quota = quotas(len(ids), team, {m: len(rs) for m, rs in held.items()})
+    quota = quotas(len(ids), team, {m: len(rs) for m, rs in held.items()}, capacity)
     out: dict[str, str] = {}
     load = dict.fromkeys(team, 0)
     for member, rids in held.items():

@@ -23,6 +23,33 @@ Protocol, over one discovery channel (``resources`` by default):
   newcomer (which adopts a plan that no longer names it) still waits for its bye.  A
   manager starts nothing in its first ``LISTEN_ROUNDS`` rounds, so it has heard every
   manager that may still run something.
+* Capacity: a manager whose capacity is not 1 says ``"cap": n`` in its acks (a manager
+  that says nothing has capacity 1, as 0.2 managers do).  The master splits the
+  resources in proportion (``assignment.rebalance``); capacity 0 takes nothing, so its
+  resources move away by the ordinary stop-ack-start path.
+* Run-time changes (``add`` / ``remove`` on any node) form the *overlay*: one entry per
+  resource id changed at run time, ``[id, clock, origin, resource or null]`` (``null``:
+  removed).  ``(clock, origin)`` orders two changes of one id, the higher wins (last
+  writer wins); ``clock`` is a hybrid clock, above every clock this node has seen and
+  at least the wall-clock milliseconds the caller gave, so a later change wins.  The
+  overlay is a join-semilattice: merging in any order, any number of times, gives the
+  same result, so every manager merges every change it hears.
+
+  - The origin broadcasts ``{"type": "change", "x": [entries]}`` at once.
+  - The master broadcasts its whole overlay ``{"type": "overlay", "m", "v": version,
+    "k": part, "c": parts, "x": [entries]}`` when it changed (at the end of the turn)
+    and every ``hello_interval``; a receiver merges it, and once it holds every part
+    compares: the entries it holds that the master's overlay lacks (or holds older) are
+    sent again as ``change``.  So a change made while there is no master, and the
+    overlay that a new master has not heard, reach the master as soon as it speaks;
+    until an overlay is heard at all, a manager repeats its unconfirmed changes every
+    round.
+  - The resources are the base set (the ``resources`` list, or the callable's latest
+    result) with the overlay on top: an id the overlay names follows the overlay, an add
+    with its definition, a remove dropping it, whatever the base set says later.
+  - The master plans as soon as the overlay changes; a manager never starts an id its
+    own overlay removed, and stops it at once when it hears the removal, even before the
+    plan that drops it.
 
 Short field names save datagram budget.  The kind was ``"t"`` before the balancer's one
 wire convention (``"type"``, as the task channel has it); an incoming ``"t"`` is still read.
@@ -42,18 +69,38 @@ from typing import Any
 
 from .. import wire
 from .assignment import rebalance
-from .machine import Action, Cancel, Cluster, Emit, Machine, Run, Send, json_size, message_kind
+from .machine import Action, Cancel, Cluster, Emit, Machine, Run, Send, check_fits, json_size, message_kind
+from .overlay import NO_VERSION, Change, Overlay, Version, parse_entry
 
 log = logging.getLogger("pydiscover.balancer.resources")
 
 Resource = dict[str, Any]
 PlanKey = tuple[int, str]
+#: The largest capacity a manager may announce.
+MAX_CAPACITY = 1_000_000
 _NO_PLAN: PlanKey = (-1, "")
 #: A manager listens this many ``hello_interval`` after it starts before it starts anything:
 #: a manager still stopping what it ran (closing) is named by no plan, only by its presence.
 LISTEN_ROUNDS = 2
 #: The most parts one plan may have (a plan claiming more is ignored).
 MAX_PARTS = 100_000
+
+
+def validate_capacity(capacity: Any) -> int:
+    """``capacity`` if it is an int in ``[0, MAX_CAPACITY]``; else ``ValueError``/``TypeError``."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"capacity must be an int >= 0 (1 by default), got {capacity!r}")
+    if not 0 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be between 0 and {MAX_CAPACITY}, got {capacity!r}")
+    return capacity
+
+
+def validate_resource(resource: Any) -> Resource:
+    """A copy of ``resource`` if it is a dict with a non-empty string ``id`` and JSON values; else raises."""
+    if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
+        raise ValueError(f"a resource must be a dict with a non-empty string 'id', got {resource!r}")
+    json_size(resource)  # TypeError if it cannot travel
+    return dict(resource)
 
 
 def validate_resources(items: Any) -> dict[str, Resource]:
@@ -107,8 +154,11 @@ class ResourceMachine(Machine):
         has_healthcheck: bool = False,
         listen_rounds: int = LISTEN_ROUNDS,
         fenced: bool = False,
+        capacity: int = 1,
     ) -> None:
         self.cluster = cluster
+        #: This node's share of the resources relative to the others' (0: it runs nothing).
+        self.capacity = validate_capacity(capacity)
         #: With a coordinator: a resource starts only after ``Run("acquire", rid)`` returned its
         #: owner key's revision (the fencing token), and every resource stops on :meth:`fence_lost`.
         self.fenced = fenced
@@ -122,14 +172,23 @@ class ResourceMachine(Machine):
         self._me = cluster.id
         self._header_size: int | None = None  # bytes of a plan part with no ids
         self._from_source = resources is None
-        self._defs: dict[str, Resource] = {}
+        self._base: dict[str, Resource] = {}  # the list, or the callable's latest result
         if resources is not None:
             room = cluster.max_payload(channel)
             for rid in resources:
                 if not self._fits(rid, room):
                     raise ValueError(f"resource id {rid!r} does not fit in a plan message of the channel "
                                      f"{channel!r} (budget {room} bytes): use a shorter id")
-            self._defs = dict(resources)
+            self._base = dict(resources)
+        self._overlay = Overlay()  # run-time changes, by id (see the module docstring)
+        self._defs: dict[str, Resource] = dict(self._base)  # the base set with the overlay on top
+        self._overlay_cut: tuple[int, int, list[list[Any]]] | None = None  # (version, budget, parts)
+        self._overlay_due: float | None = None  # the master broadcasts its changed overlay then
+        self._overlay_parts: dict[tuple[str, int], dict[int, list[Any]]] = {}  # a master's overlay, arriving
+        self._overlay_heard_at = -math.inf  # when a master's whole overlay last arrived
+        self._unconfirmed: set[str] = set()  # ids whose entry the master has not shown yet
+        self._caps: dict[str, int] = {}  # the other managers' capacities (1 unless they said)
+        self._running_defs: dict[str, Resource] = {}  # what each running resource was started with
         self._now = 0.0
         self._out: list[Action] = []
         self._running: dict[str, Any] = {}
@@ -149,7 +208,7 @@ class ResourceMachine(Machine):
         self._closing: set[str] = set()  # managers releasing what they run before their bye
         self._unfenced: set[str] = set()  # managers without a coordinator lease: they can own nothing
         self._removed: set[str] = set()  # nodes discovery saw leave (goodbye or timeout)
-        self._published_inputs: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self._published_inputs: tuple[tuple[tuple[str, int], ...], tuple[str, ...]] | None = None
         self._cut_budget = 0  # the budget my current plan's parts were cut with
         self._refused: set[tuple[str, int]] = set()  # (id, budget) already reported as too long
         self._highest_epoch = -1
@@ -170,7 +229,7 @@ class ResourceMachine(Machine):
         self._refresh_call: int | None = None
         self._next_refresh = 0.0
         self.stats: dict[str, int] = {"plans_published": 0, "plans_adopted": 0, "starts": 0, "stops": 0,
-                                      "failures": 0}
+                                      "failures": 0, "added": 0, "removed": 0}
 
     # ---------------------------------------------------------------- views
     def token(self, rid: str) -> int | None:
@@ -207,8 +266,18 @@ class ResourceMachine(Machine):
 
     @property
     def resources(self) -> dict[str, Resource]:
-        """The resources known now (``{id: resource}``)."""
+        """The resources known now (``{id: resource}``): the base set with the run-time changes on top."""
         return dict(self._defs)
+
+    @property
+    def changes(self) -> dict[str, tuple[Version, Resource | None]]:
+        """The overlay: id -> (version, resource added, or ``None`` for removed)."""
+        return {rid: ((c[0], c[1]), c[2]) for rid, c in self._overlay.items()}
+
+    @property
+    def unconfirmed(self) -> frozenset[str]:
+        """Ids changed here (or known here) that the master's overlay does not show yet."""
+        return frozenset(self._unconfirmed)
 
     # ------------------------------------------------------------- plumbing
     def _take(self) -> list[Action]:
@@ -232,6 +301,8 @@ class ResourceMachine(Machine):
 
     def _send_ack(self) -> None:
         ack: dict[str, Any] = {"type": "ack", "e": self._applied[0], "m": self._applied[1]}
+        if self.capacity != 1:
+            ack["cap"] = self.capacity  # (no field: capacity 1, as a 0.2 manager has)
         if self._closed:
             ack["closing"] = True  # still running what it stops: nobody may take it yet
         if not self._fence_ok:
@@ -242,7 +313,7 @@ class ResourceMachine(Machine):
     def next_deadline(self) -> float | None:
         if self._closed:
             return None if self._bye_sent else self._round_at  # the closing presence, until the bye
-        times = [t for t in (self._round_at, self._replan_at, self._health_at) if t is not None]
+        times = [t for t in (self._round_at, self._replan_at, self._health_at, self._overlay_due) if t is not None]
         times.extend(self._retry_at.values())
         return min(times) if times else None
 
@@ -268,6 +339,10 @@ class ResourceMachine(Machine):
         due = [rid for rid, at in self._retry_at.items() if at <= now]
         for rid in due:
             del self._retry_at[rid]
+        if self._overlay_due is not None and self._overlay_due <= now:
+            self._overlay_due = None
+            if self.cluster.is_master:
+                self._broadcast_overlay()  # before the plan: receivers know what it names
         if self._replan_at is not None and self._replan_at <= now:
             self._replan_at = None
             self._replan_now()
@@ -285,8 +360,14 @@ class ResourceMachine(Machine):
         self._enter(now)
         if not isinstance(data, dict) or self._closed:
             return []
-        self._presence[sender] = now
         kind = message_kind(data)
+        if kind == "change":
+            self._on_change(data)
+            return self._take()
+        if kind == "overlay":
+            self._on_overlay(sender, data)
+            return self._take()
+        self._presence[sender] = now
         try:
             key: PlanKey = (int(data["e"]), str(data["m"]))
         except (KeyError, TypeError, ValueError):
@@ -307,6 +388,8 @@ class ResourceMachine(Machine):
         self._removed.discard(sender)  # heard again: it may hold resources after all
         if kind == "ack":
             fresh = sender not in self._acks
+            if fresh and self.cluster.is_master:
+                self._overlay_due = now  # a newcomer learns the run-time changes at once, not next round
             self._acks[sender] = key
             closing = data.get("closing") is True
             if closing != (sender in self._closing):
@@ -316,6 +399,12 @@ class ResourceMachine(Machine):
             if unfenced != (sender in self._unfenced):
                 fresh = True  # it lost its coordinator lease (or has it back): plan without it (or with it)
                 (self._unfenced.add if unfenced else self._unfenced.discard)(sender)
+            cap = data.get("cap", 1)
+            if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_CAPACITY:
+                cap = 1  # nonsense: as a manager that says nothing
+            if cap != self._caps.get(sender, 1):
+                fresh = True  # its share changes
+                self._caps[sender] = cap
             if key > self._plan and self.cluster.is_master:
                 # It applied a plan above ours that we never saw whole (the other side of a
                 # healed partition): it ignores ours, so plan again, numbered above both.
@@ -343,7 +432,183 @@ class ResourceMachine(Machine):
     def promoted(self, now: float) -> list[Action]:
         self._enter(now)
         self._replan()
+        if not self._closed:
+            # The overlay at once: the others answer with what it lacks before the plan is due.
+            self._overlay_due = now
         return self._take()
+
+    # ------------------------------------------------------ run-time changes
+    def add(self, now: float, resource: Resource, stamp: int = 0) -> tuple[Version, list[Action]]:
+        """Add (or redefine) ``resource`` cluster-wide; returns the change's version and the actions.
+
+        ``stamp``: wall-clock milliseconds (the change's clock is at least that, so a
+        later change of the same id on another node wins).  Raises ``ValueError`` for a
+        resource without a string ``id``, :class:`~pydiscover.errors.PacketTooLarge` if it
+        cannot travel in one datagram, ``TypeError`` if it is not JSON, ``RuntimeError``
+        once closed.
+        """
+        self._enter(now)
+        resource = validate_resource(resource)
+        rid = resource["id"]
+        room = self.cluster.max_payload(self.channel)
+        if not self._fits(rid, room):
+            raise ValueError(f"resource id {rid!r} does not fit in a plan message of the channel "
+                             f"{self.channel!r} (budget {room} bytes): use a shorter id")
+        check_fits(self._overlay_header([[rid, wire.MAX_SEQ, self._me, resource]]), room,
+                   f"resource {rid!r} (in an overlay message)")
+        return self._change(rid, resource, stamp)
+
+    def remove(self, now: float, resource_id: str, stamp: int = 0) -> tuple[Version, list[Action]]:
+        """Remove ``resource_id`` cluster-wide (known or not: it may be on its way); see :meth:`add`."""
+        self._enter(now)
+        if not isinstance(resource_id, str) or not resource_id:
+            raise ValueError(f"resource_id must be a non-empty string, got {resource_id!r}")
+        check_fits(self._overlay_header([[resource_id, wire.MAX_SEQ, self._me, None]]),
+                   self.cluster.max_payload(self.channel), f"resource id {resource_id!r} (in an overlay message)")
+        return self._change(resource_id, None, stamp)
+
+    def set_capacity(self, now: float, capacity: int) -> list[Action]:
+        """This node's capacity from now on; the master hears it at once and plans with it."""
+        self._enter(now)
+        capacity = validate_capacity(capacity)
+        if capacity == self.capacity:
+            return []
+        self.capacity = capacity
+        if self._began and not self._closed:
+            self._send_ack()
+            if self.cluster.is_master:
+                self._replan()
+        return self._take()
+
+    def _change(self, rid: str, resource: Resource | None, stamp: int) -> tuple[Version, list[Action]]:
+        if self._closed:
+            raise RuntimeError("the resource manager is closed")
+        if isinstance(stamp, bool) or not isinstance(stamp, int):
+            stamp = 0
+        clock = self._overlay.next_clock(stamp)
+        change: Change = (clock, self._me, resource)
+        self._merge(rid, change)
+        self._after_merge()
+        if not self.cluster.is_master:
+            self._unconfirmed.add(rid)  # sent again until the master's overlay shows it
+            self._send_changes([rid])
+        return (clock, self._me), self._take()
+
+    def _merge(self, rid: str, change: Change) -> bool:
+        """Take ``change`` into the overlay if it is newer than what we hold; events for what it changes."""
+        if not self._overlay.merge(rid, change):
+            return False
+        before, after = self._defs.get(rid), change[2]
+        if after is None:
+            self._defs.pop(rid, None)
+            if before is not None:
+                self.stats["removed"] += 1
+                self._emit("resourceRemoved", before)
+        else:
+            self._defs[rid] = after
+            if after != before:
+                self.stats["added"] += 1
+                self._emit("resourceAdded", after)
+        return True
+
+    def _after_merge(self) -> None:
+        """The overlay changed: the master shows it and plans at the end of this turn; stop what was removed."""
+        if self._closed:
+            return
+        if self.cluster.is_master:
+            self._overlay_due = self._now
+            self._replan_at = self._now if self._replan_at is None else min(self._replan_at, self._now)
+        self._reconcile()
+
+    def _overlay_header(self, entries: list[list[Any]]) -> dict[str, Any]:
+        """An overlay part with its numbers as long as they can be (the size it may reach when sent)."""
+        return {"type": "overlay", "m": self._me, "v": wire.MAX_SEQ, "k": MAX_PARTS, "c": MAX_PARTS, "x": entries}
+
+    def _chunks(self, entries: list[list[Any]], room: int) -> list[list[list[Any]]]:
+        """``entries`` cut into lists that each fit an overlay part (at least one list, perhaps empty)."""
+        budget = room - json_size(self._overlay_header([]))
+        chunks: list[list[list[Any]]] = [[]]
+        size = 0
+        for entry in entries:
+            cost = json_size(entry) + 1  # and a comma
+            if cost > budget:
+                log.warning("overlay entry for %r does not fit a datagram (%d bytes): not sent", entry[0], cost)
+                continue
+            if chunks[-1] and size + cost > budget:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(entry)
+            size += cost
+        return chunks
+
+    def _send_changes(self, rids: Iterable[str]) -> None:
+        for chunk in self._chunks(self._overlay.wire(rids), self.cluster.max_payload(self.channel)):
+            if chunk:
+                self._send({"type": "change", "x": chunk})
+
+    def _broadcast_overlay(self) -> None:
+        """The master's whole overlay, in parts (one, empty, when there is none: the others compare)."""
+        room = self.cluster.max_payload(self.channel)
+        cut = self._overlay_cut
+        if cut is None or cut[0] != self._overlay.version or cut[1] != room:
+            every = self._overlay.wire(rid for rid, _ in self._overlay.items())
+            cut = (self._overlay.version, room, self._chunks(every, room))
+            self._overlay_cut = cut
+        version, _, parts = cut
+        for k, chunk in enumerate(parts):
+            self._send({"type": "overlay", "m": self._me, "v": version, "k": k, "c": len(parts), "x": chunk})
+
+    def _on_change(self, data: dict[str, Any]) -> None:
+        items = data.get("x")
+        if not isinstance(items, list):
+            return
+        changed = False
+        for item in items:
+            entry = parse_entry(item)
+            if entry is not None and self._merge(*entry):
+                changed = True
+        if changed:
+            self._after_merge()
+        elif self.cluster.is_master:
+            self._overlay_due = self._now  # sent again: its origin missed our overlay, show it again
+
+    def _on_overlay(self, sender: str, data: dict[str, Any]) -> None:
+        try:
+            master, version, k, count = str(data["m"]), int(data["v"]), int(data["k"]), int(data["c"])
+            items = data["x"]
+        except (KeyError, TypeError, ValueError):
+            return
+        if master != sender or not 0 <= k < count <= MAX_PARTS or not isinstance(items, list):
+            return
+        entries = [e for e in map(parse_entry, items) if e is not None]
+        changed = False
+        for entry in entries:
+            changed = self._merge(*entry) or changed
+        key = (sender, version)
+        held = [other for other in self._overlay_parts if other[0] == sender]
+        if any(other[1] > version for other in held):
+            parts = None  # an older version than one already arriving: merged, not compared
+        else:
+            for other in held:
+                if other != key:
+                    del self._overlay_parts[other]
+            if len(self._overlay_parts) >= 16 and key not in self._overlay_parts:
+                self._overlay_parts.pop(next(iter(self._overlay_parts)))  # several masters at once: bounded
+            parts = self._overlay_parts.setdefault(key, {})
+            parts[k] = items
+        if parts is not None and len(parts) == count:
+            del self._overlay_parts[key]
+            shown: dict[str, Version] = {}
+            for chunk in parts.values():
+                for rid, change in (e for e in map(parse_entry, chunk) if e is not None):
+                    shown[rid] = max(shown.get(rid, NO_VERSION), (change[0], change[1]))
+            self._overlay_heard_at = self._now
+            lacking = self._overlay.lacking(shown)
+            self._unconfirmed = lacking
+            if lacking:
+                self._send_changes(lacking)  # what that master has not heard: ours, or from before it
+        if changed:
+            self._after_merge()
 
     def hook_done(self, now: float, call: int, value: Any, error: BaseException | None) -> list[Action]:
         self._enter(now)
@@ -407,7 +672,11 @@ class ResourceMachine(Machine):
             return []
         self._closed = True
         self._round_at = now  # the closing presence goes out now and every round until the bye
-        self._replan_at = self._health_at = None
+        self._replan_at = self._health_at = self._overlay_due = None
+        if self.cluster.is_master and self._overlay:
+            self._broadcast_overlay()  # once more for whoever masters next (a newcomer may not have it)
+        elif self._unconfirmed:
+            self._send_changes(self._unconfirmed)  # a last chance for changes the master has not shown
         self._health_queue.clear()
         self._retry_at.clear()
         for call in (self._health_call, self._refresh_call):
@@ -447,12 +716,17 @@ class ResourceMachine(Machine):
         """Presence ack; the master replans (when inputs or the budget changed) and repeats its plan; reconcile."""
         self._round_at = self._now + self.cluster.options.hello_interval
         try:
-            if self._from_source and self._refresh_call is None and (not self._defs or (
+            if self._from_source and self._refresh_call is None and (not self._base or (
                     self.refresh_interval is not None and self._now >= self._next_refresh)):
                 self._refresh_call = self._run(_Call("resources"))  # a slow plugin must not stall the rounds
             self._send_ack()
-            if self.cluster.is_master and not self._replan_now() and not self._recut_if_budget_changed():
-                self._broadcast_plan()  # (a plan just issued went out already)
+            if self.cluster.is_master:
+                self._overlay_due = None
+                self._broadcast_overlay()  # before the plan: receivers know what it names
+                if not self._replan_now() and not self._recut_if_budget_changed():
+                    self._broadcast_plan()  # (a plan just issued went out already)
+            elif self._unconfirmed and self._now - self._overlay_heard_at > 1.5 * self.cluster.options.hello_interval:
+                self._send_changes(self._unconfirmed)  # no master's overlay lately: ours again, for whoever masters
             self._reconcile()
         except Exception as exc:  # never let one bad round end the manager
             log.exception("resource manager round failed")
@@ -475,19 +749,22 @@ class ResourceMachine(Machine):
         for rid in [r for r in defs if not self._fits(r, room)]:
             del defs[rid]
             self._refuse(rid, room)
-        self._defs = defs
+        self._base = defs
+        self._defs = self._overlay.apply(defs)
         if self.cluster.is_master:
             self._replan_now()
         self._reconcile()
 
     # --------------------------------------------------------------- master
-    def _members(self) -> list[str]:
+    def _members(self) -> tuple[tuple[str, int], ...]:
+        """The managers a plan may give resources to, each with its capacity (none of capacity 0)."""
         now, timeout = self._now, self.cluster.options.node_timeout
         has_node = self.cluster.has_node
-        me = {self._me} if self._fence_ok else set()
-        return sorted(me | {n for n, t in self._presence.items()
-                            if has_node(n) and now - t <= timeout and n not in self._closing
-                            and n not in self._unfenced})
+        me = {self._me} if self._fence_ok and self.capacity > 0 else set()
+        names = me | {n for n, t in self._presence.items()
+                      if has_node(n) and now - t <= timeout and n not in self._closing
+                      and n not in self._unfenced and self._caps.get(n, 1) > 0}
+        return tuple((n, self.capacity if n == self._me else self._caps.get(n, 1)) for n in sorted(names))
 
     def _replan(self) -> None:
         """Plan soon: a burst of joins or leaves (a cluster starting) becomes one plan, not one each."""
@@ -498,11 +775,12 @@ class ResourceMachine(Machine):
         """Issue a plan when the live managers or the resources changed (or we just took over)."""
         if not self.cluster.is_master or self._closed:
             return False
-        inputs = (tuple(self._members()), tuple(sorted(self._defs)))
+        inputs = (self._members(), tuple(sorted(self._defs)))
         if inputs == self._published_inputs:
             return False
         # Sticky: starting from the plan we hold, a new master with the same members moves nothing.
-        self._issue(rebalance(self._assignment, self._placeable(inputs[1]), inputs[0]), *inputs)
+        members = dict(inputs[0])
+        self._issue(rebalance(self._assignment, self._placeable(inputs[1]), members, members), *inputs)
         return True
 
     def _recut_if_budget_changed(self) -> bool:
@@ -553,12 +831,12 @@ class ResourceMachine(Machine):
         log.warning("%s", exc)
         self._emit("error", exc)
 
-    def _issue(self, assignment: dict[str, str], members: tuple[str, ...], ids: tuple[str, ...]) -> None:
+    def _issue(self, assignment: dict[str, str], members: tuple[tuple[str, int], ...], ids: tuple[str, ...]) -> None:
         self._highest_epoch = max(self._highest_epoch, self._plan[0]) + 1
         key: PlanKey = (self._highest_epoch, self._me)
         self._published_inputs = (members, ids)
         self._cut_budget = self.cluster.max_payload(self.channel)
-        parts = self._split(assignment, members, self._cut_budget)
+        parts = self._split(assignment, [m for m, _ in members], self._cut_budget)
         self._parts[key] = dict(enumerate(parts))
         self._part_counts[key] = len(parts)
         self.stats["plans_published"] += 1
@@ -582,6 +860,8 @@ class ResourceMachine(Machine):
                 chunk.append(rid)
                 size += cost
             parts.append((member, chunk))
+        if not parts:  # nobody may own anything (capacity 0 everywhere): a plan all the same, empty
+            parts.append((self._me, []))
         return parts
 
     def _broadcast_plan(self) -> None:
@@ -627,9 +907,9 @@ class ResourceMachine(Machine):
         """Converge what runs here on the adopted plan: stop first, ack, then start what is safe."""
         if self._closed:
             return
-        mine = self._mine
-        for rid in [r for r in self._running if r not in mine and r not in self._busy]:
-            self._begin_stop(rid)
+        mine, defs = self._mine, self._defs
+        for rid in [r for r in self._running if (r not in mine or r not in defs) and r not in self._busy]:
+            self._begin_stop(rid)  # moved away, or removed (perhaps before the master's plan says so)
         released = not any(r not in mine for r in self._running) and not any(r not in mine for r in self._busy)
         if released and self._applied != self._plan:
             self._applied = self._plan
@@ -640,8 +920,8 @@ class ResourceMachine(Machine):
         if now < self._listen_until:
             self._round_at = min(self._round_at or math.inf, self._listen_until)
             return
-        if not self._fence_ok:
-            return  # no lease to own anything under
+        if not self._fence_ok or self.capacity == 0:
+            return  # no lease to own anything under, or draining: the master's next plan takes it all
         safe: bool | None = None  # the same for every resource: asked once, and only if one waits
         for rid in sorted(mine):
             if (rid in self._running or rid in self._busy or rid in self._releasing
@@ -689,8 +969,13 @@ class ResourceMachine(Machine):
         ago may still be stopping it.  So every manager named by this plan or the one
         before, or heard recently, must have acknowledged this plan, closed, or left.
         One slow ``stop`` delays others' starts; that is the price of never running a
-        resource twice.
+        resource twice.  And nothing starts while a manager says it applied a plan above
+        ours: that plan may give back what ours moved here, and its ack (sent before the
+        plan's parts) says nothing about ours; we adopt it first.
         """
+        plan = self._plan
+        if any(ack > plan for ack in self._acks.values()):
+            return False
         return all(self._released(node) for node in set(self._presence) | self._plan_members | self._previous_members
                    if node != self._me)
 
@@ -716,6 +1001,7 @@ class ResourceMachine(Machine):
             self._failed(rid, resource, error)
             return
         self._running[rid] = handle
+        self._running_defs[rid] = resource
         self.stats["starts"] += 1
         self._emit("resourceStarted", resource, handle)
         if self._closed or not self._fence_ok:
@@ -741,7 +1027,7 @@ class ResourceMachine(Machine):
         self._running.pop(rid, None)
         self._release_owner(rid)  # once stopped: the next owner's key can be created
         self.stats["stops"] += 1
-        resource = self._defs.get(rid, {"id": rid})
+        resource = self._running_defs.pop(rid, None) or self._defs.get(rid, {"id": rid})
         self._emit("resourceStopped", resource)
         if failure is not None:
             self._failed(rid, resource, failure)
@@ -778,4 +1064,5 @@ class ResourceMachine(Machine):
         self._health_next()
 
 
-__all__ = ["MAX_PARTS", "Resource", "ResourceMachine", "validate_resources"]
+__all__ = ["MAX_CAPACITY", "MAX_PARTS", "Resource", "ResourceMachine", "validate_capacity", "validate_resource",
+           "validate_resources"]
