@@ -136,6 +136,8 @@ async def test_api_metrics_and_the_event_stream_follow_the_cluster() -> None:
         assert families["pydiscover_nodes"].samples[0].value == 3
         assert families["pydiscover_masters"].samples[0].value == 1
         assert families["pydiscover_hellos"].samples[0].value > 0
+        per_node = sum(s.value for s in families["pydiscover_hello_rate"].samples)
+        assert families["pydiscover_hellos_per_second"].samples[0].value == pytest.approx(per_node)
         assert {s.labels["id"] for s in families["pydiscover_hello_rate"].samples} == {d.id for d in nodes}
         assert sum(s.value for s in families["pydiscover_node_master"].samples) == 1
 

@@ -34,10 +34,15 @@ class ClusterCollector(Collector):
         rate = GaugeMetricFamily("pydiscover_hello_rate", "Hellos per second from each node (last 10 s)",
                                  labels=["id", "hostname"])
         master = GaugeMetricFamily("pydiscover_node_master", "1 if the node is a master", labels=["id", "hostname"])
+        total = 0.0
         for record in snap["nodes"]:
             labels = [record["id"], record["hostname"]]
-            rate.add_metric(labels, self.view.hello_rate(record["id"]))
+            hellos = self.view.hello_rate(record["id"])
+            total += hellos
+            rate.add_metric(labels, hellos)
             master.add_metric(labels, 1.0 if record["is_master"] else 0.0)
+        yield GaugeMetricFamily("pydiscover_hellos_per_second", "Hellos per second from all nodes (last 10 s)",
+                                value=total)
         yield rate
         yield master
         yield CounterMetricFamily("pydiscover_packets_in", "Datagrams received", value=stats["packets_in"])
