@@ -434,27 +434,6 @@ class DiscoveryCore:
             return None
         return [self._transmit(now, channel, data, what=f"message on channel {channel!r}")]
 
-    def reissue(self, now: float, datagram: bytes) -> bytes | None:
-        """One of our messages, held by the transport through a link outage, stamped afresh.
-
-        A new seq and, when sealed, the time now: a receiver's replay guard has moved on
-        (our hellos went out first) or forgotten us meanwhile, and would drop the old
-        stamp as a replay.  ``None`` when stopped, or when it no longer opens (a key
-        dropped since) or is not ours.
-        """
-        if not self._running:
-            return None
-        try:
-            env = wire.decode(self._codec.open(datagram).plaintext)
-        except (OpenError, wire.DecodeError):
-            return None
-        if env.iid != self.iid:
-            return None
-        try:
-            return self._transmit(now, env.event, env.data, what=f"message on channel {env.event!r}").datagram
-        except PacketTooLarge:  # at the budget already, and the new seq has one more digit
-            return None
-
     @property
     def codec(self) -> Codec:
         return self._codec
@@ -491,6 +470,9 @@ class DiscoveryCore:
         self._link_down_since = None
         self._timers.last_run = now  # the outage is given back below, not again as a pause
         self._peers.give_time_back(outage, now)
+        # And to the replay memory: a peer's messages held through the outage (Redis) come
+        # now, and the seqs it sent before must still count as taken.
+        self._replay.postpone(outage)
         out: list[Action] = []
         if not self.options.client:
             self._hello(now, out)
@@ -544,7 +526,8 @@ class DiscoveryCore:
         if timers.check_due(now):
             elect = True
             out.append(Emit("check"))
-            self._replay.forget_expired(now)
+            if self._link_down_since is None:  # an outage is no sign that anyone left (see link_restored)
+                self._replay.forget_expired(now)
         if elect:
             self._elect(now, out)
         timers.watch()

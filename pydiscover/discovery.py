@@ -334,7 +334,8 @@ class AsyncDiscovery:
         self._emitter.set_loop(loop)
         self._transport.set_link_listener(self._link_changed)
         self._transport.set_error_listener(self._transport_error)
-        self._transport.set_reissuer(self._reissue)
+        # Peers refuse a sealed packet older than the replay window: a held message must not outlive it.
+        self._transport.set_message_lifetime(self.options.replay_window or None)
         await self._transport.open(self._datagram_received)
         if self._registry is not None:
             try:
@@ -783,10 +784,6 @@ class AsyncDiscovery:
         now = self._now()
         log.warning("transport link %s", "restored" if up else "lost; pausing removals and elections")
         self._apply(self._core.link_restored(now) if up else self._core.link_lost(now))
-
-    def _reissue(self, datagram: bytes) -> bytes | None:
-        """A message the transport held through an outage, with a fresh seq and time (see the core)."""
-        return self._core.reissue(self._now(), datagram)
 
     def _transport_error(self, reason: str, detail: str) -> None:
         """node-discover emits socket errors as ``error``; we do too, at most one per reason every few seconds."""

@@ -339,6 +339,11 @@ class ReplayGuard:
             state[2] = now + self.retention
         self._state.move_to_end(iid)
 
+    def postpone(self, seconds: float) -> None:
+        """Keep every instance ``seconds`` longer (the time a link outage kept them silent)."""
+        for state in self._state.values():
+            state[2] += seconds
+
     def forget_expired(self, now: float) -> None:
         """Drop instances unheard for ``retention`` seconds."""
         self._evict(now)

@@ -698,7 +698,66 @@ def test_outage_buffer_and_resubscribe_wait_are_checked() -> None:
     with pytest.raises(ValueError, match="resubscribe_wait"):
         RedisTransport("redis://127.0.0.1:1/0", resubscribe_wait=0)
     transport = RedisTransport("redis://127.0.0.1:1/0", max_backoff=1.5)
-    assert transport.resubscribe_wait == 3.0 and transport.outage_buffer == 1024
+    assert transport.resubscribe_wait == 2.25 and transport.outage_buffer == 1024
+
+
+async def test_a_message_whose_publish_was_cut_after_it_went_out_arrives_once(
+    own_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server ran the PUBLISH but the reply was lost with the connection: the message
+    # is sent again after the reconnect, as it was, and the receiver drops the copy by its seq.
+    real_publish = redis.asyncio.Redis.publish
+    cut = {"armed": True}
+
+    async def publish_then_lose_the_reply(self: Any, channel: Any, message: bytes, **kwargs: Any) -> Any:
+        result = await real_publish(self, channel, message, **kwargs)
+        if cut["armed"] and b'"n":3' in message:
+            cut["armed"] = False
+            raise redis.ConnectionError("connection lost after the server ran PUBLISH")
+        return result
+
+    monkeypatch.setattr(redis.asyncio.Redis, "publish", publish_then_lose_the_reply)
+    ns = namespace()
+    sender, receiver = node(own_server.url, ns, weight=2), node(own_server.url, ns, weight=1)
+    got: list[int] = []
+    receiver.join("chat", lambda data, packet: got.append(data["n"]))
+    async with running(sender, receiver):
+        await async_eventually(lambda: full_view([sender, receiver]), 2, "mutual view")
+        for n in range(6):
+            assert sender.send("chat", {"n": n})
+            await async_eventually(lambda n=n: n in got or sender.stats["dropped"].get("connection_lost"), 2, "sent")
+        await async_eventually(lambda: set(got) == set(range(6)), 3, "all six")
+        await async_eventually(lambda: receiver.stats["dropped"].get("replayed") == 1, 3, "the copy dropped")
+    assert not cut["armed"] and sender.stats["dropped"]["connection_lost"] == 1
+    assert got == list(range(6)), got  # once each, in order
+    assert "unsent" not in sender.stats["dropped"]
+
+
+async def test_without_pubsub_rights_held_messages_wait_resubscribe_wait_and_the_link_stays_up(
+    tmp_path: Path,
+) -> None:
+    need_redis_server()
+    acl = ["pd", "on", ">pw", "~*", "&*", "+@all", "-pubsub"]  # may publish and subscribe, not count subscribers
+    with RedisServer(tmp_path / "redis", extra=["--user", *acl]) as server:
+        url = f"redis://pd:pw@127.0.0.1:{server.port}/0"
+        ns = namespace()
+        got: list[bytes] = []
+        sender = RedisTransport(url, namespace=ns, resubscribe_wait=0.5)
+        listener = RedisTransport(url, namespace=ns)
+        await listener.open(lambda data, addr: got.append(data))
+        await sender.open(lambda data, addr: None)
+        try:
+            assert sender.send_message(b"first")
+            await async_eventually(lambda: got == [b"first"], 2, "the first message")
+            server.stop()
+            await async_eventually(lambda: not sender.connected, 2, "link lost")
+            assert sender.send_message(b"held")
+            server.start()
+            await async_eventually(lambda: got == [b"first", b"held"], 4, "the held message")
+            assert sender.errors["connection_lost"] == 1 and sender.connected  # no reconnect loop
+        finally:
+            await sender.close()
+            await listener.close()
 
 
 # ------------------------------------------------- processes (issue's check)

@@ -30,7 +30,8 @@ class Transport(abc.ABC):
         self.errors = {}
         self._link_listener: Callable[[bool], None] | None = None
         self._error_listener: Callable[[str, str], None] | None = None
-        self._reissuer: Callable[[bytes], bytes | None] | None = None
+        #: Seconds a channel message may wait for the link before peers would refuse it (``None``: no limit).
+        self.message_lifetime: float | None = None
 
     def set_link_listener(self, listener: Callable[[bool], None] | None) -> None:
         """Called with ``False`` when the transport loses the cluster and ``True`` when it is back.
@@ -43,13 +44,11 @@ class Transport(abc.ABC):
         """Called with ``(reason, detail)`` for each network error counted (the runtime rate-limits them)."""
         self._error_listener = listener
 
-    def set_reissuer(self, reissue: Callable[[bytes], bytes | None] | None) -> None:
-        """How to stamp a held message afresh before it goes out (``None``: it cannot go out any more).
-
-        A transport that holds messages through an outage (Redis) must send them with a
-        new seq and time, or peers would drop them as replays; the runtime sets this.
-        """
-        self._reissuer = reissue
+    def set_message_lifetime(self, seconds: float | None) -> None:
+        """How long a channel message may wait for the link: sealed peers refuse a packet older
+        than their replay window, so a transport that holds messages through an outage (Redis)
+        drops, and counts as ``unsent``, one that waited longer.  The runtime sets it."""
+        self.message_lifetime = seconds
 
     def _link_changed(self, up: bool) -> None:
         if self._link_listener is not None:
@@ -67,8 +66,9 @@ class Transport(abc.ABC):
         """Send a channel message (not a hello); ``False`` when it is known not to go out.
 
         The runtime returns this from ``send()``.  A transport that can lose its link
-        (Redis) holds messages through an outage or refuses them here, counting each
-        one never sent as ``unsent``; the default sends like :meth:`send` and says ``True``.
+        (Redis) holds messages through an outage, in order and as they are (peers drop a
+        second copy by its seq), or refuses them here, counting each one never sent as
+        ``unsent``; the default sends like :meth:`send` and says ``True``.
         """
         self.send(datagram)
         return True

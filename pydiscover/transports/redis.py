@@ -21,9 +21,10 @@ once).  Nothing is raised into user code after :meth:`RedisTransport.open`.
 
 Channel messages are not lost silently: those sent while the link is down (and those
 queued or in flight when it failed) are held, up to ``outage_buffer`` of them, and
-published in order once the peers are back (see :meth:`RedisTransport.send_message`);
-a message that cannot be held is refused (``send`` returns ``False``) and every
-message that is never published is counted as ``unsent``.
+published in order, as they are, once the peers are back (see
+:meth:`RedisTransport.send_message`); a message that cannot be held is refused
+(``send`` returns ``False``) and every message that is never published is counted as
+``unsent``.
 
 The ``redis`` package is imported only when a Redis transport is built, so the rest of
 pydiscover works without it.
@@ -38,6 +39,7 @@ import logging
 import random
 import re
 import struct
+import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -51,6 +53,8 @@ INSTALL_HINT = "the Redis transport needs the 'redis' package: pip install pydis
 #: Every cluster's channel is this prefix plus its namespace.
 CHANNEL_PREFIX = "pydiscover:"
 FRAME_VERSION = 1
+#: Hellos kept behind held messages (their seqs must not overtake the messages'); more are dropped.
+HELLOS_HELD = 8
 #: Query parameters that would turn the bytes we carry into text.
 _FORBIDDEN_QUERY = ("decode_responses", "encoding", "encoding_errors", "connection_class", "protocol")
 _DB_PATH = re.compile(r"/?|/\d+")
@@ -187,7 +191,7 @@ class RedisTransport(Transport):
     which publishes them in order; while the link is down hellos are dropped and counted,
     and channel messages are held, at most ``outage_buffer`` of them (0: none), until
     the link is back and as many subscribers as before have resubscribed, or
-    ``resubscribe_wait`` seconds have passed (default: twice ``max_backoff``).
+    ``resubscribe_wait`` seconds have passed (default: 1.5 times ``max_backoff``).
     Reconnection waits from ``min_backoff`` doubling to ``max_backoff`` seconds (with
     jitter).  An idle connection is pinged every ``ping_interval`` seconds and counts as
     lost after ``ping_timeout`` seconds without any reply.  ``close`` waits at most
@@ -226,7 +230,7 @@ class RedisTransport(Transport):
         if isinstance(outage_buffer, bool) or not isinstance(outage_buffer, int) or outage_buffer < 0:
             raise ValueError(f"outage_buffer must be an int >= 0 (messages), got {outage_buffer!r}")
         if resubscribe_wait is None:
-            resubscribe_wait = 2 * max_backoff if isinstance(max_backoff, (int, float)) else max_backoff
+            resubscribe_wait = 1.5 * max_backoff if isinstance(max_backoff, (int, float)) else max_backoff
         for name, value in (
             ("min_backoff", min_backoff),
             ("max_backoff", max_backoff),
@@ -254,8 +258,11 @@ class RedisTransport(Transport):
         self._receive: Receiver | None = None
         #: ``(datagram, is_message)`` for the writer, in order.
         self._queue: asyncio.Queue[tuple[bytes, bool]] | None = None
-        #: Channel messages waiting for the link (and the peers) to be back, oldest first.
-        self._held: collections.deque[bytes] = collections.deque()
+        #: ``(datagram, is_message, since)`` waiting for the link and the peers, oldest first:
+        #: the messages, and the hellos sent after them (seqs must reach peers in order).
+        self._held: collections.deque[tuple[bytes, bool, float]] = collections.deque()
+        self._held_messages = 0
+        self._warned_numsub = False
         #: After a reconnect, until the held messages are out: new messages are held too (order).
         self._holding = False
         #: What the writer is publishing now: back to the front of ``_held`` if the link fails.
@@ -291,6 +298,7 @@ class RedisTransport(Transport):
         self._receive = receive
         self._queue = asyncio.Queue(self.queue_size)
         self._held.clear()
+        self._held_messages = 0
         self._holding = False
         self._in_flight = None
         self._subscribers = self._wanted_back = 0
@@ -323,11 +331,12 @@ class RedisTransport(Transport):
         if link is not None:
             await link.close()
         self._hold_unpublished()
-        if self._held:
-            self._report_error("unsent", f"{len(self._held)} channel messages never published: closed before "
-                               f"the link to Redis at {self.display_url} was back", len(self._held))
-            log.warning("closing with %d channel messages not published (unsent)", len(self._held))
-            self._held.clear()
+        if self._held_messages:
+            self._report_error("unsent", f"{self._held_messages} channel messages never published: closed before "
+                               f"the link to Redis at {self.display_url} was back", self._held_messages)
+            log.warning("closing with %d channel messages not published (unsent)", self._held_messages)
+        self._held.clear()
+        self._held_messages = 0
         self._queue = None
         self._receive = None
 
@@ -340,6 +349,12 @@ class RedisTransport(Transport):
         if not self._up:
             self._count_and_log("not_connected", "Redis link down: dropping hellos until reconnected")
             return
+        if self._held:  # behind the held messages: a newer seq must not reach peers before them
+            if len(self._held) - self._held_messages < HELLOS_HELD:
+                self._held.append((bytes(datagram), False, time.monotonic()))
+            else:
+                self._count_error("not_connected")
+            return
         try:
             queue.put_nowait((bytes(datagram), False))
         except asyncio.QueueFull:
@@ -348,11 +363,13 @@ class RedisTransport(Transport):
     def send_message(self, datagram: bytes) -> bool:
         """Publish a channel message, or hold it through an outage; ``False`` (counted ``unsent``) if neither.
 
-        Held messages are published in order, before any message sent after them, once
-        the link is back and as many subscribers as the last publish reached have
-        resubscribed (at most ``resubscribe_wait`` seconds), so peers that reconnect a
-        little later than this node still get them.  A message in flight when the link
-        failed is sent again: receivers drop the copy they may already have (its seq).
+        Held messages are published in order, as they are, before anything sent after
+        them, once the link is back and as many subscribers as the last publish reached
+        have resubscribed (at most ``resubscribe_wait`` seconds), so peers that
+        reconnect a little later than this node still get them.  A message in flight
+        when the link failed is sent again: receivers drop the copy they may already
+        have by its seq.  One held longer than ``message_lifetime`` (the replay window:
+        sealed peers would refuse it) is dropped then, counted ``unsent``.
         """
         queue = self._queue
         if queue is None or self._closing:
@@ -365,8 +382,9 @@ class RedisTransport(Transport):
             except asyncio.QueueFull:
                 self._count_and_log("unsent", f"send queue full ({self.queue_size} datagrams): message not sent")
                 return False
-        if len(self._held) < self.outage_buffer:
-            self._held.append(bytes(datagram))
+        if self._held_messages < self.outage_buffer:
+            self._held.append((bytes(datagram), True, time.monotonic()))
+            self._held_messages += 1
             return True
         self._count_and_log(
             "unsent", f"Redis link down and {self.outage_buffer} channel messages already held: message not sent"
@@ -383,12 +401,14 @@ class RedisTransport(Transport):
     def _hold_unpublished(self) -> None:
         """The link failed: put the channel messages not surely published back in front of ``_held``.
 
-        Hellos queued are dropped (counted ``not_connected``): the core says hello again
-        once the link is back.  Beyond ``outage_buffer`` the newest are dropped, counted ``unsent``.
+        Hellos are dropped (counted ``not_connected``), queued or held: the core says hello
+        again once the link is back.  Beyond ``outage_buffer`` messages the newest are
+        dropped, counted ``unsent``.
         """
-        messages: list[bytes] = []
+        now = time.monotonic()
+        messages: list[tuple[bytes, bool, float]] = []
         if self._in_flight is not None and self._in_flight[1]:
-            messages.append(self._in_flight[0])
+            messages.append((self._in_flight[0], True, now))
         self._in_flight = None
         hellos = 0
         queue = self._queue
@@ -399,18 +419,21 @@ class RedisTransport(Transport):
                 break
             queue.task_done()
             if is_message:
-                messages.append(datagram)
+                messages.append((datagram, True, now))
             else:
                 hellos += 1
+        held = [item for item in self._held if item[1]]
+        hellos += len(self._held) - len(held)
         if hellos:
-            self._report_error("not_connected", f"{hellos} queued hellos dropped: the Redis link is down", hellos)
-        self._held.extendleft(reversed(messages))
-        excess = len(self._held) - self.outage_buffer
+            self._report_error("not_connected", f"{hellos} hellos dropped: the Redis link is down", hellos)
+        kept = messages + held
+        excess = len(kept) - self.outage_buffer
         if excess > 0:
-            for _ in range(excess):
-                self._held.pop()
+            del kept[self.outage_buffer:]
             self._report_error("unsent", f"{excess} channel messages dropped: more than outage_buffer "
                                f"({self.outage_buffer}) waiting for the Redis link", excess)
+        self._held = collections.deque(kept)
+        self._held_messages = len(kept)
 
     # ---------------------------------------------------------- connection
     def _connection_options(self) -> dict[str, Any]:
@@ -526,42 +549,42 @@ class RedisTransport(Transport):
         raise ConnectionError("connection closed")
 
     async def _release_held(self, link: _Link) -> None:
-        """After a reconnect: wait (bounded) for as many subscribers as before, then queue the held messages."""
+        """After a reconnect: wait (bounded) for as many subscribers as before, then queue what is held."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.resubscribe_wait
         wanted = self._wanted_back
-        counts: Any = None
+        back = 0
         while wanted > 1 and loop.time() < deadline:
-            counts = await link.client.pubsub_numsub(self.channel)
-            if counts and int(counts[0][1]) >= wanted:
+            try:
+                counts = await link.client.pubsub_numsub(self.channel)
+            except _import_redis().ResponseError as exc:  # an ACL without PUBSUB: wait the whole time
+                if not self._warned_numsub:
+                    self._warned_numsub = True
+                    log.warning("cannot count the subscribers of %s (%s): held messages wait resubscribe_wait "
+                                "(%.1f s) after each reconnect", self.channel, exc, self.resubscribe_wait)
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
+                break
+            back = int(counts[0][1]) if counts else 0
+            if back >= wanted:
                 break
             await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
         else:
-            if wanted > 1:
+            if wanted > 1 and self._held_messages:
                 log.warning("%d of %d subscribers back on %s after %.1f s: publishing the held messages anyway",
-                            int(counts[0][1]) if counts else 0, wanted, self.channel, self.resubscribe_wait)
+                            back, wanted, self.channel, self.resubscribe_wait)
         queue = self._queue
         assert queue is not None
+        lifetime = self.message_lifetime
         while self._held:
-            fresh = self._reissue(self._held[0])
-            if fresh is not None:
-                await queue.put((fresh, True))  # nothing is lost if cancelled while waiting here
+            datagram, is_message, since = self._held[0]
+            if is_message and lifetime is not None and time.monotonic() - since > lifetime:
+                self._report_error("unsent", f"a channel message held {time.monotonic() - since:.0f} s, longer "
+                                   f"than peers accept (message_lifetime {lifetime:g} s): dropped")
+            else:
+                await queue.put((datagram, is_message))  # nothing is lost if cancelled while waiting here
             self._held.popleft()
+            self._held_messages -= is_message
         self._holding = False
-
-    def _reissue(self, datagram: bytes) -> bytes | None:
-        """A held message stamped afresh by the runtime (peers would drop the old seq as a replay)."""
-        reissue = self._reissuer
-        if reissue is None:
-            return datagram
-        try:
-            fresh = reissue(datagram)
-        except Exception:  # the runtime's failure must not stop the link
-            log.exception("reissuing a held message failed")
-            fresh = None
-        if fresh is None:
-            self._report_error("unsent", "a held channel message cannot go out any more (stopped, or its key dropped)")
-        return fresh
 
     async def _read(self, link: _Link) -> None:
         """Deliver messages; ping when idle, and give up after ``ping_timeout`` without a reply."""
