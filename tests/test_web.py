@@ -381,3 +381,80 @@ def test_http_serves_whatever_cluster_the_monitor_options_name(mode: str, tmp_pa
         assert listed["totals"]["nodes"] == 2 and listed["totals"]["masters"] == 1, listed
         assert {n["id"] for n in listed["nodes"]} == {d.id for d in nodes}
 
+
+
+# ------------------------------------------------------ the view's bounds
+class _FakeNode:
+    def __init__(self, i: int, master: bool = False) -> None:
+        self.id = f"fake-{i}"
+        self.hostname = "h" * 1000
+        self.is_master = master
+
+
+class _Heard:
+    """Just enough of a discovery for ClusterView: a node table and event handlers."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {"packets_in": 0, "dropped": {}}
+        self.handlers: dict[str, Any] = {}
+
+    def on(self, event: str, handler: Any) -> None:
+        self.handlers[event] = handler
+
+
+def test_a_flood_of_joins_and_leaves_keeps_each_snapshot_bounded() -> None:
+    from pydiscover.web.view import HOSTNAME_CHARS, SNAPSHOT_TIMELINE
+
+    heard = _Heard()
+    view = ClusterView(heard)  # type: ignore[arg-type]
+    for i in range(3000):  # made-up instances saying hello and goodbye
+        node = _FakeNode(i)
+        heard.handlers["added"](node)
+        heard.handlers["helloReceived"](node, True)
+        heard.handlers["removed"](node)
+    assert len(view.timeline) == 6000
+    snap = view.page_snapshot()
+    assert len(snap["timeline"]) == SNAPSHOT_TIMELINE and snap["timeline_omitted"] == 6000 - SNAPSHOT_TIMELINE
+    assert snap["timeline"][-1]["kind"] == "leave" and snap["timeline"][-1]["id"] == "fake-2999"
+    assert all(len(entry["hostname"]) == HOSTNAME_CHARS for entry in snap["timeline"])
+
+
+def test_a_node_first_heard_as_master_is_not_a_promotion() -> None:
+    heard = _Heard()
+    view = ClusterView(heard)  # type: ignore[arg-type]
+    master, other = _FakeNode(1, master=True), _FakeNode(2)
+    heard.handlers["added"](master)
+    heard.handlers["master"](master)  # the core reports a node heard as master right after added
+    heard.handlers["helloReceived"](master, True)
+    heard.handlers["added"](other)
+    heard.handlers["helloReceived"](other, True)
+    promoted = _FakeNode(2, master=True)
+    heard.handlers["master"](promoted)  # later, a known node becomes master
+    heard.handlers["nodeUpdated"](promoted, other)
+    heard.handlers["helloReceived"](promoted, False)
+    assert [(e["kind"], e["id"]) for e in view.recent()] == [
+        ("join", "fake-1"), ("master", "fake-1"), ("join", "fake-2"), ("promotion", "fake-2")]
+
+
+async def test_the_monitor_restarts_on_its_port_though_a_client_kept_a_connection_open() -> None:
+    import http.client
+
+    bus = MemoryBus()
+    watcher = AsyncDiscovery(transport=MemoryTransport(bus), client=True, **FAST)
+    view = ClusterView(watcher)
+    async with running(watcher):
+        first = WebMonitor(view)
+        await first.start("127.0.0.1", 0)
+        port = first.addresses[0][1]
+        keep_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        await asyncio.get_running_loop().run_in_executor(None, keep_alive.request, "GET", "/api/nodes")
+        response = await asyncio.get_running_loop().run_in_executor(None, keep_alive.getresponse)
+        response.read()
+        await first.close()  # the server closes the idle connection: TIME_WAIT on its side
+        second = WebMonitor(view)
+        try:
+            await second.start("127.0.0.1", port)
+        finally:
+            await second.close()
+            keep_alive.close()

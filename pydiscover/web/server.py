@@ -7,14 +7,16 @@ it works on an isolated LAN.
 
 ``/api/events`` is a server-sent event stream: a ``snapshot`` event (what the page
 draws) at once, then whenever something changed (at most every ``PUSH_INTERVAL``) and
-at least every second, and a ``change`` event for each join, leave, promotion and
-demotion as it happens.  A client too slow to keep ``CLIENT_BACKLOG`` events is
-disconnected (its EventSource reconnects) rather than buffered without bound.
+at least every second, each preceded by a ``change`` event for every join, leave,
+promotion and demotion since the last one (at most ``CHANGES_PER_PUSH``).  A client
+too slow to keep ``CLIENT_BACKLOG`` events is disconnected (its EventSource
+reconnects) rather than buffered without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import json
@@ -35,6 +37,9 @@ PUSH_INTERVAL = 0.2
 REFRESH_INTERVAL = 1.0
 #: Events a client may have waiting before it is dropped.
 CLIENT_BACKLOG = 256
+#: At most this many ``change`` events go out with one push; older ones waiting are skipped
+#: (a flood of joins must not drop every client): the snapshot sent with them shows the state.
+CHANGES_PER_PUSH = 100
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
@@ -50,6 +55,7 @@ class WebMonitor:
         self.token = token
         self._clients: set[asyncio.Queue[tuple[str, Any] | None]] = set()
         self._dirty = asyncio.Event()
+        self._changes: collections.deque[dict[str, Any]] = collections.deque(maxlen=CHANGES_PER_PUSH)
         self._pusher: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._pages = {name: _static(name) for name in ("index.html", *_STATIC)}
@@ -66,7 +72,9 @@ class WebMonitor:
         """Bind and serve; raises ``OSError`` if the address cannot be bound (a port in use)."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=False)
+        # SO_REUSEADDR: a restart must not fail on the keep-alive connections the last run
+        # closed (TIME_WAIT); a port another process listens on is refused all the same.
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
         try:
             await site.start()
         except BaseException:
@@ -165,8 +173,7 @@ class WebMonitor:
             queue.put_nowait(None)
 
     def _changed(self, entry: dict[str, Any]) -> None:
-        for queue in list(self._clients):
-            self._offer(queue, ("change", entry))
+        self._changes.append(entry)
         self._dirty.set()
 
     async def _push(self) -> None:
@@ -176,9 +183,13 @@ class WebMonitor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), REFRESH_INTERVAL)
             self._dirty.clear()
+            changes = list(self._changes)
+            self._changes.clear()
             if self._clients:
                 snap = self.view.page_snapshot()
                 for queue in list(self._clients):
+                    for entry in changes:
+                        self._offer(queue, ("change", entry))
                     self._offer(queue, ("snapshot", snap))
             pushed = loop.time()
             await asyncio.sleep(max(0.0, pushed + PUSH_INTERVAL - loop.time()))

@@ -22,6 +22,11 @@ TIMELINE_SECONDS = 15 * 60
 TIMELINE_MAX = 10_000
 #: The window of a node's hello rate, in seconds.
 RATE_WINDOW = 10.0
+#: A snapshot carries at most the newest this many timeline entries (a flood of made-up
+#: instances must not make every snapshot megabytes long); ``timeline_omitted`` counts the rest.
+SNAPSHOT_TIMELINE = 1000
+#: Hostnames come from the network: the timeline keeps this many characters of each.
+HOSTNAME_CHARS = 64
 
 
 class Watched(Protocol):
@@ -36,6 +41,10 @@ class Watched(Protocol):
 
 class ClusterView:
     """Timeline, hello rates and snapshots of the cluster ``discovery`` hears.
+
+    Timeline kinds: ``join``, ``leave``, ``promotion`` (a known node became master),
+    ``demotion``, and ``master`` (a node first heard already master: when the monitor
+    starts, or when a partition heals).
 
     Call only from the discovery's thread (its handlers run there): the web server and
     the discovery share one event loop.  ``listener`` is called with each timeline
@@ -52,6 +61,7 @@ class ClusterView:
         self._first_hello: dict[str, float] = {}
         self.hellos_total = 0
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._joining: str | None = None  # the node whose "added" this dispatch is (master follows it)
         discovery.on("added", self._added)
         discovery.on("removed", self._removed)
         discovery.on("master", self._master)
@@ -60,13 +70,14 @@ class ClusterView:
 
     # ------------------------------------------------------------- events
     def _record(self, kind: str, node: Node) -> None:
-        entry = {"t": round(self._wall(), 3), "kind": kind, "id": node.id, "hostname": node.hostname,
-                 "nodes": len(self._d.nodes)}
+        entry = {"t": round(self._wall(), 3), "kind": kind, "id": node.id,
+                 "hostname": node.hostname[:HOSTNAME_CHARS], "nodes": len(self._d.nodes)}
         self.timeline.append(entry)
         for listener in list(self.listeners):
             listener(entry)
 
     def _added(self, node: Node) -> None:
+        self._joining = node.id
         self._record("join", node)
 
     def _removed(self, node: Node) -> None:
@@ -75,13 +86,14 @@ class ClusterView:
         self._record("leave", node)
 
     def _master(self, node: Node) -> None:
-        self._record("promotion", node)
+        self._record("master" if node.id == self._joining else "promotion", node)
 
     def _updated(self, node: Node, previous: Node) -> None:
         if previous.is_master and not node.is_master:
             self._record("demotion", node)
 
     def _hello(self, node: Node, is_new: bool) -> None:
+        self._joining = None  # (the core reports a hello last, after added and master)
         self.hellos_total += 1
         now = self._clock()
         times = self._hellos.get(node.id)
@@ -121,7 +133,9 @@ class ClusterView:
         for record in snap["nodes"]:
             record["hello_rate"] = round(self.hello_rate(record["id"]), 2)
         snap["masters"] = [r["id"] for r in snap["nodes"] if r["is_master"]]
-        snap["timeline"] = self.recent()
+        recent = self.recent()
+        snap["timeline"] = recent[-SNAPSHOT_TIMELINE:]
+        snap["timeline_omitted"] = max(0, len(recent) - SNAPSHOT_TIMELINE)
         snap["timeline_seconds"] = TIMELINE_SECONDS
         snap["now"] = round(self._wall(), 3)
         return snap

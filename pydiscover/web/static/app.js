@@ -6,6 +6,9 @@
   const query = token ? "?token=" + encodeURIComponent(token) : "";
   const SVG = "http://www.w3.org/2000/svg";
   const LANES = { join: 0, leave: 1, promotion: 2, demotion: 3 };
+  // A node first heard already master (at the monitor's start, after a partition): the promotion lane.
+  const LANE_OF = Object.assign({ master: LANES.promotion }, LANES);
+  const LABEL = { master: "seen as master" };
   const byId = (id) => document.getElementById(id);
   let source = null;
 
@@ -120,11 +123,12 @@
     let path = "";
     let previous = null;
     for (const entry of entries) {
-      const lane = LANES[entry.kind];
+      const lane = LANE_OF[entry.kind];
       if (lane === undefined) continue;
       const dot = svg("circle", { class: entry.kind, cx: x(entry.t), cy: top + lane * laneHeight + laneHeight / 2,
                                   r: 4 });
-      dot.appendChild(svg("title", {}, clock(entry.t) + " " + entry.kind + " " + entry.hostname + " " + entry.id));
+      dot.appendChild(svg("title", {}, clock(entry.t) + " " + (LABEL[entry.kind] || entry.kind) + " " +
+                                       entry.hostname + " " + entry.id));
       parts.push(dot);
       path += (previous === null ? "M" + x(entry.t) + "," + yCount(entry.nodes)
                                  : " H" + x(entry.t) + " V" + yCount(entry.nodes));
@@ -141,7 +145,7 @@
     list.replaceChildren(...recent.map((entry) => {
       const item = document.createElement("li");
       item.className = entry.kind;
-      item.textContent = clock(entry.t) + "  " + entry.kind.padEnd(9) + " " + entry.hostname + " " +
+      item.textContent = clock(entry.t) + "  " + (LABEL[entry.kind] || entry.kind).padEnd(9) + " " + entry.hostname + " " +
         entry.id.slice(0, 8) + "  (" + entry.nodes + " nodes)";
       return item;
     }));
