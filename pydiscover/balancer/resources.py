@@ -42,7 +42,7 @@ class ResourceManager:
     or a callable (sync or async) returning one, re-read every ``refresh_interval``: the
     *base set*.  :meth:`add` and :meth:`remove`, on any node, change the set at run time
     for the whole cluster; a resource id changed at run time follows those changes, not
-    the base set, from then on.  ``capacity`` (an int >= 0, 1 by default; see
+    the base set, from then on.  ``capacity`` (an int from 0 to 1,000,000, 1 by default; see
     :meth:`set_capacity`) is this node's share relative to the others': resources are
     spread in proportion, and a node of capacity 0 runs nothing.
     Events, on the discovery object: ``resourceStarted(resource, handle)``,
@@ -117,6 +117,7 @@ class ResourceManager:
 
     @property
     def epoch(self) -> int:
+        """The number of the plan this node follows (the master's count of plans it made)."""
         return self._machine.epoch
 
     @property
