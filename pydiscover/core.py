@@ -799,7 +799,13 @@ class DiscoveryCore:
         peer = self._peers.get(iid)
         # Equal JSON data from the same place needs no validation and no new record but
         # the time.  Compared as JSON text: Python's == would take true for 1 and 1 for 1.0.
-        data_json = wire.canonical(data)
+        try:
+            data_json = wire.canonical(data)
+        except TypeError:
+            # Nested deeper than orjson writes (it reads 1,024 levels, writes 254): no
+            # peer could send it (advertise() refuses it), and no record could keep it.
+            self._drop("bad_hello", (host, port), "hello data nested too deeply")
+            return
         old: Node | None = None
         unchanged = False
         if peer is not None:

@@ -714,6 +714,9 @@ class AsyncDiscovery:
         for reason, count in self._transport.errors.items():
             dropped[reason] = dropped.get(reason, 0) + count
         book = self._book
+        if book is not None:  # messages on the peers channel the book did not act on
+            for reason, count in book.ignored.items():
+                dropped[reason] = dropped.get(reason, 0) + count
         return {
             "packets_in": counters["packets_in"],
             "packets_out": counters["packets_out"],

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -162,6 +163,10 @@ class PeerBook:
         self._answer_heard = False
         #: Members answered -> until when they are not answered again (:data:`ANSWER_INTERVAL`).
         self._answered: dict[Endpoint, float] = {}
+        #: Messages on the peers channel not acted on, by reason (merged into ``stats["dropped"]``):
+        #: ``peers_malformed``, ``peers_stranger`` (a question from no member, or not from where
+        #: it says hello), ``peers_rate_limited``, ``peers_unasked`` (an answer not asked for).
+        self.ignored: Counter[str] = Counter()
         #: Peers refused over the bounds since creation (a restart keeps the count).
         self.not_learned = 0
         self._warned_full = False
@@ -328,18 +333,27 @@ class PeerBook:
         member we asked, within one ``node_timeout`` of asking.
         """
         if not isinstance(data, dict):
+            self.ignored["peers_malformed"] += 1
             return []
         if data.get("ask") == "peers":
             # Only members are answered (with a key: key holders), at the endpoint they say hello from.
-            if member is None or sender != member or now < self._answered.get(sender, -1.0):
+            if member is None or sender != member:
+                self.ignored["peers_stranger"] += 1
+                return []
+            if now < self._answered.get(sender, -1.0):
+                self.ignored["peers_rate_limited"] += 1
                 return []
             self._answered[sender] = now + (ANSWER_INTERVAL if authenticated else self.node_timeout)
             return self._answer(sender, members(), budget)
         peers = data.get("peers")
-        if self.learn and isinstance(peers, list) and now <= self._asked.get(sender, -1.0):  # an answer we asked for
+        if not isinstance(peers, list):
+            self.ignored["peers_malformed"] += 1
+            return []
+        if self.learn and now <= self._asked.get(sender, -1.0):  # an answer we asked for
             self._unanswered.pop(sender, None)
             self._answer_heard = True
             return self._try_endpoints(now, peers[: self.max_pending])
+        self.ignored["peers_unasked"] += 1
         return []
 
     def tick(self, now: float) -> list[PeerAction]:

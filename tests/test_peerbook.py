@@ -384,3 +384,17 @@ def test_messages_that_are_neither_question_nor_answer_are_ignored() -> None:
     b.node_added(1.0, "s", SEED)
     for data in (None, [], "peers", {"ask": "nodes"}, {"peers": "10.0.0.2"}):
         assert b.message(1.0, data, SEED, SEED, members=lambda: [A], budget=1000) == []
+
+
+def test_messages_the_book_does_not_act_on_are_counted_by_reason() -> None:
+    b = book(learn=False)
+    b.node_added(1.0, "a", A)
+    assert b.message(1.0, ["not", "an", "object"], A, A) == []
+    assert b.message(1.0, {"neither": 1}, A, A) == []
+    assert b.message(1.0, ASK, C, None) == []  # a stranger's question
+    assert b.message(1.0, ASK, C, A) == []  # a member's id, asked from elsewhere
+    assert sends(b.message(1.0, ASK, A, A, members=lambda: [A], budget=1000))  # answered: not counted
+    assert b.message(1.1, ASK, A, A, members=lambda: [A], budget=1000) == []  # again too soon
+    assert b.message(1.2, {"peers": [list(B)]}, A, A) == []  # an answer nobody asked for
+    assert dict(b.ignored) == {"peers_malformed": 2, "peers_stranger": 2, "peers_rate_limited": 1,
+                               "peers_unasked": 1}

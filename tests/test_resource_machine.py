@@ -648,3 +648,13 @@ def test_with_a_coordinator_an_added_resource_starts_under_its_owner_key_and_a_r
     (release,) = runs(m.hook_done(now + 0.2, stop.call, None, None), "release")
     assert release.args == ("extra", 11) and m.owned == frozenset() and m.token("extra") is None
     assert runs(m.tick(now + 5.0), "acquire") == []
+
+
+def test_a_run_time_change_nested_deeper_than_json_can_be_written_again_is_ignored() -> None:
+    from pydiscover.balancer.overlay import parse_entry
+
+    deep: object = "leaf"
+    for _ in range(300):  # orjson reads up to 1,024 levels but writes only 254
+        deep = [deep]
+    assert parse_entry(["ok", 5, "n1", {"id": "ok", "x": [[1]]}]) == ("ok", (5, "n1", {"id": "ok", "x": [[1]]}))
+    assert parse_entry(["deep", 5, "n1", {"id": "deep", "x": deep}]) is None  # the master could not repeat it

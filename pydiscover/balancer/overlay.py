@@ -40,6 +40,11 @@ def parse_entry(item: Any) -> tuple[str, Change] | None:
         return None
     if resource is not None and (not isinstance(resource, dict) or resource.get("id") != rid):
         return None
+    if resource is not None:
+        try:  # it goes out again in the master's overlay: one that cannot (nested too deep) stays out
+            wire.check_json(resource, "resource")
+        except (TypeError, ValueError):
+            return None
     return rid, (clock, origin, resource)
 
 
