@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..monitor import Watched as Readable
 from ..monitor import snapshot
 from ..node import Node
 
@@ -29,13 +30,9 @@ SNAPSHOT_TIMELINE = 1000
 HOSTNAME_CHARS = 64
 
 
-class Watched(Protocol):
-    """The part of a discovery the view uses (``AsyncDiscovery`` or ``Discovery``)."""
+class Watched(Readable, Protocol):
+    """What the monitor reads of a discovery, and its events (``AsyncDiscovery`` or ``Discovery``)."""
 
-    @property
-    def nodes(self) -> Any: ...
-    @property
-    def stats(self) -> dict[str, Any]: ...
     def on(self, event: str, handler: Callable[..., Any]) -> Any: ...
 
 
