@@ -111,7 +111,7 @@ class DiscoveryCore:
         self.pid = pid
         self.iid = iid
         self._peers = PeerTable(node_timeout=options.node_timeout, master_timeout=options.master_timeout,
-                                rank=(options.weight, 0, iid))
+                                rank=(options.weight, 0, iid), on_remove=self._forget_body)
         # Every per-instance structure is bounded by max_nodes (a flood of made-up instances
         # is dropped at the table, see _table_full): the caches hold a hello per member.
         cache_entries = max(REPEAT_CACHE_SIZE, options.max_nodes)
@@ -695,6 +695,11 @@ class DiscoveryCore:
         if reason in _MISMATCH_ADVICE and self.dropped[reason] == 1:
             # Counting alone would leave a split cluster silent: say once what to change.
             log.warning("dropping packets from %s: %s", addr, _MISMATCH_ADVICE[reason])
+
+    def _forget_body(self, peer: Peer) -> None:
+        """A peer left: its hello body goes from the cache (under churn, departed bodies would fill it)."""
+        if peer.body is not None:
+            self._bodies.discard(peer.body)
 
     def _table_full(self, now: float, addr: Address) -> None:
         """A hello from a new instance with ``max_nodes`` known: dropped; members are never evicted for it.

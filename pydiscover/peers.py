@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .election import Standing
@@ -44,10 +44,13 @@ class PeerTable:
     skip the scan with one comparison.
     """
 
-    __slots__ = ("_by_age", "_peers", "_timeouts", "get", "next_expiry", "standing")
+    __slots__ = ("_by_age", "_on_remove", "_peers", "_timeouts", "get", "next_expiry", "standing")
 
-    def __init__(self, *, node_timeout: float, master_timeout: float, rank: tuple[float, int, str]) -> None:
+    def __init__(self, *, node_timeout: float, master_timeout: float, rank: tuple[float, int, str],
+                 on_remove: Callable[[Peer], None] | None = None) -> None:
         self._peers: dict[str, Peer] = {}
+        #: Called with each peer leaving the table (by :meth:`remove` or :meth:`expired`, not :meth:`clear`).
+        self._on_remove = on_remove
         #: How the peers stand against ``rank`` (this node's) in the election, kept as records change.
         self.standing = Standing(rank)
         self._by_age: dict[bool, OrderedDict[str, Peer]] = {False: OrderedDict(), True: OrderedDict()}
@@ -110,6 +113,8 @@ class PeerTable:
         peer = self._peers.pop(iid)
         del self._by_age[peer.node.is_master][iid]
         self.standing.count(peer.node, -1)
+        if self._on_remove is not None:
+            self._on_remove(peer)
         return self.current(peer)
 
     def expired(self, now: float) -> list[Node]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from pydiscover import wire
 from pydiscover.core import REPEAT_CACHE_BYTES, Action, DiscoveryCore, Emit, Transmit
 from pydiscover.options import build_options
 from testbed.sim import Sim
@@ -734,6 +735,25 @@ def test_a_peer_whose_hellos_keep_changing_holds_one_body_at_most() -> None:
     for seq in range(1, 200):
         core.datagram_received(0.1 + seq / 1000, hello("busy", seq=seq, weight=float(seq)), here)
     assert len(core._bodies) == 2 and core.nodes["busy"].weight == 199.0
+
+
+def test_peers_that_leave_take_their_bodies_with_them() -> None:
+    """A cluster churning for hours (the soak) must not keep each departed instance's hello
+    text until the cache's bound recycles it: a goodbye and a timeout both drop it."""
+    core = lone_core()
+    core.start(0.0)
+    here = ("10.0.0.2", 1)
+    core.datagram_received(0.1, hello("steady", seq=1), here)
+    for n in range(50):
+        core.datagram_received(0.1, hello(f"left{n}", seq=1), here)
+        core.datagram_received(0.1, hello(f"left{n}", seq=2, event=wire.GOODBYE), here)
+    core.datagram_received(0.1, hello("quiet", seq=1), here)
+    assert len(core._bodies) == 2 and set(core.nodes) == {"steady", "quiet"}
+    core.datagram_received(1.0, hello("steady", seq=2), here)
+    out = tick_until(core, 0.1 + FAST["node_timeout"] + 0.01)  # "quiet" times out, "steady" does not
+    assert [n.id for n in (e.args[0] for e in events(out, "removed"))] == ["quiet"]
+    assert len(core._bodies) == 1
+    assert core.datagram_received(1.6, hello("steady", seq=3), here)[0].event == "helloReceived"  # still cached
 
 
 # ------------------------------------------------------------------ bounded table (issue 20)

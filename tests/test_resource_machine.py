@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from pydiscover.balancer import resource_machine
 from pydiscover.balancer.machine import Action, Cancel, Emit, Run, Send
 from pydiscover.balancer.resource_machine import ResourceMachine
 from pydiscover.config import Options
@@ -658,3 +659,35 @@ def test_a_run_time_change_nested_deeper_than_json_can_be_written_again_is_ignor
         deep = [deep]
     assert parse_entry(["ok", 5, "n1", {"id": "ok", "x": [[1]]}]) == ("ok", (5, "n1", {"id": "ok", "x": [[1]]}))
     assert parse_entry(["deep", 5, "n1", {"id": "deep", "x": deep}]) is None  # the master could not repeat it
+
+
+def test_departed_managers_are_forgotten_once_no_plan_names_them() -> None:
+    """Hours of churn (the soak restarts a node every 10 s) must not grow the machine: a manager
+    that left, by bye or by timeout, is remembered while a plan may still name it, then forgotten."""
+    cluster, m = machine("m", ids(4), master=True)
+    cluster.peers = {"stay"}
+    now = 0.0
+    m.started(now)
+    for n in range(40):
+        other = f"w{n}"
+        cluster.peers.add(other)
+        for who in ("stay", other):
+            m.message(now, who, {"type": "ack", "e": m.epoch, "m": "m", "cap": 2, "closing": n % 3 == 0})
+        now += HELLO
+        m.tick(now)
+        assert other in m.assignment.values() or n % 3 == 0  # planned with it (unless it was closing)
+        cluster.peers.discard(other)
+        if n % 2:
+            m.message(now, other, {"type": "bye", "e": m.epoch, "m": "m"})
+        else:
+            m.node_removed(now, other)
+        now += HELLO
+        m.tick(now)
+    assert 2 <= m.remembered <= 1 + 40
+    horizon = now + resource_machine.FORGET_AFTER_TIMEOUTS * cluster.options.node_timeout
+    while now < horizon + 2 * HELLO:
+        m.message(now, "stay", {"type": "ack", "e": m.epoch, "m": "m"})
+        now += HELLO
+        m.tick(now)
+    assert m.remembered == 1  # "stay" only
+    assert set(m.assignment.values()) == {"m", "stay"}

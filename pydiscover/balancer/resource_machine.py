@@ -82,6 +82,8 @@ _NO_PLAN: PlanKey = (-1, "")
 #: A manager listens this many ``hello_interval`` after it starts before it starts anything:
 #: a manager still stopping what it ran (closing) is named by no plan, only by its presence.
 LISTEN_ROUNDS = 2
+#: A departed manager is forgotten this many node timeouts after it left (and no plan we hold names it).
+FORGET_AFTER_TIMEOUTS = 10
 #: The most parts one plan may have (a plan claiming more is ignored).
 MAX_PARTS = 100_000
 
@@ -204,10 +206,10 @@ class ResourceMachine(Machine):
         self._applied: PlanKey = _NO_PLAN
         self._acks: dict[str, PlanKey] = {}
         self._presence: dict[str, float] = {}
-        self._gone: set[str] = set()  # managers that closed (their node may live on)
+        self._gone: dict[str, float] = {}  # managers that closed (their node may live on) -> when
         self._closing: set[str] = set()  # managers releasing what they run before their bye
         self._unfenced: set[str] = set()  # managers without a coordinator lease: they can own nothing
-        self._removed: set[str] = set()  # nodes discovery saw leave (goodbye or timeout)
+        self._removed: dict[str, float] = {}  # nodes discovery saw leave (goodbye or timeout) -> when
         self._published_inputs: tuple[tuple[tuple[str, int], ...], tuple[str, ...]] | None = None
         self._cut_budget = 0  # the budget my current plan's parts were cut with
         self._refused: set[tuple[str, int]] = set()  # (id, budget) already reported as too long
@@ -278,6 +280,12 @@ class ResourceMachine(Machine):
     def unconfirmed(self) -> frozenset[str]:
         """Ids changed here (or known here) that the master's overlay does not show yet."""
         return frozenset(self._unconfirmed)
+
+    @property
+    def remembered(self) -> int:
+        """How many other managers the machine keeps anything about (live, and lately departed)."""
+        return len(self._presence.keys() | self._gone.keys() | self._removed.keys() | self._acks.keys()
+                   | self._caps.keys() | self._closing | self._unfenced)
 
     # ------------------------------------------------------------- plumbing
     def _take(self) -> list[Action]:
@@ -379,13 +387,13 @@ class ResourceMachine(Machine):
             self._presence.pop(sender, None)
             self._acks.pop(sender, None)
             self._closing.discard(sender)
-            self._gone.add(sender)
+            self._gone[sender] = now
             if self.cluster.is_master:
                 self._replan()
             self._reconcile()
             return self._take()
-        self._gone.discard(sender)
-        self._removed.discard(sender)  # heard again: it may hold resources after all
+        self._gone.pop(sender, None)
+        self._removed.pop(sender, None)  # heard again: it may hold resources after all
         if kind == "ack":
             fresh = sender not in self._acks
             if fresh and self.cluster.is_master:
@@ -421,7 +429,7 @@ class ResourceMachine(Machine):
         self._enter(now)
         if self._closed:
             return []
-        self._removed.add(node_id)
+        self._removed[node_id] = now
         self._presence.pop(node_id, None)
         self._acks.pop(node_id, None)
         if self.cluster.is_master:
@@ -728,9 +736,31 @@ class ResourceMachine(Machine):
             elif self._unconfirmed and self._now - self._overlay_heard_at > 1.5 * self.cluster.options.hello_interval:
                 self._send_changes(self._unconfirmed)  # no master's overlay lately: ours again, for whoever masters
             self._reconcile()
+            self._forget_departed()
         except Exception as exc:  # never let one bad round end the manager
             log.exception("resource manager round failed")
             self._emit("error", exc)
+
+    def _forget_departed(self) -> None:
+        """Forget managers that left long ago: a cluster churning for months must not grow the machine.
+
+        A departed id is kept while a plan we hold names it (``_released`` reads it) or its
+        node is still in the table (a closed manager on a live node), and for
+        :data:`FORGET_AFTER_TIMEOUTS` node timeouts after that, so a late plan part naming it
+        still finds it released.  A manager heard after that is simply new again.
+        """
+        horizon = self._now - FORGET_AFTER_TIMEOUTS * self.cluster.options.node_timeout
+        named = self._plan_members | self._previous_members
+        has_node = self.cluster.has_node
+        for when in (self._gone, self._removed, self._presence):
+            for node in [n for n, t in when.items() if t < horizon and n not in named and not has_node(n)]:
+                del when[node]
+        for node in [n for n in self._acks if n not in self._presence]:
+            del self._acks[node]
+        remembered = self._presence.keys() | self._gone.keys() | self._removed.keys()
+        self._caps = {n: c for n, c in self._caps.items() if n in remembered}
+        self._closing &= remembered
+        self._unfenced &= remembered
 
     def _refresh_done(self, value: Any, error: BaseException | None) -> None:
         self._refresh_call = None

@@ -255,6 +255,7 @@ class TaskMachine(Machine):
                     if seen < stale:
                         del self._presence[worker]
                         self._batch_workers.discard(worker)
+                        self._last_pick.pop(worker, None)
                 actions += self._pump(now)
         return actions
 
@@ -271,6 +272,7 @@ class TaskMachine(Machine):
         self._round_at = self._announce_at = None
         self._presence.clear()
         self._batch_workers.clear()
+        self._last_pick.clear()
         self._batch_masters.clear()
         actions = self._abandon("discovery stopped")
         actions += self._drop_calls()
@@ -288,6 +290,7 @@ class TaskMachine(Machine):
     def node_removed(self, now: float, node_id: str) -> list[Action]:
         self._presence.pop(node_id, None)
         self._batch_workers.discard(node_id)
+        self._last_pick.pop(node_id, None)
         self._batch_masters.pop(node_id, None)
         return self._worker_gone(now, node_id, "left the cluster")
 
@@ -305,6 +308,7 @@ class TaskMachine(Machine):
         if kind == "bye":
             self._presence.pop(sender, None)
             self._batch_workers.discard(sender)
+            self._last_pick.pop(sender, None)
             return self._worker_gone(now, sender, "stopped working")
         if kind in ("tasks", "results"):
             return self._unpack(now, sender, kind, data)
