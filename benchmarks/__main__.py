@@ -35,6 +35,7 @@ BENCHMARKS = {
     "balancer": "benchmarks.balancer",
     "flood": "benchmarks.flood",
     "soak": "benchmarks.soak",
+    "breakdown": "benchmarks.breakdown",
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as runner
-from benchmarks import flood
+from benchmarks import breakdown, flood
 from benchmarks._harness import REPO, Figure, table
 from benchmarks.hello_cpu import INSTANCES, measure
 from testbed.node_discover import node_discover_available
@@ -109,3 +109,16 @@ def test_merge_reruns_only_the_named_benchmarks(tmp_path: Path, monkeypatch: pyt
     assert runner.main(["--only", "other", "--merge", str(report), "--json", str(report)]) == 0
     figures = json.loads(report.read_text())["figures"]
     assert [(f["benchmark"], f["pydiscover"]) for f in figures] == [("fake", 4.0), ("other", 2.0)]
+
+
+def test_the_breakdown_times_every_step_and_delivers_every_message() -> None:
+    """Smoke form of ``python -m benchmarks --only breakdown``: each step measured, the whole
+    receive path costing more than any one of its steps (and every message handled: it asserts)."""
+    channel = breakdown.channel_steps(rounds=1, calls=300)
+    hello = breakdown.hello_steps(rounds=1, calls=1_000)
+    assert all(us > 0 for us in [*channel.values(), *hello.values()])
+    whole = channel["datagram_received, whole"]
+    assert whole > max(channel["replay check"], channel["Packet for handlers"], channel["orjson.loads"])
+    assert channel["datagram_received + emit to one handler"] > channel["orjson.loads"]
+    assert hello["datagram_received, changed hello (parsed)"] > hello["wire.split_seq"]
+

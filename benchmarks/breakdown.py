@@ -1,0 +1,237 @@
+"""Where the microseconds go: each step of receiving a channel message and a hello, timed alone.
+
+Issue 18 asks to measure before changing: this prints the cost of each step of the two
+receive paths that the ``channel`` and ``scale`` figures add up, in one process, warm
+(the same datagrams again and again, so caches are hot: a real process between wake-ups
+is colder and slower):
+
+* a channel message (``{"t": ..., "n": ...}``, plaintext, a fresh ``seq`` each): reading
+  it (``recvfrom`` on loopback, the socket filled beforehand), ``orjson.loads``,
+  ``wire.decode`` (parse and envelope checks), the replay check, the ``Packet`` handed to
+  handlers, ``DiscoveryCore.datagram_received`` as a whole, and the same plus the event
+  emitter calling one handler;
+* a hello from a pydiscover peer whose only change is its ``seq`` (1,000 peers in
+  turn): ``wire.split_seq``, then ``datagram_received`` as a whole; and a hello that
+  changed (parsed in full);
+* one event-loop wake-up: an asyncio reader woken for a single datagram, as at a low rate
+  (CPU of the loop's thread per wake-up, the datagram's own handling included).
+
+Each step is the best of several rounds of many calls, so the figures are lower bounds of
+what a busy machine sees; compare them with each other and with the end-to-end figures of
+``channel`` and ``scale``.
+
+    .venv/bin/python -m benchmarks.breakdown [--quick]
+
+Loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+
+from benchmarks._harness import Figure, cli, python_env
+from pydiscover import wire
+from pydiscover.core import DiscoveryCore
+from pydiscover.events import SafeEmitter
+from pydiscover.node import received_packet
+from pydiscover.options import build_options
+from pydiscover.security import ReplayGuard
+
+T = TypeVar("T")
+NAME = "breakdown"
+CHANNEL = "bench"
+ADDR = ("127.0.0.1", 40000)
+PEERS = 1_000
+
+
+def best_of(rounds: int, calls: int, step: Callable[[int], object]) -> float:
+    """µs per call of ``step(i)`` for ``i`` in ``range(calls)``: the best of ``rounds`` rounds."""
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for i in range(calls):
+            step(i)
+        best = min(best, time.perf_counter() - t)
+    return best / calls * 1e6
+
+
+def best_over(objects: list[T], calls: int, step: Callable[[T, int], object]) -> float:
+    """:func:`best_of` with a fresh object each round (state that a round changes: a core, a guard)."""
+    return min(best_of(1, calls, functools.partial(step, obj)) for obj in objects)
+
+
+def message(n: int) -> bytes:
+    return orjson.dumps({"event": CHANNEL, "pid": "p-sender", "iid": "i-sender", "hostName": "bench",
+                         "data": {"t": 1234.567891, "n": n}, "seq": n + 1})
+
+
+def fresh_core() -> DiscoveryCore:
+    core = DiscoveryCore(build_options(hostname="me"), pid="p-me", iid="i-me")
+    core.start(0.0)
+    core.join(CHANNEL)
+    return core
+
+
+def hello(i: int, seq: int, weight: float = 1.0) -> bytes:
+    """A pydiscover hello as ``wire.encode`` writes it (``seq`` last)."""
+    return wire.encode(wire.Envelope("hello", f"p{i}", f"i{i:04d}", "bench", {
+        "isMaster": False, "isMasterEligible": True, "weight": weight, "address": "127.0.0.1"}, seq))
+
+
+def channel_steps(rounds: int, calls: int) -> dict[str, float]:
+    datagrams = [message(n) for n in range(calls)]
+    out: dict[str, float] = {}
+    # recvfrom: fill a socket with the round's datagrams, then time reading them.
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        best = float("inf")
+        batch = min(calls, 2_000)  # what fits in the receive buffer
+        for _ in range(rounds):
+            for d in datagrams[:batch]:
+                tx.sendto(d, rx.getsockname())
+            t = time.perf_counter()
+            for _ in range(batch):
+                rx.recvfrom(65508)
+            best = min(best, time.perf_counter() - t)
+        out["recvfrom"] = best / batch * 1e6
+    finally:
+        rx.close()
+        tx.close()
+    out["orjson.loads"] = best_of(rounds, calls, lambda i: orjson.loads(datagrams[i]))
+    out["wire.decode"] = best_of(rounds, calls, lambda i: wire.decode(datagrams[i]))
+    out["replay check"] = best_over([ReplayGuard(60.0) for _ in range(rounds)], calls,
+                                    lambda guard, i: guard.accept("i-sender", i + 1, 1.0))
+    out["Packet for handlers"] = best_of(rounds, calls, lambda i: received_packet(
+        CHANNEL, "p-sender", "i-sender", "bench", None, "127.0.0.1", 40000, i))
+    out["datagram_received, whole"] = best_over([fresh_core() for _ in range(rounds)], calls,
+                                                lambda core, i: core.datagram_received(0.001, datagrams[i], ADDR))
+    emitter = SafeEmitter()  # the runtime's emitter
+    got = [0]
+
+    def handler(data: Any, packet: Any) -> None:
+        got[0] += 1
+
+    emitter.on(CHANNEL, handler)
+
+    def received_and_emitted(core: DiscoveryCore, i: int) -> None:
+        for action in core.datagram_received(0.001, datagrams[i], ADDR):
+            emitter.emit(action.event, *action.args)  # type: ignore[union-attr]
+
+    out["datagram_received + emit to one handler"] = best_over([fresh_core() for _ in range(rounds)], calls,
+                                                               received_and_emitted)
+    assert got[0] == rounds * calls, got  # every message reached the handler
+    return out
+
+
+def hello_steps(rounds: int, calls: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    core = fresh_core()
+    for i in range(PEERS):
+        core.datagram_received(0.001, hello(i, 1), ADDR)
+    assert len(core.nodes) == PEERS
+    seqs = max(1, calls // PEERS)
+    # Unchanged but the seq: every peer in turn, seqs 2, 3, ...
+    steady = [hello(i, 2 + s) for s in range(seqs * rounds) for i in range(PEERS)]
+    out["wire.split_seq"] = best_of(rounds, len(steady) // rounds, lambda i: wire.split_seq(steady[i]))
+    position = [0]
+
+    def next_steady(_: int) -> None:
+        core.datagram_received(0.002, steady[position[0]], ADDR)
+        position[0] += 1
+
+    out["datagram_received, seq-only hello"] = best_of(rounds, len(steady) // rounds, next_steady)
+    assert core.dropped.total() == 0, core.dropped
+    changed = [hello(i, 10_000 + s, weight=2.0 + s) for s in range(seqs * rounds) for i in range(PEERS)]
+    position[0] = 0
+
+    def next_changed(_: int) -> None:
+        core.datagram_received(0.003, changed[position[0]], ADDR)
+        position[0] += 1
+
+    out["datagram_received, changed hello (parsed)"] = best_of(rounds, len(changed) // rounds, next_changed)
+    return out
+
+
+SENDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+port, count, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+d = bytes(100)
+start = time.monotonic()
+for i in range(count):
+    while time.monotonic() < start + i * gap:
+        pass
+    s.sendto(d, ("127.0.0.1", port))
+"""
+
+
+def wakeup_step(count: int) -> dict[str, float]:
+    """CPU of the loop's thread per wake-up for one datagram (a sender paced 1 ms apart)."""
+
+    async def main() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        done = asyncio.Event()
+        seen = [0, 0]  # datagrams, wake-ups
+
+        def ready() -> None:
+            seen[1] += 1
+            for _ in range(64):
+                try:
+                    sock.recvfrom(65508)
+                except BlockingIOError:
+                    break
+                seen[0] += 1
+            if seen[0] >= count:
+                done.set()
+
+        loop.add_reader(sock.fileno(), ready)
+        cpu = time.thread_time()
+        sender = subprocess.Popen([sys.executable, "-c", SENDER, str(sock.getsockname()[1]), str(count), "0.001"],
+                                  env=python_env())
+        try:
+            await asyncio.wait_for(done.wait(), timeout=count * 0.001 + 30)
+        finally:
+            cpu = time.thread_time() - cpu
+            loop.remove_reader(sock.fileno())
+            sock.close()
+            sender.wait(30)
+        return {"event-loop wake-up for one datagram": cpu / seen[1] * 1e6, "wake_ups": seen[1],
+                "datagrams": seen[0]}
+
+    return asyncio.run(main())
+
+
+def run(quick: bool) -> list[Figure]:
+    rounds, calls = (3, 20_000) if quick else (7, 100_000)
+    steps: dict[str, dict[str, float]] = {
+        "channel message": channel_steps(rounds, calls),
+        "hello": hello_steps(rounds, calls),
+    }
+    wake = wakeup_step(1_000 if quick else 3_000)
+    steps["wake-up"] = {k: v for k, v in wake.items() if k.startswith("event-loop")}
+    figures = []
+    for path, timings in steps.items():
+        for step, us in timings.items():
+            figures.append(Figure(NAME, f"{path}: {step}", "µs", us, detail={"rounds": rounds, "calls": calls}))
+    figures[-1].detail.update(wake)
+    return figures
+
+
+if __name__ == "__main__":
+    cli(run, __doc__)
