@@ -4,8 +4,8 @@ Each benchmark measures pydiscover and, where it can do the same work, node-disc
 1.2.1 (installed by ``./scripts/test`` into ``.cache/node``), in the same run.  Prints
 one table (pydiscover, node-discover, their ratio, the goal and whether it is met) and
 writes every figure with its details as JSON.  ``--quick`` runs shorter forms (about
-twelve minutes in all, two of them the soak); the full run (over an hour: the soak alone
-takes 30 minutes) is what ``benchmarks/RESULTS.md`` records.
+twelve minutes in all, two of them the soak); the full run (about 50 minutes: the soak alone
+takes 30) is what ``benchmarks/RESULTS.md`` records.
 
 Everything sends on loopback (127.0.0.0/8) or inside network namespaces the loss
 benchmark creates and deletes itself (it needs root and iproute2; skipped otherwise).

@@ -691,3 +691,37 @@ def test_departed_managers_are_forgotten_once_no_plan_names_them() -> None:
         m.tick(now)
     assert m.remembered == 1  # "stay" only
     assert set(m.assignment.values()) == {"m", "stay"}
+
+
+def test_past_the_horizon_a_manager_named_by_the_held_plan_or_on_a_live_node_is_still_remembered() -> None:
+    """What forgetting must not touch: a departed manager that the plan this node holds still
+    names (``_released`` reads it until a plan without it comes), and a manager that closed on
+    a node that is still in the table."""
+    mc, master = machine("m", ids(6), master=True)
+    ac, a = machine("a", ids(6))
+    mc.peers, ac.peers = {"a", "x", "b"}, {"m", "x", "b"}
+    master.started(0.0)
+    a.started(0.0)
+    for who in ("a", "x"):
+        master.message(0.0, who, {"type": "ack", "e": -1, "m": ""})
+    master.message(0.0, "b", {"type": "ack", "e": -1, "m": "", "cap": 0})  # b runs nothing: no plan names it
+    plan = sends(master.tick(HELLO), "plan")
+    assert set(master.assignment.values()) == {"m", "a", "x"}
+    feed_plan(a, HELLO, plan)
+    assert a.assignment == master.assignment
+    ac.peers.discard("x")
+    a.node_removed(HELLO, "x")  # x left; the master has not planned again yet (its plan still names x)
+    a.message(HELLO, "b", {"type": "bye", "e": a.epoch, "m": "m"})  # b's manager closed, its node lives on
+    now = HELLO
+    horizon = now + resource_machine.FORGET_AFTER_TIMEOUTS * ac.options.node_timeout
+    while now < horizon + 2 * HELLO:
+        now += HELLO
+        a.message(now, "m", {"type": "ack", "e": a.epoch, "m": "m"})
+        a.tick(now)
+    assert a.remembered == 3  # m (present), x (named by the plan held), b (closed on a live node)
+    ac.peers.discard("b")
+    for _ in range(3):
+        now += HELLO
+        a.message(now, "m", {"type": "ack", "e": a.epoch, "m": "m"})
+        a.tick(now)
+    assert a.remembered == 2  # b's node gone too: forgotten (x is still named: no new plan came)

@@ -747,7 +747,9 @@ class ResourceMachine(Machine):
         A departed id is kept while a plan we hold names it (``_released`` reads it) or its
         node is still in the table (a closed manager on a live node), and for
         :data:`FORGET_AFTER_TIMEOUTS` node timeouts after that, so a late plan part naming it
-        still finds it released.  A manager heard after that is simply new again.
+        still finds it released.  Past that, a late plan naming it holds our starts until a
+        master plans again (it replans on our ack of that plan): a delay, never a double run.
+        A manager heard after that is simply new again.
         """
         horizon = self._now - FORGET_AFTER_TIMEOUTS * self.cluster.options.node_timeout
         named = self._plan_members | self._previous_members
