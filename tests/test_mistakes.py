@@ -254,7 +254,7 @@ async def test_a_failing_coroutine_handler_names_its_event(caplog: pytest.LogCap
 
 
 # --------------------------------------------------------- network errors
-async def test_socket_errors_reach_the_error_event_rate_limited() -> None:
+async def test_socket_errors_reach_the_error_event_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     """Unicast to a broadcast address without SO_BROADCAST: the kernel refuses every send (EACCES).
 
     Nothing leaves the host: the send fails locally, and the address is loopback anyway.
@@ -264,9 +264,14 @@ async def test_socket_errors_reach_the_error_event_rate_limited() -> None:
     d = AsyncDiscovery(unicast=f"{LOOPBACK_BROADCAST}:{port}", port=port, hello_interval=0.02, node_timeout=0.5,
                        check_interval=0.2)
     d.on("error", errors.append)
+    caplog.set_level(logging.DEBUG, logger="pydiscover")
     async with d:
-        await async_eventually(lambda: d.stats["dropped"].get("send_error", 0) >= 10, 3, "ten refused sends")
+        await async_eventually(lambda: d.stats["dropped"].get("send_error", 0) >= 12, 3, "twelve refused sends")
     assert len(errors) == 1, errors  # one report, not one per packet
+    said = [r for r in caplog.records if "send_error" in r.getMessage() and r.name == "pydiscover.transports.udp"]
+    assert len(said) >= 12  # every one logged ...
+    warned = [r.getMessage() for r in said if r.levelno == logging.WARNING]
+    assert [w.rsplit("(", 1)[1] for w in warned] == ["send_error: 1 so far)", "send_error: 10 so far)"], warned
     error = errors[0]
     assert isinstance(error, TransportError) and isinstance(error, OSError)
     assert error.reason == "send_error" and "Permission denied" in str(error)

@@ -7,6 +7,7 @@ datagram to the core unparsed.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ class Transport(abc.ABC):
         self._error_listener: Callable[[str, str], None] | None = None
         #: Seconds a channel message may wait for the link before peers would refuse it (``None``: no limit).
         self.message_lifetime: float | None = None
+        self._warn_from: dict[str, int] = {}  # reason -> the count at which the next WARNING is due
 
     def set_link_listener(self, listener: Callable[[bool], None] | None) -> None:
         """Called with ``False`` when the transport loses the cluster and ``True`` when it is back.
@@ -120,3 +122,15 @@ class Transport(abc.ABC):
         self._count_error(reason, count)
         if self._error_listener is not None:
             self._error_listener(reason, detail)
+
+    def _count_and_log(self, reason: str, message: str) -> None:
+        """:meth:`_report_error`, and a WARNING at the 1st, 10th, 100th, ... of ``reason`` (DEBUG
+        otherwise): an error that repeats with every hello (a firewall refusing our sends) must
+        be said, and must not fill the log."""
+        self._report_error(reason, message)
+        count = self.errors[reason]
+        warn = count >= self._warn_from.get(reason, 1)  # (>=: counted elsewhere too, a power may be skipped)
+        if warn:
+            self._warn_from[reason] = 10 ** len(str(count))
+        log = logging.getLogger(type(self).__module__)  # the transport's own logger (pydiscover.transports.udp)
+        log.log(logging.WARNING if warn else logging.DEBUG, "%s (%s: %d so far)", message, reason, count)

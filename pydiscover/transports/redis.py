@@ -391,13 +391,6 @@ class RedisTransport(Transport):
         )
         return False
 
-    def _count_and_log(self, reason: str, message: str) -> None:
-        """Count; log at warning on the 1st, 10th, 100th, ... occurrence so a flood cannot flood the log."""
-        self._report_error(reason, message)
-        count = self.errors[reason]
-        if count == 10 ** (len(str(count)) - 1):
-            log.warning("%s (%s: %d so far)", message, reason, count)
-
     def _hold_unpublished(self) -> None:
         """The link failed: put the channel messages not surely published back in front of ``_held``.
 

@@ -345,14 +345,13 @@ class UdpTransport(Transport):
             self._send_failed(dest, exc)
 
     def _send_failed(self, dest: Address, exc: OSError) -> None:
-        self._report_error("send_error", f"send to {dest[0]}:{dest[1]} failed: {exc}")
-        log.warning("send to %s failed: %s", dest, exc)
+        self._count_and_log("send_error", f"send to {dest[0]}:{dest[1]} failed: {exc}")
 
     def _hold(self, datagram: bytes, dest: Address) -> None:
         """Queue a send the kernel refused for now; written when the socket is writable again."""
         if len(self._backlog) >= SEND_BACKLOG:
-            self._report_error("send_backlog_full", f"{SEND_BACKLOG} datagrams already queued: dropped one to {dest}")
-            log.warning("send buffer full and %d datagrams queued: dropping one to %s", SEND_BACKLOG, dest)
+            self._count_and_log("send_backlog_full",
+                                f"send buffer full and {SEND_BACKLOG} datagrams queued: dropped one to {dest}")
             return
         self._backlog.append((datagram, dest))
         if len(self._backlog) == 1 and self._loop is not None and self._sock is not None:
