@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
@@ -710,19 +711,17 @@ class AsyncDiscovery:
     def stats(self) -> dict[str, Any]:
         """Packet counters and drops by reason (``bad_envelope``, ``not_json``, ``stale``, ...)."""
         counters = self._core.counters
-        dropped = dict(self._core.dropped)
-        for reason, count in self._transport.errors.items():
-            dropped[reason] = dropped.get(reason, 0) + count
+        dropped = Counter(self._core.dropped)
+        dropped.update(self._transport.errors)
         book = self._book
-        if book is not None:  # messages on the peers channel the book did not act on
-            for reason, count in book.ignored.items():
-                dropped[reason] = dropped.get(reason, 0) + count
+        if book is not None:
+            dropped.update(book.ignored)  # messages on the peers channel the book did not act on
         return {
             "packets_in": counters["packets_in"],
             "packets_out": counters["packets_out"],
             "bytes_in": counters["bytes_in"],
             "bytes_out": counters["bytes_out"],
-            "dropped": dropped,
+            "dropped": dict(dropped),
             # learn_peers: peers learned now, and those refused over the bounds since creation.
             "learned": book.learned if book is not None else 0,
             "not_learned": book.not_learned if book is not None else 0,
