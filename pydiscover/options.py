@@ -382,7 +382,8 @@ OPTION_HELP: dict[str, str] = {
                  "default, 4096, is four times the largest cluster this full-mesh protocol suits (1,000 nodes "
                  "at 1 Hz is a million datagrams a second across the cluster) and bounds a node's tables at "
                  "about 10 MB.",
-    "read_coalesce": "UDP: while hellos stream in at hundreds of wake-ups a second, read them in batches this "
+    "read_coalesce": "UDP: while hellos stream in at hundreds of wake-ups a second for a quarter second or more (a "
+    "newcomer's burst of replies is read at once), read them in batches this "
     "many seconds apart (about half the CPU; a channel message waits at most this long); 0 reads every "
     "datagram at once.",
     "masters_required": "How many masters the cluster keeps.",

@@ -64,8 +64,13 @@ COALESCE_BELOW = 32
 #: traffic: more than ~500 wake-ups a second (e.g. 1,000 peers at 1 Hz).  Smaller
 #: clusters never coalesce, so their channel messages never wait.
 STREAM_GAP = 0.002
-#: ... for this many wake-ups in a row: a burst (a newcomer's replies) is read at once.
+#: ... for this many wake-ups in a row ...
 STREAM_WAKES = 8
+#: ... and for this long: a newcomer's burst of replies (spread over 3 ms plus 0.5 ms per
+#: member, at most a quarter hello interval: 13 ms for 20 nodes, 125 ms by default at most)
+#: is read at once, or a pause in the middle of it would delay the newcomer's full view by
+#: ``read_coalesce``.
+STREAM_SPAN = 0.25
 #: Receive buffer asked of the kernel (it caps this at net.core.rmem_max): room for bursts.
 RCVBUF = 4 << 20
 #: Datagrams held while the kernel's send buffer is full; past this, sends are dropped and counted.
@@ -80,8 +85,8 @@ class UdpTransport(Transport):
     Reading: up to :data:`READ_BATCH` datagrams per wake-up.  With ``read_coalesce`` > 0,
     when a wake-up found only discovery traffic, at most :data:`COALESCE_BELOW` datagrams,
     and came less than :data:`STREAM_GAP` after the previous such one, :data:`STREAM_WAKES`
-    times in a row (a sparse but steady stream: a cluster of many hundreds of nodes, not
-    the burst of replies a newcomer gets), reading pauses for ``read_coalesce``
+    times in a row and for :data:`STREAM_SPAN` seconds (a sparse but steady stream: a
+    cluster of many hundreds of nodes, not the burst of replies a newcomer gets), reading pauses for ``read_coalesce``
     seconds so the next wake-up finds many datagrams.  On a VM a wake-up can cost ten
     times the handling of a hello, so this cuts a big cluster's CPU by about half or
     more.  A batch holding a channel message never pauses and starts the count again
@@ -109,8 +114,10 @@ class UdpTransport(Transport):
         #: See the class docstring; 0 reads every datagram as soon as it arrives.
         self.read_coalesce = read_coalesce
         self.stream_gap = STREAM_GAP
+        self.stream_span = STREAM_SPAN
         self._last_bulk_read = -math.inf
         self._stream_wakes = 0
+        self._stream_since = -math.inf
         self._resume: asyncio.TimerHandle | None = None
         self.address = address
         self.port = port
@@ -302,8 +309,10 @@ class UdpTransport(Transport):
         elif 0 < handled <= COALESCE_BELOW and self.read_coalesce and self._loop is not None:
             now = self._loop.time()
             if now - self._last_bulk_read < self.stream_gap:
+                if not self._stream_wakes:
+                    self._stream_since = self._last_bulk_read
                 self._stream_wakes += 1
-                if self._stream_wakes >= STREAM_WAKES:
+                if self._stream_wakes >= STREAM_WAKES and now - self._stream_since >= self.stream_span:
                     self._pause_reading(sock)
             else:
                 self._stream_wakes = 0
