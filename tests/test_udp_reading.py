@@ -60,6 +60,43 @@ async def read_all(port: int, *, coalesce: float, bulk: bool | Callable[[bytes],
     return got, pauses
 
 
+async def test_a_stream_is_read_by_timer_without_putting_the_socket_back_in_the_selector(port: int) -> None:
+    """Each batch of a stream used to cost an ``add_reader`` and a ``remove_reader`` (two ``epoll_ctl``)."""
+    loop = asyncio.get_running_loop()
+    registrations = 0
+    resumes = 0
+    add_reader = loop.add_reader
+
+    def counting_add_reader(fd: int, callback: Callable[..., object], *args: object) -> None:
+        nonlocal registrations
+        registrations += 1
+        add_reader(fd, callback, *args)
+
+    transport = UdpTransport(address="127.0.0.1", port=port, unicast=[("127.0.0.1", port)], read_coalesce=0.004)
+    transport.stream_gap, transport.stream_span = 1.0, 0.0
+    resume = transport._resume_reading
+
+    def counting_resume() -> None:
+        nonlocal resumes
+        resumes += 1
+        resume()
+
+    transport._resume_reading = counting_resume  # type: ignore[method-assign]
+    got: list[bytes] = []
+    loop.add_reader = counting_add_reader  # type: ignore[method-assign]
+    try:
+        await transport.open(lambda data, addr: got.append(data) is None)
+        sent = [str(i).encode() for i in range(600)]
+        await stream(port, sent, bursts=150)
+        await async_eventually(lambda: len(got) == len(sent), what="every datagram")
+    finally:
+        del loop.add_reader
+        await transport.close()
+    assert got == sent
+    assert resumes >= 5  # read by timer, batch after batch ...
+    assert registrations <= 3  # ... with the socket out of the selector meanwhile (open, and a stream's end)
+
+
 async def test_a_sparse_stream_of_discovery_traffic_is_read_in_coalesced_batches(port: int) -> None:
     _, pauses = await read_all(port, coalesce=0.004, bulk=True)  # 4 datagrams a millisecond
     assert pauses >= 1

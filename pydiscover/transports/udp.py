@@ -281,9 +281,15 @@ class UdpTransport(Transport):
         log.debug("bound %s, sending to %s", sock.getsockname(), self._destinations)
 
     def _read_ready(self) -> None:
-        sock, receive = self._sock, self._receive
-        if sock is None or receive is None:
-            return
+        sock = self._sock
+        if sock is not None and self._read_batch(sock):
+            self._pause_reading(sock)
+
+    def _read_batch(self, sock: socket.socket) -> bool:
+        """Read up to :data:`READ_BATCH` datagrams; ``True``: a stream of hellos, pause reading."""
+        receive = self._receive
+        if receive is None:
+            return False
         v4 = self._family == socket.AF_INET
         handled = 0
         bulk_only = True
@@ -301,9 +307,9 @@ class UdpTransport(Transport):
             if not receive(data, addr if v4 else _peer_address(addr)):
                 bulk_only = False
             if self._sock is None:  # closed by a handler
-                return
+                return False
         else:
-            return  # a full batch: more is waiting, and the loop calls again at once
+            return False  # a full batch: more is waiting, read again at once
         if not bulk_only:
             self._stream_wakes = 0  # channel traffic: no pure stream of hellos, whose wake-ups a pause would save
         elif 0 < handled <= COALESCE_BELOW and self.read_coalesce and self._loop is not None:
@@ -313,10 +319,11 @@ class UdpTransport(Transport):
                     self._stream_since = self._last_bulk_read
                 self._stream_wakes += 1
                 if self._stream_wakes >= STREAM_WAKES and now - self._stream_since >= self.stream_span:
-                    self._pause_reading(sock)
+                    return True
             else:
                 self._stream_wakes = 0
             self._last_bulk_read = now
+        return False
 
     def _pause_reading(self, sock: socket.socket) -> None:
         """A stream of hellos: let them gather for ``read_coalesce`` and read them in one wake-up."""
@@ -325,13 +332,22 @@ class UdpTransport(Transport):
         self._resume = self._loop.call_later(self.read_coalesce, self._resume_reading)
 
     def _resume_reading(self) -> None:
+        """Read what gathered; while it is still the same stream, the next read is by timer again.
+
+        The socket stays out of the selector for the whole stream: re-adding it for every
+        batch cost two ``epoll_ctl`` calls and the selector's bookkeeping each time.
+        """
         self._resume = None
-        if self._sock is not None and self._loop is not None:
-            self._loop.add_reader(self._sock.fileno(), self._read_ready)
-            # Still the same stream: if this batch is again only a few hellos, pause again
-            # rather than waking for the very next one.
-            self._last_bulk_read = self._loop.time()
-            self._read_ready()
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
+            return
+        # Still the same stream: if this batch is again only a few hellos, pause again
+        # rather than waking for the very next one.
+        self._last_bulk_read = loop.time()
+        if self._read_batch(sock):
+            self._resume = loop.call_later(self.read_coalesce, self._resume_reading)
+        elif self._sock is sock:  # not closed by a handler
+            loop.add_reader(sock.fileno(), self._read_ready)
 
     def send(self, datagram: bytes) -> None:
         sock = self._sock
