@@ -84,6 +84,10 @@ class MastershipWanted(NamedTuple):
 
 Action = Transmit | Emit | MastershipWanted
 
+#: ``tuple.__new__(Emit, (...))``: a NamedTuple's own ``__new__`` is a Python function; the
+#: hot paths (a message, a hello's report, a send) build theirs without it.
+_new_tuple = tuple.__new__
+
 
 class DiscoveryCore:
     """One discovery instance's state.  Not thread-safe: one driver owns it.
@@ -641,7 +645,7 @@ class DiscoveryCore:
             self._last_was_message = True
             self._last_emits_only = not out  # nothing expired on the way here
             packet = received_packet(env.event, env.pid, env.iid, env.hostname, env.data, host, port, env.seq)
-            out.append(Emit(env.event, (env.data, packet)))
+            out.append(_new_tuple(Emit, (env.event, (env.data, packet))))
         elif env.event in RESERVED_NAMES:
             self.dropped["reserved_event"] += 1
         else:
@@ -687,7 +691,7 @@ class DiscoveryCore:
         self._peers.seen(peer, now)
         self._last_emits_only = not out  # nothing expired on the way here
         if self._report_unchanged:
-            out.append(Emit("helloReceived", (self._peers.current(peer), False)))
+            out.append(_new_tuple(Emit, ("helloReceived", (self._peers.current(peer), False))))
 
     def _drop(self, reason: str, addr: Address, detail: object) -> None:
         self.dropped[reason] += 1
@@ -762,9 +766,10 @@ class DiscoveryCore:
         self._fit(raw, what)
         self._seq += 1  # only once it will really be sent: no gaps from refused sends
         sealed = self._codec.seal(raw, now + self._wall_offset)
-        self.counters["packets_out"] += 1
-        self.counters["bytes_out"] += len(sealed)
-        return Transmit(sealed)
+        counters = self.counters
+        counters["packets_out"] += 1
+        counters["bytes_out"] += len(sealed)
+        return _new_tuple(Transmit, (sealed,))
 
     def _fit(self, raw: bytes, what: str) -> None:
         """Raise :class:`PacketTooLarge` if ``raw``, once sealed, could exceed the budget."""

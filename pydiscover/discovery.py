@@ -499,10 +499,9 @@ class AsyncDiscovery:
         if self._fence_deadline is not None:
             self._check_fence()
         sent = True
-        for action in actions:  # one Transmit: the message
-            assert isinstance(action, Transmit), action
+        for action in actions:  # one Transmit: the message; it moves no deadline, so no re-arming
+            assert type(action) is Transmit, action
             sent = self._transport.send_message(action.datagram) and sent
-        self._reschedule()
         return sent
 
     def advertise(self, advertisement: Any) -> None:

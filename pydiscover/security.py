@@ -23,7 +23,7 @@ import os
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -282,15 +282,15 @@ class ReplayGuard:
     def __init__(self, retention: float, capacity: int = 50_000) -> None:
         self.retention = retention
         self.capacity = capacity
-        # iid -> [highest seq, bitmap of seen seqs below it, forget-at]
-        self._state: OrderedDict[str, list[float]] = OrderedDict()
+        # iid -> [highest seq, bitmap of seen seqs below it, forget-at]: two ints and a time
+        self._state: OrderedDict[str, list[Any]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._state)
 
     def highest(self, iid: str) -> int | None:
         state = self._state.get(iid)
-        return int(state[0]) if state is not None else None
+        return state[0] if state is not None else None
 
     def accept(self, iid: str, seq: int, now: float) -> bool:
         """Record ``seq`` from ``iid``; ``False`` if it was seen before or is too old to tell."""
@@ -301,7 +301,7 @@ class ReplayGuard:
             self._state[iid] = [seq, self._FULL, now + self.retention]
             self._evict(now)
             return True
-        high, seen = int(state[0]), int(state[1])
+        high, seen = state[0], state[1]
         if seq == high + 1:  # the usual case, in order: one shift
             state[0], state[1], state[2] = seq, ((seen << 1) | 1) & self._FULL, now + self.retention
             self._state.move_to_end(iid)
@@ -330,12 +330,12 @@ class ReplayGuard:
                 return
             self._state[iid] = [seq, self._FULL, now + self.retention]
         else:
-            high = int(state[0])
+            high = state[0]
             if seq is None or seq >= high:
                 state[0], state[1] = max(high, seq or high), self._FULL
             elif high - seq <= self.WINDOW:
                 # mark every offset from high - seq up to the window as seen
-                state[1] = int(state[1]) | (self._FULL ^ ((1 << (high - seq - 1)) - 1))
+                state[1] = state[1] | (self._FULL ^ ((1 << (high - seq - 1)) - 1))
             state[2] = now + self.retention
         self._state.move_to_end(iid)
 
