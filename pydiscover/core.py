@@ -88,6 +88,10 @@ Action = Transmit | Emit | MastershipWanted
 #: hot paths (a message, a hello's report, a send) build theirs without it.
 _new_tuple = tuple.__new__
 
+#: New instances refused for a full table that the core remembers, so that one saying hello
+#: again can be let in (:meth:`DiscoveryCore._make_room`).
+REFUSED_MEMORY = 64
+
 
 class DiscoveryCore:
     """One discovery instance's state.  Not thread-safe: one driver owns it.
@@ -125,6 +129,7 @@ class DiscoveryCore:
         #: change is its seq moves the node's time, as a node-discover repeat does.
         self._bodies = RepeatCache(cache_entries, cache_bytes)
         self._table_full_last = -math.inf  # the last hello dropped because the table was full
+        self._refused: dict[str, None] = {}  # new instances refused for a full table, the latest REFUSED_MEMORY
         self._timers = Timers(
             hello_interval=options.hello_interval, check_interval=options.check_interval, rng=rng or random.Random()
         )
@@ -372,6 +377,7 @@ class DiscoveryCore:
         self._timers.stop()
         # A stopped node knows nothing: a restart must not report stale peers as live.
         self._peers.clear()
+        self._refused.clear()
         self._repeats.clear()
         self._bodies.clear()
         self._token = None
@@ -623,7 +629,8 @@ class DiscoveryCore:
         elif env.pid == self.pid and self.options.ignore_process:
             self.dropped["own_process"] += 1
             return out
-        if env.event == wire.HELLO and len(peers) >= self.options.max_nodes and peers.get(env.iid) is None:
+        if env.event == wire.HELLO and len(peers) >= self.options.max_nodes and peers.get(env.iid) is None \
+                and not self._make_room(now, env.iid, out):
             self._table_full(now, addr)  # before _fresh: a flood leaves no replay state either
             return out
         if not self._fresh(now, env.iid, env.seq, sent_at, addr):
@@ -705,8 +712,37 @@ class DiscoveryCore:
         if peer.body is not None:
             self._bodies.discard(peer.body)
 
+    def _make_room(self, now: float, iid: str, out: list[Action]) -> bool:
+        """A full table and a hello from new instance ``iid``: admit it if it was refused before
+        (it keeps saying hello: a live node), in place of the instance heard only once and
+        longest ago (it never said hello again: what a flood of made-up instances leaves).
+
+        Members heard more than once are never evicted.  During a flood the memory of
+        refused instances (:data:`REFUSED_MEMORY`) turns over within milliseconds, so
+        nobody gets in by persistence while it lasts; once it ends, a real newcomer is in
+        at its second hello, instead of waiting up to a ``node_timeout`` for the made-up
+        instances to time out.
+        """
+        refused = self._refused
+        if iid not in refused:
+            if len(refused) >= REFUSED_MEMORY:
+                del refused[next(iter(refused))]
+            refused[iid] = None
+            return False
+        peer = self._peers.heard_once_longest_ago()
+        if peer is None:
+            return False  # every member was heard again: it waits, as before
+        del refused[iid]
+        node = self._peers.remove(peer.node.id)
+        self._replay.close(node.id, None, now)  # as on a timeout: its old packets must not bring it back
+        self.counters["evicted"] += 1  # stats["evicted"]
+        out.append(Emit("removed", (node,)))
+        self._elect(now, out)
+        return True
+
     def _table_full(self, now: float, addr: Address) -> None:
-        """A hello from a new instance with ``max_nodes`` known: dropped; members are never evicted for it.
+        """A hello from a new instance with ``max_nodes`` known: dropped; members are never evicted for it
+        (an instance heard only once is no member: :meth:`_make_room`).
 
         Warns once per burst (drops less than a ``node_timeout`` apart), as a flood would
         otherwise log thousands of lines a second.

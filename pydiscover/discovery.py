@@ -721,6 +721,8 @@ class AsyncDiscovery:
             "bytes_in": counters["bytes_in"],
             "bytes_out": counters["bytes_out"],
             "dropped": dict(dropped),
+            # max_nodes: instances heard once and silent since, removed to make room for a new one.
+            "evicted": counters["evicted"],
             # learn_peers: peers learned now, and those refused over the bounds since creation.
             "learned": book.learned if book is not None else 0,
             "not_learned": book.not_learned if book is not None else 0,

@@ -378,7 +378,8 @@ OPTION_HELP: dict[str, str] = {
     "replay_window": "Seconds a sealed packet's clock may differ from ours; 0 disables the time check.",
     "max_nodes": "Instances the node table holds at most.  Beyond it, hellos from new instances are dropped and "
                  "counted (``stats['dropped']['table_full']``, a WARNING once per burst) and members already "
-                 "known are never evicted: a LAN neighbour inventing instances cannot exhaust memory.  The "
+                 "known are never evicted (a refused instance that says hello again takes the place of one heard "
+                 "only once, ``stats['evicted']``): a LAN neighbour inventing instances cannot exhaust memory.  The "
                  "default, 4096, is four times the largest cluster this full-mesh protocol suits (1,000 nodes "
                  "at 1 Hz is a million datagrams a second across the cluster) and bounds a node's tables at "
                  "about 10 MB.",

@@ -21,11 +21,13 @@ class Peer:
     only that, and ``node`` is brought up to date when handed out (:meth:`PeerTable.current`).
     """
 
-    __slots__ = ("body", "data", "data_json", "node", "seen", "seq")
+    __slots__ = ("body", "data", "data_json", "node", "seen", "seq", "since")
 
     def __init__(self, node: Node, data: Any, data_json: bytes, seq: int) -> None:
         self.node = node
         self.seen = node.last_seen
+        #: When its first hello arrived: ``seen == since`` means heard once (:meth:`PeerTable.heard_once_longest_ago`).
+        self.since = node.last_seen
         #: The sequence number of the newest hello taken (older ones are stale); -1: none yet.
         self.seq = seq
         #: The last valid hello ``data`` (the object): the same one again skips all checks.
@@ -44,7 +46,7 @@ class PeerTable:
     skip the scan with one comparison.
     """
 
-    __slots__ = ("_by_age", "_on_remove", "_peers", "_timeouts", "get", "next_expiry", "standing")
+    __slots__ = ("_by_age", "_on_remove", "_once", "_peers", "_timeouts", "get", "next_expiry", "standing")
 
     def __init__(self, *, node_timeout: float, master_timeout: float, rank: tuple[float, int, str],
                  on_remove: Callable[[Peer], None] | None = None) -> None:
@@ -54,6 +56,8 @@ class PeerTable:
         #: How the peers stand against ``rank`` (this node's) in the election, kept as records change.
         self.standing = Standing(rank)
         self._by_age: dict[bool, OrderedDict[str, Peer]] = {False: OrderedDict(), True: OrderedDict()}
+        #: Peers heard only once, in the order they were heard (what a flood of made-up instances leaves).
+        self._once: dict[str, Peer] = {}
         self._timeouts = {False: node_timeout, True: master_timeout}
         #: No peer expires before this (read it; the table keeps it).
         self.next_expiry = math.inf
@@ -84,6 +88,8 @@ class PeerTable:
 
     def seen(self, peer: Peer, now: float) -> None:
         """A hello that changed nothing: only the time moves (expiries only get later)."""
+        if peer.seen == peer.since:
+            self._once.pop(peer.node.id, None)  # heard twice now
         peer.seen = now
         node = peer.node
         self._by_age[node.is_master].move_to_end(node.id)
@@ -93,8 +99,9 @@ class PeerTable:
         iid = node.id
         peer = self._peers.get(iid)
         if peer is None:
-            peer = self._peers[iid] = Peer(node, data, data_json, -1 if seq is None else seq)
+            peer = self._peers[iid] = self._once[iid] = Peer(node, data, data_json, -1 if seq is None else seq)
         else:
+            self._once.pop(iid, None)
             del self._by_age[peer.node.is_master][iid]
             self.standing.count(peer.node, -1)
             peer.node, peer.seen, peer.data, peer.data_json = node, node.last_seen, data, data_json
@@ -108,10 +115,16 @@ class PeerTable:
             self.next_expiry = expiry
         return peer
 
+    def heard_once_longest_ago(self) -> Peer | None:
+        """Of the peers heard only once, the one heard longest ago (O(1)); ``None`` if every peer was heard again."""
+        once = self._once
+        return next(iter(once.values())) if once else None
+
     def remove(self, iid: str) -> Node:
         """Forget ``iid`` (it must be here); return its up-to-date record."""
         peer = self._peers.pop(iid)
         del self._by_age[peer.node.is_master][iid]
+        self._once.pop(iid, None)
         self.standing.count(peer.node, -1)
         if self._on_remove is not None:
             self._on_remove(peer)
@@ -141,11 +154,15 @@ class PeerTable:
         """
         for ids in self._by_age.values():
             for peer in ids.values():
+                once = peer.seen == peer.since
                 peer.seen = min(peer.seen + seconds, now)
+                if once:
+                    peer.since = peer.seen  # still heard once, and now that much later
 
     def clear(self) -> None:
         self.standing.reset()
         self._peers.clear()
+        self._once.clear()
         for ids in self._by_age.values():
             ids.clear()
         self.next_expiry = math.inf

@@ -781,13 +781,54 @@ def test_a_full_table_drops_new_instances_keeps_members_and_warns_once_per_burst
     bye = orjson.dumps({"event": "pydiscover.goodbye", "pid": "x", "iid": "m1", "hostName": "h", "data": {}, "seq": 3})
     assert events(core.datagram_received(0.6, bye, ("10.0.0.2", 1)), "removed")
     assert events(core.datagram_received(0.7, hello("late", seq=1), ("10.0.0.3", 1)), "added")
-    # A second burst, after a quiet node_timeout, warns again.
+    # A second burst, after a quiet node_timeout, warns again (every member heard twice: none makes room).
+    for iid in ("m2", "late"):
+        core.datagram_received(0.75, hello(iid, seq=2), ("10.0.0.2", 1))
     caplog.clear()
     with caplog.at_level("WARNING", logger="pydiscover.core"):
         core.datagram_received(0.8, hello("fake-a", seq=1), ("10.0.0.9", 1))
         core.datagram_received(0.8 + FAST["node_timeout"] / 2, hello("fake-b", seq=1), ("10.0.0.9", 1))
         core.datagram_received(1.5 + 2 * FAST["node_timeout"], hello("fake-c", seq=1), ("10.0.0.9", 1))
     assert len(caplog.records) == 2 and core.dropped["table_full"] == 103
+
+
+def test_a_refused_newcomer_saying_hello_again_takes_the_place_of_an_instance_heard_only_once() -> None:
+    """What a flood leaves must not keep a real newcomer out for a node_timeout after it ends."""
+    from pydiscover.core import REFUSED_MEMORY
+
+    core = lone_core(max_nodes=3)
+    core.start(0.0)
+    here, flood = ("10.0.0.2", 1), ("10.0.0.9", 1)
+    core.datagram_received(0.1, hello("member", seq=1), here)
+    core.datagram_received(0.15, hello("member", seq=2), here)  # heard twice, and the longest silent
+    core.datagram_received(0.2, hello("fake1", seq=None), flood)  # node-discover style: no seq
+    core.datagram_received(0.3, hello("fake2", seq=1), flood)
+    # A first hello is refused (a flood is all first hellos) ...
+    assert core.datagram_received(0.4, hello("new1", seq=1), here) == []
+    assert core.dropped["table_full"] == 1
+    # ... a second one takes the place of the instance heard once, longest ago (the member
+    # silent longer is not evicted): removed, counted, the newcomer added.
+    out = core.datagram_received(0.9, hello("new1", seq=2), here)
+    assert [e.args[0].id for e in events(out, "removed")] == ["fake1"]
+    assert [e.args[0].id for e in events(out, "added")] == ["new1"]
+    assert core.counters["evicted"] == 1 and set(core.nodes) == {"member", "fake2", "new1"}
+    # During a flood the memory of refused instances turns over: persistence gets nobody in.
+    assert core.datagram_received(1.0, hello("new2", seq=1), here) == []
+    for n in range(REFUSED_MEMORY):
+        core.datagram_received(1.0, hello(f"flood{n}", seq=1), flood)
+    assert core.datagram_received(1.1, hello("new2", seq=2), here) == []
+    assert core.dropped["table_full"] == 3 + REFUSED_MEMORY
+    # Once it has ended, the second hello is enough again; the newcomer heard twice since
+    # (new1) stays, so fake2 is the one that goes.
+    core.datagram_received(1.2, hello("new1", seq=3), here)
+    out = core.datagram_received(1.3, hello("new2", seq=3), here)
+    assert [e.args[0].id for e in events(out, "removed")] == ["fake2"]
+    # With every member heard more than once, a newcomer waits however often it says hello.
+    core.datagram_received(1.4, hello("member", seq=3), here)
+    core.datagram_received(1.4, hello("new2", seq=4), here)
+    for seq in (1, 2, 3):
+        assert core.datagram_received(1.5 + seq / 10, hello("new3", seq=seq), here) == []
+    assert set(core.nodes) == {"member", "new1", "new2"}
 
 
 def test_max_nodes_is_checked_and_defaults_to_4096() -> None:
