@@ -7,6 +7,7 @@ discovery traffic), never times it.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from conftest import async_eventually
 
 from pydiscover import AsyncDiscovery
 from pydiscover.transports.base import Address
-from pydiscover.transports.udp import UdpTransport
+from pydiscover.transports.udp import READ_BATCH, STREAM_WAKES, UdpTransport
 
 
 async def stream(port: int, datagrams: list[bytes], bursts: int) -> None:
@@ -109,6 +110,35 @@ async def test_a_burst_shorter_than_the_stream_span_is_read_at_once(port: int) -
     """
     _, pauses = await read_all(port, coalesce=0.004, bulk=True, span=60.0)
     assert pauses == 0
+
+
+def test_draining_what_gathered_during_a_pause_keeps_the_stream_going() -> None:
+    """After a pause, a few full batches drain the socket; the batch after them is the same stream.
+
+    Before, the time spent draining looked like a gap between wake-ups: the count started
+    again, and with STREAM_SPAN the node read every wake-up for a quarter second after
+    each pause (a flood of 20,000 hellos/s cost 28 % of a core instead of 21 %).
+    """
+    clock = [10.0]
+
+    class Clock:
+        def time(self) -> float:
+            return clock[0]
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        transport = UdpTransport(address="127.0.0.1", port=0, unicast=[("127.0.0.1", 9)], read_coalesce=0.02)
+        transport._sock, transport._receive = rx, lambda data, addr: True  # discovery traffic only
+        transport._loop = Clock()  # type: ignore[assignment]
+        transport._stream_wakes, transport._stream_since, transport._last_bulk_read = STREAM_WAKES, 0.0, 10.0
+        for i in range(READ_BATCH + 16):
+            tx.sendto(str(i).encode(), rx.getsockname())
+        assert select.select([rx], [], [], 2.0)[0]  # loopback sends are queued at once; bounded anyway
+        clock[0] = 10.001
+        assert transport._read_batch(rx) is False  # a full batch: read again at once
+        clock[0] = 10.0 + transport.stream_gap * 1.25  # more than a gap after the pause, less after that batch
+        assert transport._read_batch(rx) is True  # the rest: still the stream, pause again
 
 
 async def test_a_dense_stream_is_read_at_once(port: int) -> None:

@@ -309,7 +309,14 @@ class UdpTransport(Transport):
             if self._sock is None:  # closed by a handler
                 return False
         else:
-            return False  # a full batch: more is waiting, read again at once
+            # A full batch: more is waiting, read again at once.  Draining what gathered
+            # during a pause takes a few of these; it is the stream going on, not a gap
+            # that would start the count (and STREAM_SPAN) again.
+            if bulk_only and self._loop is not None:
+                self._last_bulk_read = self._loop.time()
+            else:
+                self._stream_wakes = 0
+            return False
         if not bulk_only:
             self._stream_wakes = 0  # channel traffic: no pure stream of hellos, whose wake-ups a pause would save
         elif 0 < handled <= COALESCE_BELOW and self.read_coalesce and self._loop is not None:
