@@ -15,6 +15,10 @@ is colder and slower):
   changed (parsed in full);
 * one event-loop wake-up: an asyncio reader woken for a single datagram, as at a low rate
   (CPU of the loop's thread per wake-up, the datagram's own handling included).
+* the floor of any asyncio receiver: a bare reader (``recvfrom`` only, up to 64 per
+  wake-up, as pydiscover's) under ``benchmarks.channel``'s blast (pydiscover's sender at
+  20,000 messages/s, bursts every 0.5-1 ms), CPU of the loop's thread per message: compare
+  it with node-discover's whole receive CPU per message in the ``channel`` figure.
 
 Each step is the best of several rounds of many calls, so the figures are lower bounds of
 what a busy machine sees; compare them with each other and with the end-to-end figures of
@@ -38,19 +42,22 @@ from typing import Any, TypeVar
 
 import orjson
 
-from benchmarks._harness import Figure, cli, python_env
+from benchmarks._harness import Figure, LineChild, cli, python_env
 from pydiscover import wire
 from pydiscover.core import DiscoveryCore
 from pydiscover.events import SafeEmitter
 from pydiscover.node import received_packet
 from pydiscover.options import build_options
 from pydiscover.security import ReplayGuard
+from testbed.ports import free_udp_port
 
 T = TypeVar("T")
 NAME = "breakdown"
 CHANNEL = "bench"
 ADDR = ("127.0.0.1", 40000)
 PEERS = 1_000
+#: benchmarks.channel's rate for CPU per message.
+CHANNEL_RATE = 20_000
 
 
 def best_of(rounds: int, calls: int, step: Callable[[int], object]) -> float:
@@ -217,6 +224,47 @@ def wakeup_step(count: int) -> dict[str, float]:
     return asyncio.run(main())
 
 
+def bare_reader_floor(rate: int, seconds: float) -> dict[str, float]:
+    """CPU per message of a bare asyncio reader (``recvfrom`` only, 64 per wake-up, like ours) under
+    ``benchmarks.channel``'s blast: what any receiver on asyncio pays before doing anything."""
+
+    async def main() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        seen = [0, 0]  # datagrams, wake-ups
+
+        def ready() -> None:
+            seen[1] += 1
+            for _ in range(64):
+                try:
+                    sock.recvfrom(65508)
+                except BlockingIOError:
+                    break
+                seen[0] += 1
+
+        sender = LineChild([sys.executable, "-m", "benchmarks.channel_peer", "--role", "send", "--port",
+                            str(free_udp_port()), "--peer-port", str(sock.getsockname()[1])], python_env())
+        loop.add_reader(sock.fileno(), ready)
+        try:
+            await loop.run_in_executor(None, sender.ask, f"blast {rate} 0.5", 30)  # warm-up
+            seen[:] = [0, 0]
+            cpu = time.thread_time()  # the loop's thread only: the sender's hand-over runs in another
+            sent = await loop.run_in_executor(None, sender.ask, f"blast {rate} {seconds:g}", seconds * 3 + 15)
+            await asyncio.sleep(0.2)  # the last ones in flight
+            cpu = time.thread_time() - cpu
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+            sender.close()
+        return {"bare asyncio reader, CPU per message under the channel blast": cpu / max(seen[0], 1) * 1e6,
+                "messages": seen[0], "sent": sent["sent"], "wake_ups": seen[1], "rate": rate}
+
+    return asyncio.run(main())
+
+
 def run(quick: bool) -> list[Figure]:
     rounds, calls = (3, 20_000) if quick else (7, 100_000)
     steps: dict[str, dict[str, float]] = {
@@ -225,11 +273,14 @@ def run(quick: bool) -> list[Figure]:
     }
     wake = wakeup_step(1_000 if quick else 3_000)
     steps["wake-up"] = {k: v for k, v in wake.items() if k.startswith("event-loop")}
+    floor = bare_reader_floor(CHANNEL_RATE, 0.5 if quick else 2.0)
+    steps["floor"] = {k: v for k, v in floor.items() if k.startswith("bare")}
     figures = []
     for path, timings in steps.items():
         for step, us in timings.items():
             figures.append(Figure(NAME, f"{path}: {step}", "µs", us, detail={"rounds": rounds, "calls": calls}))
-    figures[-1].detail.update(wake)
+    figures[-2].detail.update(wake)
+    figures[-1].detail = floor
     return figures
 
 
