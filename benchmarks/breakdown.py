@@ -226,7 +226,8 @@ def wakeup_step(count: int) -> dict[str, float]:
 
 def bare_reader_floor(rate: int, seconds: float) -> dict[str, float]:
     """CPU per message of a bare asyncio reader (``recvfrom`` only, 64 per wake-up, like ours) under
-    ``benchmarks.channel``'s blast: what any receiver on asyncio pays before doing anything."""
+    ``benchmarks.channel``'s blast: what any receiver on asyncio pays before doing anything.
+    (The sender is a pydiscover node: its two hellos a second are read and counted too.)"""
 
     async def main() -> dict[str, float]:
         loop = asyncio.get_running_loop()

@@ -127,5 +127,6 @@ def test_the_breakdown_times_every_step_and_delivers_every_message() -> None:
 def test_the_bare_reader_floor_reads_the_whole_blast() -> None:
     """Smoke form of the breakdown's floor row: the bare reader gets every message of a short blast."""
     floor = breakdown.bare_reader_floor(rate=5_000, seconds=0.2)
-    assert floor["messages"] == floor["sent"] == 1_000
+    assert floor["sent"] == 1_000
+    assert 1_000 <= floor["messages"] <= 1_010  # and the sender's own hellos, two a second
     assert floor["bare asyncio reader, CPU per message under the channel blast"] > 0
