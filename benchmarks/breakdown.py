@@ -185,41 +185,57 @@ for i in range(count):
 """
 
 
+class BareReader:
+    """A bare asyncio reader on 127.0.0.1: ``recvfrom`` only, up to 64 per wake-up (as pydiscover's), counted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_wake: Callable[[], object] | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self.datagrams = self.wake_ups = 0
+        self._loop, self._on_wake = loop, on_wake
+        loop.add_reader(self.sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        self.wake_ups += 1
+        for _ in range(64):
+            try:
+                self.sock.recvfrom(65508)
+            except BlockingIOError:
+                break
+            self.datagrams += 1
+        if self._on_wake is not None:
+            self._on_wake()
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
 def wakeup_step(count: int) -> dict[str, float]:
     """CPU of the loop's thread per wake-up for one datagram (a sender paced 1 ms apart)."""
 
     async def main() -> dict[str, float]:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
         done = asyncio.Event()
-        seen = [0, 0]  # datagrams, wake-ups
 
-        def ready() -> None:
-            seen[1] += 1
-            for _ in range(64):
-                try:
-                    sock.recvfrom(65508)
-                except BlockingIOError:
-                    break
-                seen[0] += 1
-            if seen[0] >= count:
+        def all_read() -> None:
+            if reader.datagrams >= count:
                 done.set()
 
-        loop.add_reader(sock.fileno(), ready)
+        reader = BareReader(asyncio.get_running_loop(), all_read)
         cpu = time.thread_time()
-        sender = subprocess.Popen([sys.executable, "-c", SENDER, str(sock.getsockname()[1]), str(count), "0.001"],
+        sender = subprocess.Popen([sys.executable, "-c", SENDER, str(reader.port), str(count), "0.001"],
                                   env=python_env())
         try:
             await asyncio.wait_for(done.wait(), timeout=count * 0.001 + 30)
         finally:
             cpu = time.thread_time() - cpu
-            loop.remove_reader(sock.fileno())
-            sock.close()
+            reader.close()
             sender.wait(30)
-        return {"event-loop wake-up for one datagram": cpu / seen[1] * 1e6, "wake_ups": seen[1],
-                "datagrams": seen[0]}
+        return {"event-loop wake-up for one datagram": cpu / reader.wake_ups * 1e6, "wake_ups": reader.wake_ups,
+                "datagrams": reader.datagrams}
 
     return asyncio.run(main())
 
@@ -231,37 +247,21 @@ def bare_reader_floor(rate: int, seconds: float) -> dict[str, float]:
 
     async def main() -> dict[str, float]:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-        seen = [0, 0]  # datagrams, wake-ups
-
-        def ready() -> None:
-            seen[1] += 1
-            for _ in range(64):
-                try:
-                    sock.recvfrom(65508)
-                except BlockingIOError:
-                    break
-                seen[0] += 1
-
+        reader = BareReader(loop)
         sender = LineChild([sys.executable, "-m", "benchmarks.channel_peer", "--role", "send", "--port",
-                            str(free_udp_port()), "--peer-port", str(sock.getsockname()[1])], python_env())
-        loop.add_reader(sock.fileno(), ready)
+                            str(free_udp_port()), "--peer-port", str(reader.port)], python_env())
         try:
             await loop.run_in_executor(None, sender.ask, f"blast {rate} 0.5", 30)  # warm-up
-            seen[:] = [0, 0]
+            reader.datagrams = reader.wake_ups = 0
             cpu = time.thread_time()  # the loop's thread only: the sender's hand-over runs in another
             sent = await loop.run_in_executor(None, sender.ask, f"blast {rate} {seconds:g}", seconds * 3 + 15)
             await asyncio.sleep(0.2)  # the last ones in flight
             cpu = time.thread_time() - cpu
         finally:
-            loop.remove_reader(sock.fileno())
-            sock.close()
+            reader.close()
             sender.close()
-        return {"bare asyncio reader, CPU per message under the channel blast": cpu / max(seen[0], 1) * 1e6,
-                "messages": seen[0], "sent": sent["sent"], "wake_ups": seen[1], "rate": rate}
+        return {"bare asyncio reader, CPU per message under the channel blast": cpu / max(reader.datagrams, 1) * 1e6,
+                "messages": reader.datagrams, "sent": sent["sent"], "wake_ups": reader.wake_ups, "rate": rate}
 
     return asyncio.run(main())
 
