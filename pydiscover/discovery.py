@@ -721,7 +721,7 @@ class AsyncDiscovery:
             "bytes_in": counters["bytes_in"],
             "bytes_out": counters["bytes_out"],
             "dropped": dict(dropped),
-            # max_nodes: instances heard once and silent since, removed to make room for a new one.
+            # max_nodes: instances heard only once, removed to make room for a refused newcomer saying hello again.
             "evicted": counters["evicted"],
             # learn_peers: peers learned now, and those refused over the bounds since creation.
             "learned": book.learned if book is not None else 0,

@@ -86,8 +86,9 @@ class UdpTransport(Transport):
     when a wake-up found only discovery traffic, at most :data:`COALESCE_BELOW` datagrams,
     and came less than :data:`STREAM_GAP` after the previous such one, :data:`STREAM_WAKES`
     times in a row and for :data:`STREAM_SPAN` seconds (a sparse but steady stream: a
-    cluster of many hundreds of nodes, not the burst of replies a newcomer gets), reading pauses for ``read_coalesce``
-    seconds so the next wake-up finds many datagrams.  On a VM a wake-up can cost ten
+    cluster of many hundreds of nodes, not the burst of replies a newcomer gets), reading
+    pauses for ``read_coalesce`` seconds so the next wake-up finds many datagrams; while the
+    stream lasts, it is read by timer, with the socket out of the selector.  On a VM a wake-up can cost ten
     times the handling of a hello, so this cuts a big cluster's CPU by about half or
     more.  A batch holding a channel message never pauses and starts the count again
     (a request/response exchange is no stream), and smaller clusters never reach the
