@@ -7,17 +7,19 @@ discovery traffic), never times it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import select
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import orjson
 from conftest import async_eventually
 
 from pydiscover import AsyncDiscovery
 from pydiscover.transports.base import Address
-from pydiscover.transports.udp import READ_BATCH, STREAM_WAKES, UdpTransport
+from pydiscover.transports.udp import READ_BATCH, STREAM_SPAN, STREAM_WAKES, UdpTransport
 
 
 async def stream(port: int, datagrams: list[bytes], bursts: int) -> None:
@@ -139,6 +141,62 @@ def test_draining_what_gathered_during_a_pause_keeps_the_stream_going() -> None:
         assert transport._read_batch(rx) is False  # a full batch: read again at once
         clock[0] = 10.0 + transport.stream_gap * 1.25  # more than a gap after the pause, less after that batch
         assert transport._read_batch(rx) is True  # the rest: still the stream, pause again
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@contextlib.contextmanager
+def one_datagram_reads(messages: frozenset[int] = frozenset()) -> Iterator[tuple[FakeClock, Callable[[int], bool]]]:
+    """A transport whose reads are driven by hand: ``read(n)`` queues one datagram and reads it,
+    ``n`` in ``messages`` standing for a channel message; returns whether reading pauses."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        clock = FakeClock(100.0)
+        transport = UdpTransport(address="127.0.0.1", port=0, unicast=[("127.0.0.1", 9)], read_coalesce=0.02)
+        transport._sock, transport._receive = rx, lambda data, addr: int(data) not in messages
+        transport._loop = clock  # type: ignore[assignment]
+
+        def read(n: int) -> bool:
+            tx.sendto(str(n).encode(), rx.getsockname())
+            assert select.select([rx], [], [], 2.0)[0]
+            return transport._read_batch(rx)
+
+        yield clock, read
+
+
+def test_a_stream_of_hellos_arriving_at_random_is_coalesced() -> None:
+    """1,000 peers at 1 Hz send at random moments: one gap in seven is over 2 ms.  Such a gap
+    restarts the count of quick wake-ups but not the stream's span (it did, and then reading
+    never paused)."""
+    rng = random.Random(7)
+    with one_datagram_reads() as (clock, read):
+        for n in range(2_000):  # two seconds at 1,000 a second, bounded
+            clock.now += rng.expovariate(1_000.0)
+            if read(n):
+                break
+        else:
+            raise AssertionError("reading never paused")
+    assert STREAM_SPAN <= clock.now - 100.0 < STREAM_SPAN + 0.2
+
+
+def test_a_channel_message_restarts_the_count_of_a_stream_but_not_its_span() -> None:
+    paused_at = []
+    with one_datagram_reads(frozenset({300})) as (clock, read):
+        for n in range(320):
+            clock.now += 0.001
+            if read(n):
+                paused_at.append(n)
+    # Paused once the stream had lasted STREAM_SPAN; after the message (itself no discovery read,
+    # so the next hello comes two reads after the last one: a gap), STREAM_WAKES quick reads on.
+    assert paused_at[0] == int(STREAM_SPAN / 0.001)
+    assert next(n for n in paused_at if n > 300) == 301 + STREAM_WAKES
 
 
 async def test_a_dense_stream_is_read_at_once(port: int) -> None:

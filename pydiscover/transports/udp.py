@@ -66,11 +66,15 @@ COALESCE_BELOW = 32
 STREAM_GAP = 0.002
 #: ... for this many wake-ups in a row ...
 STREAM_WAKES = 8
-#: ... and for this long: a newcomer's burst of replies (spread over 3 ms plus 0.5 ms per
-#: member, at most a quarter hello interval: 13 ms for 20 nodes, 125 ms by default at most)
-#: is read at once, or a pause in the middle of it would delay the newcomer's full view by
-#: ``read_coalesce``.
+#: ... and for this long, with no silence over :data:`STREAM_BREAK`: a newcomer's burst of
+#: replies (spread over 3 ms plus 0.5 ms per member, at most a quarter hello interval: 13 ms
+#: for 20 nodes, 125 ms by default at most) is read at once, or a pause in the middle of it
+#: would delay the newcomer's full view by ``read_coalesce``.  The count above restarts at
+#: every gap over :data:`STREAM_GAP` (hellos of many peers arrive at random: one gap in
+#: seven is over 2 ms at 1,000 a second) and at every channel message; the span does not.
 STREAM_SPAN = 0.25
+#: A silence this long ends a stream (and its span).
+STREAM_BREAK = 10 * STREAM_GAP
 #: Receive buffer asked of the kernel (it caps this at net.core.rmem_max): room for bursts.
 RCVBUF = 4 << 20
 #: Datagrams held while the kernel's send buffer is full; past this, sends are dropped and counted.
@@ -116,9 +120,10 @@ class UdpTransport(Transport):
         self.read_coalesce = read_coalesce
         self.stream_gap = STREAM_GAP
         self.stream_span = STREAM_SPAN
+        self.stream_break = STREAM_BREAK
         self._last_bulk_read = -math.inf
         self._stream_wakes = 0
-        self._stream_since = -math.inf
+        self._stream_since = math.inf  # no stream yet
         self._resume: asyncio.TimerHandle | None = None
         self.address = address
         self.port = port
@@ -314,7 +319,7 @@ class UdpTransport(Transport):
             # during a pause takes a few of these; it is the stream going on, not a gap
             # that would start the count (and STREAM_SPAN) again.
             if bulk_only and self._loop is not None:
-                self._last_bulk_read = self._loop.time()
+                self._stream_goes_on(self._loop.time())
             else:
                 self._stream_wakes = 0
             return False
@@ -322,16 +327,22 @@ class UdpTransport(Transport):
             self._stream_wakes = 0  # channel traffic: no pure stream of hellos, whose wake-ups a pause would save
         elif 0 < handled <= COALESCE_BELOW and self.read_coalesce and self._loop is not None:
             now = self._loop.time()
-            if now - self._last_bulk_read < self.stream_gap:
-                if not self._stream_wakes:
-                    self._stream_since = self._last_bulk_read
+            if self._stream_goes_on(now):
                 self._stream_wakes += 1
                 if self._stream_wakes >= STREAM_WAKES and now - self._stream_since >= self.stream_span:
                     return True
             else:
                 self._stream_wakes = 0
-            self._last_bulk_read = now
         return False
+
+    def _stream_goes_on(self, now: float) -> bool:
+        """A read of discovery traffic only at ``now``: ``True`` if it came within ``stream_gap``
+        of the previous one; a silence over ``stream_break`` starts the stream's span again."""
+        gap = now - self._last_bulk_read
+        self._last_bulk_read = now
+        if gap > self.stream_break:
+            self._stream_since = now
+        return gap < self.stream_gap
 
     def _pause_reading(self, sock: socket.socket) -> None:
         """A stream of hellos: let them gather for ``read_coalesce`` and read them in one wake-up."""
