@@ -274,6 +274,12 @@ class ReplayGuard:
     IPsec/DTLS), so a little reordering is tolerated but no packet counts twice.  State
     outlives the node by ``retention`` seconds (so captures replayed after a leave or a
     timeout are refused) and at most ``capacity`` instances are remembered.
+
+    Accepting a packet moves no ordering (it is on every hello's path): the instances are
+    kept in the order they were last *placed*, and eviction puts one that was heard since
+    at the end instead of forgetting it.  So an instance is forgotten ``retention`` seconds
+    after it was last heard or somewhat later, never sooner; and over ``capacity``, the
+    first to go are the ones not heard since they were placed.
     """
 
     WINDOW = 64
@@ -282,7 +288,7 @@ class ReplayGuard:
     def __init__(self, retention: float, capacity: int = 50_000) -> None:
         self.retention = retention
         self.capacity = capacity
-        # iid -> [highest seq, bitmap of seen seqs below it, forget-at]: two ints and a time
+        # iid -> [highest seq, bitmap of seen seqs below it, forget-at, forget-at when placed]
         self._state: OrderedDict[str, list[Any]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -298,13 +304,13 @@ class ReplayGuard:
         if state is None:
             # First contact: whatever it sent before is history we cannot vouch for, so
             # only newer packets count (a capture from before we started proves nothing).
-            self._state[iid] = [seq, self._FULL, now + self.retention]
+            forget_at = now + self.retention
+            self._state[iid] = [seq, self._FULL, forget_at, forget_at]
             self._evict(now)
             return True
         high, seen = state[0], state[1]
         if seq == high + 1:  # the usual case, in order: one shift
             state[0], state[1], state[2] = seq, ((seen << 1) | 1) & self._FULL, now + self.retention
-            self._state.move_to_end(iid)
             return True
         if seq > high:
             shift = seq - high
@@ -316,7 +322,6 @@ class ReplayGuard:
                 return False
             state[1] = seen | (1 << (offset - 1))
         state[2] = now + self.retention
-        self._state.move_to_end(iid)
         return True
 
     def close(self, iid: str, seq: int | None, now: float) -> None:
@@ -325,10 +330,11 @@ class ReplayGuard:
         Used on goodbye and on timeout.  Never lowers what was already seen.
         """
         state = self._state.get(iid)
+        forget_at = now + self.retention
         if state is None:
             if seq is None:
                 return
-            self._state[iid] = [seq, self._FULL, now + self.retention]
+            self._state[iid] = [seq, self._FULL, forget_at, forget_at]
         else:
             high = state[0]
             if seq is None or seq >= high:
@@ -336,24 +342,33 @@ class ReplayGuard:
             elif high - seq <= self.WINDOW:
                 # mark every offset from high - seq up to the window as seen
                 state[1] = state[1] | (self._FULL ^ ((1 << (high - seq - 1)) - 1))
-            state[2] = now + self.retention
-        self._state.move_to_end(iid)
+            state[2] = state[3] = forget_at
+            self._state.move_to_end(iid)
 
     def postpone(self, seconds: float) -> None:
         """Keep every instance ``seconds`` longer (the time a link outage kept them silent)."""
         for state in self._state.values():
             state[2] += seconds
+            state[3] += seconds
 
     def forget_expired(self, now: float) -> None:
         """Drop instances unheard for ``retention`` seconds."""
         self._evict(now)
 
     def _evict(self, now: float) -> None:
-        while self._state:
-            iid, state = next(iter(self._state.items()))
-            if state[2] > now and len(self._state) <= self.capacity:
+        """Forget from the front: past their time, or over capacity.  One heard since it was
+        placed goes to the end instead (once per call), which is what keeps ``accept`` free
+        of any reordering."""
+        entries = self._state
+        while entries:
+            iid, state = next(iter(entries.items()))
+            if state[2] != state[3]:
+                state[3] = state[2]
+                entries.move_to_end(iid)
+            elif state[2] > now and len(entries) <= self.capacity:
                 break
-            del self._state[iid]
+            else:
+                del entries[iid]
 
     def clear(self) -> None:
         self._state.clear()

@@ -92,12 +92,58 @@ def test_expired_removes_only_the_silent_and_makes_the_next_expiry_exact() -> No
     a = peers.record(node("a", 0.0), {}, b"{}", None)
     peers.record(node("b", 1.0), {}, b"{}", None)
     peers.record(node("m", 0.5, master=True), {}, b"{}", None)
-    peers.seen(a, 2.0)  # a moves behind b in the ordering
-    assert peers.expired(4.0) == [node("b", 1.0), node("m", 0.5, master=True)]
+    peers.seen(a, 2.0)  # a's bound in the heap (3.0) is now early: expired() finds its real expiry
+    assert peers.expired(4.0) == [node("m", 0.5, master=True), node("b", 1.0)]  # in the order they expired
     assert set(peers.nodes()) == {"a"} and peers.next_expiry == 5.0
     assert peers.expired(4.9) == [] and peers.next_expiry == 5.0
     assert [n.last_seen for n in peers.expired(5.0)] == [2.0]  # handed out with its latest time
     assert len(peers) == 0 and peers.next_expiry == math.inf
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["record", "seen", "remove", "expire", "give_back"]), st.integers(0, 9),
+                          st.booleans(), st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5])), max_size=80))
+def test_expiry_bounds_match_a_model_of_the_last_hellos(steps: list[tuple[str, int, bool, float]]) -> None:
+    """Whatever hellos come, whoever leaves, change class or gets time back: ``expired`` removes
+    exactly the silent, ``next_expiry`` is never late (exact after ``expired``), and peers
+    that left do not grow the heap past a constant times the table."""
+    peers = table()
+    timeouts = {False: 3.0, True: 2.0}
+    model: dict[str, tuple[float, bool]] = {}  # iid -> (last hello, master)
+    now = 0.0
+    for op, n, master, step in steps:
+        now += step
+        iid = f"n{n}"
+        if op == "record":
+            peers.record(node(iid, now, master=master), {}, b"{}", None)
+            model[iid] = (now, master)
+        elif op == "seen" and iid in model:
+            peers.seen(peers.get(iid), now)  # type: ignore[arg-type]
+            model[iid] = (now, model[iid][1])
+        elif op == "remove" and iid in model:
+            peers.remove(iid)
+            del model[iid]
+        elif op == "give_back":
+            peers.give_time_back(step, now)
+            model = {i: (min(seen + step, now), m) for i, (seen, m) in model.items()}
+        elif op == "expire":
+            silent = {i for i, (seen, m) in model.items() if seen + timeouts[m] <= now}
+            assert {n.id for n in peers.expired(now)} == silent
+            model = {i: v for i, v in model.items() if i not in silent}
+            assert peers.next_expiry == min((seen + timeouts[m] for seen, m in model.values()), default=math.inf)
+        assert peers.next_expiry <= min((seen + timeouts[m] for seen, m in model.values()), default=math.inf)
+        assert set(peers.nodes()) == set(model)
+        assert len(peers._due) <= 2 * len(model) + 65  # the bound is the point
+
+
+def test_a_hello_that_changes_nothing_leaves_the_heap_alone() -> None:
+    peers = table()
+    peer = peers.record(node("a", 0.0), {}, b"{}", None)
+    heap = list(peers._due)
+    for t in range(1, 50):
+        peers.seen(peer, t / 10)
+    assert peers._due == heap and peers.next_expiry == 3.0  # a lower bound, made exact below
+    assert peers.expired(3.0) == [] and peers.next_expiry == 4.9 + 3.0
 
 
 def test_a_changed_record_moves_class_and_keeps_its_seq() -> None:

@@ -370,6 +370,46 @@ def test_guard_close_never_lowers_what_was_seen() -> None:
     assert fresh.accept("j", 50, 0) and not fresh.accept("j", 49, 0) and fresh.accept("j", 51, 0)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.sampled_from([0.0, 0.5, 3.0, 11.0]), st.booleans()),
+                max_size=120))
+def test_the_guard_never_forgets_an_instance_sooner_than_retention_after_it_was_last_heard(
+        steps: list[tuple[int, float, bool]]) -> None:
+    """``accept`` moves no ordering; eviction must still keep every instance heard within
+    ``retention``, and forget them all once everyone has been silent that long."""
+    from pydiscover.security import ReplayGuard
+
+    guard = ReplayGuard(retention=10.0, capacity=1_000)
+    last: dict[str, float] = {}
+    seqs: dict[str, int] = {}
+    now = 0.0
+    for n, step, check in steps:
+        now += step
+        iid = f"i{n}"
+        seqs[iid] = seqs.get(iid, 0) + 1
+        assert guard.accept(iid, seqs[iid], now)
+        last[iid] = now
+        if check:
+            guard.forget_expired(now)
+        for known, heard in last.items():
+            if now < heard + 10.0:
+                assert guard.highest(known) == seqs[known]  # still refuses its old packets
+    if last:
+        guard.forget_expired(max(last.values()) + 10.0)
+        assert len(guard) == 0
+
+
+def test_over_capacity_the_guard_forgets_the_instances_not_heard_again_first() -> None:
+    from pydiscover.security import ReplayGuard
+
+    guard = ReplayGuard(retention=100.0, capacity=3)
+    for seq, iid in enumerate(("a", "b", "c")):
+        assert guard.accept(iid, 1, float(seq))
+    assert guard.accept("a", 2, 5.0)  # a is heard again; b and c are not
+    assert guard.accept("d", 1, 6.0)  # over capacity: b (not heard since) goes, not a
+    assert guard.highest("b") is None and guard.highest("a") == 2 and len(guard) == 3
+
+
 def test_an_old_goodbye_does_not_remove_a_node_that_said_hello_since() -> None:
     core = DiscoveryCore(build_options(hostname="h"), pid="me", iid="me")
     core.start(0.0)
