@@ -4,6 +4,8 @@
   every hello delivered to every other node (a million deliveries per simulated second):
   simulated seconds per wall second, and when the full view and the single master formed
   (the simulator keeps no events: a million ``added`` records would measure the harness).
+  Its detail has the cost per delivery in each simulated second, and the same for 100
+  nodes: the per-delivery work is the same, the memory it walks a hundredth.
 * One real node: the blaster of ``benchmarks/hello_cpu.py`` plays 1,000 peers, each saying
   hello once a second (1,000 datagrams/s, spread evenly), to one receiver process; its CPU
   share of one core over the window.  Both receive node-discover's hellos; pydiscover also
@@ -33,22 +35,32 @@ def simulate(nodes: int, seconds: float) -> dict[str, Any]:
         sim.add(weight=sim.rng.random(), hello_interval=1.0, check_interval=2.0, node_timeout=3.25)
     heaviest = max(range(nodes), key=lambda i: sim.nodes[i].core.options.weight)
     full_view_at = None
-    wall = time.perf_counter()
+    # Wall time and deliveries of each simulated second: the first (every node starts at
+    # once, every hello is new to every other node) against the steady ones.
+    per_second: list[dict[str, float]] = []
+    delivered = 0
+    wall = second_started = time.perf_counter()
     t = 0.0
     while t < seconds:
         t = round(t + 0.05, 6)
         sim.run_until(t)
         if full_view_at is None and all(len(n.core.nodes) == nodes - 1 for n in sim.nodes):
             full_view_at = t
+        if t == int(t) or t >= seconds:
+            now = time.perf_counter()
+            total = sum(n.core.counters["packets_in"] for n in sim.nodes)
+            per_second.append({"wall_s": now - second_started, "deliveries": total - delivered,
+                               "us_per_delivery": (now - second_started) / max(total - delivered, 1) * 1e6})
+            second_started, delivered = now, total
     wall = time.perf_counter() - wall
-    deliveries = sum(n.core.counters["packets_in"] for n in sim.nodes)
     return {
         "nodes": nodes,
         "simulated_s": seconds,
         "wall_s": wall,
         "sim_s_per_wall_s": seconds / wall,
-        "deliveries": deliveries,
-        "deliveries_per_wall_s": deliveries / wall,
+        "deliveries": delivered,
+        "deliveries_per_wall_s": delivered / wall,
+        "per_simulated_second": per_second,
         "full_view_at": full_view_at,
         "masters": sim.masters(),
         "one_master_is_heaviest": sim.masters() == [heaviest],
@@ -63,6 +75,9 @@ def one_among_many(impl: str, mode: str, seconds: float) -> dict[str, Any]:
 
 def run(quick: bool) -> list[Figure]:
     sim = simulate(1_000, 2.0 if quick else 4.0)
+    # The same per-delivery work with a tenth of the cores: what memory costs at 1,000
+    # (a million peer records in one process) against caches that hold most of it.
+    sim["small_for_contrast"] = simulate(100, 3.0)
     seconds = 5.0 if quick else 15.0
     # The same peers for both (node-discover's own hellos), then pydiscover's costlier ones.
     same = {impl: one_among_many(impl, "plain", seconds) for impl in impls()}
