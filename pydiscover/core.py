@@ -119,15 +119,12 @@ class DiscoveryCore:
         self.pid = pid
         self.iid = iid
         self._peers = PeerTable(node_timeout=options.node_timeout, master_timeout=options.master_timeout,
-                                rank=(options.weight, 0, iid), on_remove=self._forget_body)
+                                rank=(options.weight, 0, iid))
         # Every per-instance structure is bounded by max_nodes (a flood of made-up instances
         # is dropped at the table, see _table_full): the caches hold a hello per member.
         cache_entries = max(REPEAT_CACHE_SIZE, options.max_nodes)
         cache_bytes = max(REPEAT_CACHE_BYTES, options.max_nodes * 256)
         self._repeats = RepeatCache(cache_entries, cache_bytes)
-        #: Our peers' hellos by body (all but the seq, see wire.split_seq): one whose only
-        #: change is its seq moves the node's time, as a node-discover repeat does.
-        self._bodies = RepeatCache(cache_entries, cache_bytes)
         self._table_full_last = -math.inf  # the last hello dropped because the table was full
         self._refused: dict[str, None] = {}  # new instances refused for a full table, the latest REFUSED_MEMORY
         self._timers = Timers(
@@ -379,7 +376,6 @@ class DiscoveryCore:
         self._peers.clear()
         self._refused.clear()
         self._repeats.clear()
-        self._bodies.clear()
         self._token = None
         self._wants_master = False  # the coordinator lets go of everything on stop
         if self._role.resign():
@@ -502,8 +498,9 @@ class DiscoveryCore:
             raise
         self._receive_limit = self._receive_limit_for(codec)
         self._replay.retention = self._replay_retention(codec)
-        self._repeats.clear()  # what the old keys opened, the new ones may not
-        self._bodies.clear()
+        # What the old keys opened, the new ones may not.  (Peers' bodies stay: they are
+        # compared after opening, with whatever key opened them.)
+        self._repeats.clear()
         self._budgets.clear()
 
     def advertise(self, advertisement: Any) -> None:
@@ -605,17 +602,20 @@ class DiscoveryCore:
                     return out
             # Anything else builds a record: from fresh objects, never ones handlers could
             # have been given (and mutated) before.  Only the opening is skipped.
-            env, sent_at, split = wire.decode(plaintext), None, None
+            env, sent_at, key = wire.decode(plaintext), None, None
         else:
             try:
                 plaintext, sent_at = self._codec.open(data)
             except OpenError as exc:
                 self._drop(exc.reason, addr, exc)
                 return out
-            split = wire.split_seq(plaintext) if plaintext.startswith(wire.HELLO_START) else None
-            if split is not None:
-                known = self._bodies.get(split[0])
-                if known is not None and self._seq_only_hello(now, known[0], split[1], sent_at, host, port, out):
+            key = wire.hello_key(plaintext) if plaintext.startswith(wire.HELLO_START) else None
+            if key is not None:
+                # Our peers' hellos: the same text but the seq as the one that made the
+                # record moves only its time, as a node-discover repeat does.
+                peer = peers.get(key[0])
+                if peer is not None and peer.body == key[1] \
+                        and self._seq_only_hello(now, peer, key[2], sent_at, host, port, out):
                     return out
             try:
                 env = wire.decode(plaintext)
@@ -641,11 +641,8 @@ class DiscoveryCore:
             if peer is not None and peer.data is env.data:  # it made (or refreshed) the record
                 if env.seq is None and sent_at is None:
                     self._repeats.remember(data, env, plaintext)
-                elif split is not None:
-                    if peer.body is not None and peer.body != split[0]:
-                        self._bodies.discard(peer.body)  # superseded: a changing advertisement must not fill it
-                    peer.body = split[0]
-                    self._bodies.remember(split[0], env, b"")
+                # The text that stands for the record now (or none): see Peer.body.
+                peer.body = key[1] if key is not None and key[0] == env.iid else None
         elif env.event == wire.GOODBYE:
             self._on_goodbye(now, env, out)
         elif env.event in self._channels:
@@ -660,18 +657,15 @@ class DiscoveryCore:
         return out
 
     # -------------------------------------------------------------- internals
-    def _seq_only_hello(self, now: float, env: wire.Envelope, seq: int, sent_at: float | None, host: str, port: int,
+    def _seq_only_hello(self, now: float, peer: Peer, seq: int, sent_at: float | None, host: str, port: int,
                         out: list[Action]) -> bool:
-        """A hello equal but for its seq to ``env``, the one that made its node's record: the
-        checks that depend on the seq and the time, then only the time moves.  ``False``
-        (parse it) if ``env`` no longer stands for the record or came from elsewhere."""
-        peer = self._peers.get(env.iid)
-        if peer is None or peer.data is not env.data:
-            return False
+        """A hello equal but for its seq to the one that made ``peer``'s record: the checks
+        that depend on the seq and the time, then only the time moves.  ``False`` (parse
+        it) if it came from elsewhere."""
         node = peer.node
         if node.port != port or node.address != host:
             return False
-        if not self._fresh(now, env.iid, seq, sent_at, (host, port)):
+        if not self._fresh(now, node.id, seq, sent_at, (host, port)):
             return True  # dropped and counted
         if seq < peer.seq:
             self.dropped["stale"] += 1  # reordered: an older state than the one we hold
@@ -706,11 +700,6 @@ class DiscoveryCore:
         if reason in _MISMATCH_ADVICE and self.dropped[reason] == 1:
             # Counting alone would leave a split cluster silent: say once what to change.
             log.warning("dropping packets from %s: %s", addr, _MISMATCH_ADVICE[reason])
-
-    def _forget_body(self, peer: Peer) -> None:
-        """A peer left: its hello body goes from the cache (under churn, departed bodies would fill it)."""
-        if peer.body is not None:
-            self._bodies.discard(peer.body)
 
     def _make_room(self, now: float, iid: str, out: list[Action]) -> bool:
         """A full table and a hello from new instance ``iid``: admit it if it was refused before

@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from .election import Standing
@@ -35,7 +35,8 @@ class Peer:
         self.data = data
         #: ... and its canonical JSON: equal text skips validation.
         self.data_json = data_json
-        #: The text of our peers' last hello but its seq (the core's body cache key), if kept.
+        #: The opened text, all but its seq (``wire.hello_key``), of the hello that made or last
+        #: refreshed ``data``, or ``None``: a hello with this text and a new seq changes nothing.
         self.body: bytes | None = None
         #: The number of this peer's one valid entry in :class:`PeerTable`'s expiry heap.
         self.due = -1
@@ -54,14 +55,10 @@ class PeerTable:
     callers can skip the scan with one comparison.
     """
 
-    __slots__ = ("_due", "_numbers", "_on_remove", "_once", "_peers", "_timeouts", "get", "next_expiry",
-                 "standing")
+    __slots__ = ("_due", "_numbers", "_once", "_peers", "_timeouts", "get", "next_expiry", "standing")
 
-    def __init__(self, *, node_timeout: float, master_timeout: float, rank: tuple[float, int, str],
-                 on_remove: Callable[[Peer], None] | None = None) -> None:
+    def __init__(self, *, node_timeout: float, master_timeout: float, rank: tuple[float, int, str]) -> None:
         self._peers: dict[str, Peer] = {}
-        #: Called with each peer leaving the table (by :meth:`remove` or :meth:`expired`, not :meth:`clear`).
-        self._on_remove = on_remove
         #: How the peers stand against ``rank`` (this node's) in the election, kept as records change.
         self.standing = Standing(rank)
         #: ``(bound, number, peer)``: the entry numbered ``peer.due`` is the peer's valid one;
@@ -142,8 +139,6 @@ class PeerTable:
         peer.due = -1  # its heap entry is stale now
         self._once.pop(iid, None)
         self.standing.count(peer.node, -1)
-        if self._on_remove is not None:
-            self._on_remove(peer)
         due = self._due
         if len(due) > 2 * len(self._peers) + 64:
             # Peers that left keep an entry until its bound: churn (hello, goodbye, a new id)

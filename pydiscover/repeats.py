@@ -2,8 +2,8 @@
 
 node-discover peers send the same bytes every time (no seq, deterministic JSON and
 cipher), and opening and parsing are pure functions of the bytes: the core keeps those
-datagrams whole.  Ours carry a fresh seq (and, sealed, a fresh nonce): the core keeps
-their opened text without the seq (``wire.split_seq``) in a second cache of this kind.
+datagrams whole.  Ours carry a fresh seq (and, sealed, a fresh nonce): each peer's record
+keeps its opened text without the seq instead (``Peer.body``, ``wire.hello_key``).
 """
 
 from __future__ import annotations

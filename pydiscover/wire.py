@@ -110,12 +110,13 @@ def encode(envelope: Envelope, *, what: str = "packet", budget: int | None = Non
     return raw
 
 
-#: How :func:`encode` begins a hello (``event`` first): a message never does, so only these
-#: are worth :func:`split_seq` on the receive path.
+#: How :func:`encode` begins a hello (``event`` first, then ``pid`` and ``iid``): a message
+#: never does, so only these are worth :func:`hello_key` on the receive path.
 HELLO_START = b'{"event":"hello",'
 _SEQ_MARK = b',"seq":'
 #: The longest trailing ``,"seq":N}`` that :func:`encode` writes (``MAX_SEQ`` has 16 digits).
 _SEQ_TAIL = len(_SEQ_MARK) + len(str(MAX_SEQ)) + 1
+_IID_MARK = b'","iid":"'
 
 
 def split_seq(plaintext: bytes) -> tuple[bytes, int] | None:
@@ -130,9 +131,32 @@ def split_seq(plaintext: bytes) -> tuple[bytes, int] | None:
     body, mark, tail = plaintext.rpartition(_SEQ_MARK)
     digits = tail[:-1]
     if not mark or tail[-1:] != b"}" or not digits.isdigit() or len(tail) > _SEQ_TAIL - len(_SEQ_MARK) \
-            or (digits[:1] == b"0" and len(digits) > 1):
+            or (digits[0] == 0x30 and len(digits) > 1):  # a leading "0"
         return None
     return body, int(digits)
+
+
+def hello_key(plaintext: bytes) -> tuple[str, bytes, int] | None:
+    """``(iid, body, seq)`` of a hello as :func:`encode` writes it, without parsing; else ``None``.
+
+    What a receiver needs to find the sender's record and compare the body (all but the
+    seq, see :func:`split_seq`) with the one that made it, so a hello whose only change is
+    its seq is not parsed.  The iid is read as the first ``","iid":"`` up to the next quote:
+    exact for our peers (ids without escapes); for any other text it may be wrong, which
+    can only miss, since a hit also needs the whole body equal to one that was parsed.
+    """
+    split = split_seq(plaintext)
+    if split is None:
+        return None
+    body = split[0]
+    start = body.find(_IID_MARK, len(HELLO_START)) + len(_IID_MARK)
+    end = body.find(b'"', start)
+    if start < len(_IID_MARK) or end < 0:
+        return None
+    try:
+        return body[start:end].decode(), body, split[1]
+    except UnicodeDecodeError:
+        return None
 
 
 def check_json(value: Any, what: str) -> None:

@@ -725,21 +725,32 @@ def test_only_a_lone_report_or_message_is_marked_emits_only(seq: int | None) -> 
     assert core.last_emits_only and core.last_was_message and len(out) == 1
 
 
-def test_a_peer_whose_hellos_keep_changing_holds_one_body_at_most() -> None:
-    """An advertisement that changes every hello (a load figure) replaces its body in the cache
-    instead of filling it (which would empty it, and send every steady peer back to parsing)."""
+def counting_decode(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every text ``wire.decode`` parses from now on (the core parses only what it cannot skip)."""
+    decoded: list[bytes] = []
+    decode = wire.decode
+    monkeypatch.setattr(wire, "decode", lambda raw: decoded.append(raw) or decode(raw))
+    return decoded
+
+
+def test_a_peer_whose_hellos_keep_changing_leaves_the_others_unparsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An advertisement that changes every hello (a load figure) is parsed every time; the
+    steady peers beside it still are not (a shared cache it filled would have sent them back)."""
     core = lone_core()
     core.start(0.0)
     here = ("10.0.0.2", 1)
     core.datagram_received(0.1, hello("steady", seq=1), here)
+    decoded = counting_decode(monkeypatch)
     for seq in range(1, 200):
         core.datagram_received(0.1 + seq / 1000, hello("busy", seq=seq, weight=float(seq)), here)
-    assert len(core._bodies) == 2 and core.nodes["busy"].weight == 199.0
+    assert len(decoded) == 199 and core.nodes["busy"].weight == 199.0
+    core.datagram_received(0.5, hello("steady", seq=2), here)
+    assert len(decoded) == 199 and core.nodes["steady"].last_seen == 0.5
 
 
 def test_peers_that_leave_take_their_bodies_with_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A cluster churning for hours (the soak) must not keep each departed instance's hello
-    text until the cache's bound recycles it: a goodbye and a timeout both drop it."""
+    """A departed instance's hello text goes with its record: the same text from it later is
+    a newcomer's (parsed, ``added``), and the peers that stayed are still not parsed."""
     core = lone_core()
     core.start(0.0)
     here = ("10.0.0.2", 1)
@@ -748,16 +759,33 @@ def test_peers_that_leave_take_their_bodies_with_them(monkeypatch: pytest.Monkey
         core.datagram_received(0.1, hello(f"left{n}", seq=1), here)
         core.datagram_received(0.1, hello(f"left{n}", seq=2, event=wire.GOODBYE), here)
     core.datagram_received(0.1, hello("quiet", seq=1), here)
-    assert len(core._bodies) == 2 and set(core.nodes) == {"steady", "quiet"}
+    assert set(core.nodes) == {"steady", "quiet"}
     core.datagram_received(1.0, hello("steady", seq=2), here)
     out = tick_until(core, 0.1 + FAST["node_timeout"] + 0.01)  # "quiet" times out, "steady" does not
     assert [n.id for n in (e.args[0] for e in events(out, "removed"))] == ["quiet"]
-    assert len(core._bodies) == 1
-    decoded: list[bytes] = []
-    decode = wire.decode
-    monkeypatch.setattr(wire, "decode", lambda raw: decoded.append(raw) or decode(raw))
+    decoded = counting_decode(monkeypatch)
     core.datagram_received(1.6, hello("steady", seq=3), here)
     assert decoded == [] and core.nodes["steady"].last_seen == 1.6  # the live peer's body is still there: no parse
+    out = core.datagram_received(1.7, hello("left7", seq=3), here)  # back after its goodbye, same text
+    assert len(decoded) == 1 and [e.args[0].id for e in events(out, "added")] == ["left7"]
+
+
+def test_a_record_made_from_other_text_is_not_refreshed_by_the_old_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text that skips parsing is the one that made the record *now*: after a hello whose
+    text cannot be split (``seq`` not last) changed the record, the old text is parsed again."""
+    core = lone_core()
+    core.start(0.0)
+    here = ("10.0.0.2", 1)
+    core.datagram_received(0.1, hello("a", seq=1, weight=1.0), here)
+    reordered = orjson.loads(hello("a", seq=2, weight=5.0))
+    reordered = {"seq": reordered.pop("seq"), **reordered}  # valid, but not as encode writes it
+    core.datagram_received(0.2, orjson.dumps(reordered), here)
+    assert core.nodes["a"].weight == 5.0
+    decoded = counting_decode(monkeypatch)
+    out = core.datagram_received(0.3, hello("a", seq=3, weight=1.0), here)  # the first text again
+    assert len(decoded) == 1 and core.nodes["a"].weight == 1.0 and events(out, "nodeUpdated")
+    core.datagram_received(0.4, hello("a", seq=4, weight=1.0), here)
+    assert len(decoded) == 1 and core.nodes["a"].last_seen == 0.4  # and it stands for the record again
 
 
 # ------------------------------------------------------------------ bounded table (issue 20)

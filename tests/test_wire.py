@@ -20,6 +20,7 @@ from pydiscover.wire import (
     decode,
     decode_hello,
     encode,
+    hello_key,
     split_seq,
 )
 
@@ -150,3 +151,22 @@ def test_split_seq_takes_only_a_json_integer_as_the_last_member(tail: bytes) -> 
         except orjson.JSONDecodeError:
             return  # not a packet: the core never trusts a body it has not seen parsed
         assert parsed["seq"] == seq  # JSON's last duplicate key wins, as here
+@settings(max_examples=400, deadline=None)
+@given(pid=st.text(max_size=12) | st.sampled_from(['","iid":"x', '\\', '"']), iid=st.text(min_size=1, max_size=12),
+       data=JSON_VALUES, seq=st.none() | st.integers(0, 2**53))
+def test_hello_key_reads_the_iid_and_body_that_encode_wrote(pid: str, iid: str, data: object, seq: int | None) -> None:
+    """Whatever the pid holds, the key is the real iid (when JSON writes it unescaped) and the
+    body is split_seq's; an iid that needed escapes may give no key, never another peer's text."""
+    raw = encode(Envelope(HELLO, pid or "p", iid, "h", data, seq))
+    key = hello_key(raw)
+    if seq is None:
+        assert key is None
+        return
+    split = split_seq(raw)
+    assert split is not None
+    if orjson.dumps(iid)[1:-1] == iid.encode():
+        assert key == (iid, split[0], seq)
+    else:
+        assert key is None or key[1:] == split
+
+
