@@ -145,16 +145,16 @@ def hello_key(plaintext: bytes) -> tuple[str, bytes, int] | None:
     exact for our peers (ids without escapes); for any other text it may be wrong, which
     can only miss, since a hit also needs the whole body equal to one that was parsed.
     """
-    split = split_seq(plaintext)
-    if split is None:
-        return None
-    body = split[0]
+    body, mark, tail = plaintext.rpartition(_SEQ_MARK)
+    digits = tail[:-1]
     start = body.find(_IID_MARK, len(HELLO_START)) + len(_IID_MARK)
     end = body.find(b'"', start)
-    if start < len(_IID_MARK) or end < 0:
+    # split_seq's test, and an iid found (one pass of tests: this runs for every hello)
+    if not mark or tail[-1:] != b"}" or not digits.isdigit() or len(tail) > _SEQ_TAIL - len(_SEQ_MARK) \
+            or (digits[0] == 0x30 and len(digits) > 1) or start < len(_IID_MARK) or end < 0:
         return None
     try:
-        return body[start:end].decode(), body, split[1]
+        return body[start:end].decode(), body, int(digits)
     except UnicodeDecodeError:
         return None
 

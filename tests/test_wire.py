@@ -141,8 +141,9 @@ def test_split_seq_finds_exactly_the_top_level_seq_that_encode_writes(data: obje
      b',"seq":1,"seq":2}', b'\xff,"seq":5}',
      b',"seq":\xd9\xa1}', b',"seq":99999999999999999999}']))
 def test_split_seq_takes_only_a_json_integer_as_the_last_member(tail: bytes) -> None:
-    raw = b'{"event":"hello"' + tail
+    raw = b'{"event":"hello","pid":"p","iid":"i"' + tail
     split = split_seq(raw)
+    assert hello_key(raw) == (None if split is None else ("i", *split))  # the same test of the tail
     if split is not None:
         body, seq = split
         assert raw == body + b',"seq":' + str(seq).encode() + b"}" and len(str(seq)) <= 16
