@@ -120,7 +120,7 @@ def test_the_breakdown_times_every_step_and_delivers_every_message() -> None:
     whole = channel["datagram_received, whole"]
     assert whole > max(channel["replay check"], channel["Packet for handlers"], channel["orjson.loads"])
     assert channel["datagram_received + emit to one handler"] > channel["orjson.loads"]
-    assert hello["datagram_received, changed hello (parsed)"] > hello["wire.split_seq"]
+    assert hello["datagram_received, changed hello (parsed)"] > hello["wire.hello_key"]
 
 
 
