@@ -770,6 +770,25 @@ def test_peers_that_leave_take_their_bodies_with_them(monkeypatch: pytest.Monkey
     assert len(decoded) == 1 and [e.args[0].id for e in events(out, "added")] == ["left7"]
 
 
+def test_a_hello_dropped_after_parsing_leaves_the_text_that_stands_for_the_record() -> None:
+    """A stale or malformed hello is parsed and dropped: it must not become the text whose
+    next seq skips parsing (the record was not made from it).  Found by an outside review."""
+    core = lone_core()
+    core.start(0.0)
+    here = ("10.0.0.2", 1)
+    core.datagram_received(0.1, hello("a", seq=1, weight=1.0), here)
+    core.datagram_received(0.15, hello("a", seq=5, weight=1.0), here)
+    core.datagram_received(0.2, hello("a", seq=3, weight=2.0), here)  # stale: dropped
+    out = core.datagram_received(0.3, hello("a", seq=6, weight=2.0), here)
+    assert core.nodes["a"].weight == 2.0 and events(out, "nodeUpdated") and core.dropped["stale"] == 1
+    bad = orjson.loads(hello("a", seq=7))
+    bad["data"]["weight"] = "x"
+    bad = {**{k: v for k, v in bad.items() if k != "seq"}, "seq": 7}
+    core.datagram_received(0.4, orjson.dumps(bad), here)
+    core.datagram_received(0.5, orjson.dumps({**bad, "seq": 8}), here)
+    assert core.dropped["bad_hello"] == 2 and core.nodes["a"].weight == 2.0
+
+
 def test_a_record_made_from_other_text_is_not_refreshed_by_the_old_text(monkeypatch: pytest.MonkeyPatch) -> None:
     """The text that skips parsing is the one that made the record *now*: after a hello whose
     text cannot be split (``seq`` not last) changed the record, the old text is parsed again."""

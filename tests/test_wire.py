@@ -112,7 +112,7 @@ JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12) | st.sampled_from([',"seq":5}', '"seq":', "}", ',"seq":0}']),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.text(max_size=6) | st.sampled_from(["seq", "event"]), children, max_size=3),
+        st.text(max_size=6) | st.sampled_from(["seq", "event", "iid"]), children, max_size=3),
     max_leaves=10,
 )
 
@@ -152,6 +152,8 @@ def test_split_seq_takes_only_a_json_integer_as_the_last_member(tail: bytes) -> 
         except orjson.JSONDecodeError:
             return  # not a packet: the core never trusts a body it has not seen parsed
         assert parsed["seq"] == seq  # JSON's last duplicate key wins, as here
+
+
 @settings(max_examples=400, deadline=None)
 @given(pid=st.text(max_size=12) | st.sampled_from(['","iid":"x', '\\', '"']), iid=st.text(min_size=1, max_size=12),
        data=JSON_VALUES, seq=st.none() | st.integers(0, 2**53))
@@ -169,5 +171,3 @@ def test_hello_key_reads_the_iid_and_body_that_encode_wrote(pid: str, iid: str, 
         assert key == (iid, split[0], seq)
     else:
         assert key is None or key[1:] == split
-
-
