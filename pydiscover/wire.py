@@ -119,37 +119,24 @@ _SEQ_TAIL = len(_SEQ_MARK) + len(str(MAX_SEQ)) + 1
 _IID_MARK = b'","iid":"'
 
 
-def split_seq(plaintext: bytes) -> tuple[bytes, int] | None:
-    """``(body, seq)`` for a packet that ends as :func:`encode` ends it, with ``,"seq":N}``;
-    else ``None``.  ``body`` is the rest of the packet: two packets with equal bodies say the
-    same thing but for the seq, so a hello whose only change is its seq need not be parsed.
-
-    Safe without parsing: such a tail can only close the top-level object (inside a string
-    the quotes would be escaped; a nested object would need a second ``}``), and ``N`` must
-    be an integer as JSON writes it (no sign, no leading zero).
-    """
-    body, mark, tail = plaintext.rpartition(_SEQ_MARK)
-    digits = tail[:-1]
-    if not mark or tail[-1:] != b"}" or not digits.isdigit() or len(tail) > _SEQ_TAIL - len(_SEQ_MARK) \
-            or (digits[0] == 0x30 and len(digits) > 1):  # a leading "0"
-        return None
-    return body, int(digits)
-
-
 def hello_key(plaintext: bytes) -> tuple[str, bytes, int] | None:
     """``(iid, body, seq)`` of a hello as :func:`encode` writes it, without parsing; else ``None``.
 
-    What a receiver needs to find the sender's record and compare the body (all but the
-    seq, see :func:`split_seq`) with the one that made it, so a hello whose only change is
-    its seq is not parsed.  The iid is read as the first ``","iid":"`` up to the next quote:
-    exact for our peers (ids without escapes); for any other text it may be wrong, which
-    can only miss, since a hit also needs the whole body equal to one that was parsed.
+    ``body`` is the packet but its trailing ``,"seq":N}``: two hellos with equal bodies say
+    the same thing but for the seq, so a receiver that finds the sender's record by the iid
+    and the body equal to the one that made it need not parse the hello.  Safe without
+    parsing: such a tail can only close the top-level object (inside a string the quotes
+    would be escaped; a nested object would need a second ``}``), and ``N`` must be an
+    integer as JSON writes it (no sign, no leading zero).  The iid is read as the first
+    ``","iid":"`` up to the next quote: exact for our peers (ids without escapes); for any
+    other text it may be wrong, which can only miss, since a hit also needs the whole body
+    equal to one that was parsed.
     """
     body, mark, tail = plaintext.rpartition(_SEQ_MARK)
     digits = tail[:-1]
     start = body.find(_IID_MARK, len(HELLO_START)) + len(_IID_MARK)
     end = body.find(b'"', start)
-    # split_seq's test, and an iid found (one pass of tests: this runs for every hello)
+    # One pass of tests (this runs for every hello): the tail, then an iid found.
     if not mark or tail[-1:] != b"}" or not digits.isdigit() or len(tail) > _SEQ_TAIL - len(_SEQ_MARK) \
             or (digits[0] == 0x30 and len(digits) > 1) or start < len(_IID_MARK) or end < 0:
         return None

@@ -21,7 +21,6 @@ from pydiscover.wire import (
     decode_hello,
     encode,
     hello_key,
-    split_seq,
 )
 
 
@@ -107,7 +106,7 @@ def test_decode_raises_only_decode_error(raw: bytes) -> None:
         assert exc.reason in {"not_json", "not_object", "bad_envelope", "oversized"}
 
 
-# ------------------------------------------------- split_seq: a hello equal but for its seq
+# ------------------------------------------------ hello_key: a hello equal but for its seq
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12) | st.sampled_from([',"seq":5}', '"seq":', "}", ',"seq":0}']),
@@ -119,16 +118,16 @@ JSON_VALUES = st.recursive(
 
 @settings(max_examples=400, deadline=None)
 @given(data=JSON_VALUES, seq=st.none() | st.integers(0, 2**53), hostname=st.text(max_size=10))
-def test_split_seq_finds_exactly_the_top_level_seq_that_encode_writes(data: object, seq: int | None,
+def test_hello_key_finds_exactly_the_top_level_seq_that_encode_writes(data: object, seq: int | None,
                                                                        hostname: str) -> None:
     raw = encode(Envelope(HELLO, "p", "i", hostname, data, seq))
-    split = split_seq(raw)
+    key = hello_key(raw)
     if seq is None:
-        assert split is None  # whatever the data says, however it ends
+        assert key is None  # whatever the data says, however it ends
         return
-    assert split is not None and raw.startswith(HELLO_START)  # the core only splits what starts so
-    body, found = split
-    assert found == seq
+    assert key is not None and raw.startswith(HELLO_START)  # the core only reads keys of what starts so
+    iid, body, found = key
+    assert iid == "i" and found == seq
     assert raw == body + b',"seq":' + str(seq).encode() + b"}"
     without = orjson.loads(raw)
     del without["seq"]
@@ -140,12 +139,12 @@ def test_split_seq_finds_exactly_the_top_level_seq_that_encode_writes(data: obje
     [b',"seq":}', b',"seq":-1}', b',"seq":01}', b',"seq":1.5}', b',"seq":1e3}', b',"seq": 1}', b',"seq":1}}',
      b',"seq":1,"seq":2}', b'\xff,"seq":5}',
      b',"seq":\xd9\xa1}', b',"seq":99999999999999999999}']))
-def test_split_seq_takes_only_a_json_integer_as_the_last_member(tail: bytes) -> None:
+def test_hello_key_takes_only_a_json_integer_as_the_last_member(tail: bytes) -> None:
     raw = b'{"event":"hello","pid":"p","iid":"i"' + tail
-    split = split_seq(raw)
-    assert hello_key(raw) == (None if split is None else ("i", *split))  # the same test of the tail
-    if split is not None:
-        body, seq = split
+    key = hello_key(raw)
+    if key is not None:
+        iid, body, seq = key
+        assert iid == "i"
         assert raw == body + b',"seq":' + str(seq).encode() + b"}" and len(str(seq)) <= 16
         try:
             parsed = orjson.loads(raw)
@@ -158,16 +157,16 @@ def test_split_seq_takes_only_a_json_integer_as_the_last_member(tail: bytes) -> 
 @given(pid=st.text(max_size=12) | st.sampled_from(['","iid":"x', '\\', '"']), iid=st.text(min_size=1, max_size=12),
        data=JSON_VALUES, seq=st.none() | st.integers(0, 2**53))
 def test_hello_key_reads_the_iid_and_body_that_encode_wrote(pid: str, iid: str, data: object, seq: int | None) -> None:
-    """Whatever the pid holds, the key is the real iid (when JSON writes it unescaped) and the
-    body is split_seq's; an iid that needed escapes may give no key, never another peer's text."""
+    """Whatever the pid holds, the key is the real iid (when JSON writes it unescaped) and
+    the body all but the seq; an iid that needed escapes may give no key, never another
+    peer's text."""
     raw = encode(Envelope(HELLO, pid or "p", iid, "h", data, seq))
     key = hello_key(raw)
     if seq is None:
         assert key is None
         return
-    split = split_seq(raw)
-    assert split is not None
+    body = raw[:raw.rindex(b',"seq":')]
     if orjson.dumps(iid)[1:-1] == iid.encode():
-        assert key == (iid, split[0], seq)
+        assert key == (iid, body, seq)
     else:
-        assert key is None or key[1:] == split
+        assert key is None or key[1:] == (body, seq)
