@@ -17,6 +17,9 @@ is colder and slower):
   20 after 20 ms of idleness (the ``read_coalesce`` pause), the first of a batch and the
   others apart.  The difference from the warm figure is the machine's, not the code's:
   whatever ran or slept in between has taken the caches;
+* the machine alone: a fixed pure-Python loop (a few µs, nothing of pydiscover), warm and
+  as the first thing run after 20 ms asleep: what this machine charges any code for
+  waking, the share of the idle rows above that no change to pydiscover can remove;
 * one event-loop wake-up: an asyncio reader woken for a single datagram, as at a low rate
   (CPU of the loop's thread per wake-up, the datagram's own handling included).
 * the floor of any asyncio receiver: a bare reader (``recvfrom`` only, up to 64 per
@@ -39,6 +42,7 @@ import asyncio
 import functools
 import gc
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -212,6 +216,31 @@ def after_idle(core: DiscoveryCore, batches: int) -> dict[str, float]:
             "seq-only hello after 20 ms idle, the others": rest / (batches * (BATCH - 1)) * 1e6}
 
 
+def fixed_work() -> int:
+    """The machine step's loop: a few µs of pure Python, the same every time."""
+    total = 0
+    for i in range(200):
+        total += i
+    return total
+
+
+def machine_step(samples: int) -> dict[str, float]:
+    """Medians of :func:`fixed_work`: right after itself (warm), and first after :data:`IDLE` s asleep."""
+    clock = time.perf_counter
+    warm, first = [], []
+    for _ in range(samples):
+        time.sleep(IDLE)
+        a = clock()
+        fixed_work()
+        b = clock()
+        fixed_work()
+        c = clock()
+        first.append(b - a)
+        warm.append(c - b)
+    return {"a fixed pure-Python loop, warm": statistics.median(warm) * 1e6,
+            "the same loop, first after 20 ms asleep": statistics.median(first) * 1e6}
+
+
 SENDER = """
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -312,6 +341,7 @@ def run(quick: bool) -> list[Figure]:
         "channel message": channel_steps(rounds, calls),
         "hello": hello_steps(rounds, calls),
     }
+    steps["machine"] = machine_step(25 if quick else 100)
     wake = wakeup_step(1_000 if quick else 3_000)
     steps["wake-up"] = {k: v for k, v in wake.items() if k.startswith("event-loop")}
     floor = bare_reader_floor(CHANNEL_RATE, 0.5 if quick else 2.0)

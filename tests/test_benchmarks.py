@@ -7,6 +7,7 @@ benchmarks/RESULTS.md); only that the harness measures what it says.  Loopback o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import __main__ as runner
-from benchmarks import breakdown, flood
+from benchmarks import breakdown, flood, scale
 from benchmarks._harness import REPO, Figure, table
 from benchmarks.hello_cpu import INSTANCES, measure
 from testbed.node_discover import node_discover_available
@@ -121,6 +122,9 @@ def test_the_breakdown_times_every_step_and_delivers_every_message() -> None:
     assert whole > max(channel["replay check"], channel["Packet for handlers"], channel["orjson.loads"])
     assert channel["datagram_received + emit to one handler"] > channel["orjson.loads"]
     assert hello["datagram_received, changed hello (parsed)"] > hello["wire.hello_key"]
+    machine = breakdown.machine_step(samples=3)
+    assert sorted(machine) == ["a fixed pure-Python loop, warm", "the same loop, first after 20 ms asleep"]
+    assert all(us > 0 for us in machine.values())
 
 
 
@@ -130,3 +134,11 @@ def test_the_bare_reader_floor_reads_the_whole_blast() -> None:
     assert floor["sent"] == 1_000
     assert 1_000 <= floor["messages"] <= 1_010  # and the sender's own hellos, two a second
     assert floor["bare asyncio reader, CPU per message under the channel blast"] > 0
+
+
+def test_the_simulation_runs_in_a_child_process_and_elects_the_heaviest() -> None:
+    """Its heap (over a gigabyte at 1,000 nodes) must not stay in the process that runs the next benchmark."""
+    result = scale.simulate_apart(20, 3.0)  # the first election is at the first check, 2 s
+    assert result["pid"] != os.getpid()
+    assert result["one_master_is_heaviest"] and result["full_view_at"] is not None
+    assert result["deliveries"] > 20 * 19  # every node's first hello reached every other
