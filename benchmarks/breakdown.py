@@ -25,7 +25,10 @@ is colder and slower):
 * the floor of any asyncio receiver: a bare reader (``recvfrom`` only, up to 64 per
   wake-up, as pydiscover's) under ``benchmarks.channel``'s blast (pydiscover's sender at
   20,000 messages/s, bursts every 0.5-1 ms), CPU of the loop's thread per message: compare
-  it with node-discover's whole receive CPU per message in the ``channel`` figure.
+  it with node-discover's whole receive CPU per message in the ``channel`` figure; and the
+  same reader's one-way latency (it parses each message for its stamp) under the
+  ``channel`` benchmark's latency run, one message at a time: compare it with both
+  implementations' p50 there.
 
 Each step is the best of several rounds of many calls, so the figures are lower bounds of
 what a busy machine sees; compare them with each other and with the end-to-end figures of
@@ -264,17 +267,29 @@ class BareReader:
         self.sock.setblocking(False)
         self.port: int = self.sock.getsockname()[1]
         self.datagrams = self.wake_ups = 0
+        #: With a list: also the one-way latency of each channel message (``{"t": stamp}``), seconds.
+        self.latencies: list[float] | None = None
         self._loop, self._on_wake = loop, on_wake
         loop.add_reader(self.sock.fileno(), self._ready)
+
+    def _stamp(self, data: bytes) -> None:
+        """The least a receiver must do to know a message's latency: parse it, read its stamp."""
+        now = time.monotonic()
+        payload = orjson.loads(data).get("data")
+        if isinstance(payload, dict) and "t" in payload:  # not the sender's own hellos
+            assert self.latencies is not None
+            self.latencies.append(now - payload["t"])
 
     def _ready(self) -> None:
         self.wake_ups += 1
         for _ in range(64):
             try:
-                self.sock.recvfrom(65508)
+                data, _ = self.sock.recvfrom(65508)
             except BlockingIOError:
                 break
             self.datagrams += 1
+            if self.latencies is not None:
+                self._stamp(data)
         if self._on_wake is not None:
             self._on_wake()
 
@@ -335,6 +350,35 @@ def bare_reader_floor(rate: int, seconds: float) -> dict[str, float]:
     return asyncio.run(main())
 
 
+def bare_reader_latency(messages: int) -> dict[str, float]:
+    """One-way latency of a bare asyncio reader (``recvfrom`` and ``orjson.loads`` only) for
+    ``benchmarks.channel``'s latency run: pydiscover's sender, one message at a time at
+    1,000/s, stamped with the shared monotonic clock.  Compare with both implementations'
+    whole latency in the ``channel`` figure: what is left is the event loop's wake-up."""
+
+    async def main() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        reader = BareReader(loop)
+        reader.latencies = []
+        sender = LineChild([sys.executable, "-m", "benchmarks.channel_peer", "--role", "send", "--port",
+                            str(free_udp_port()), "--peer-port", str(reader.port)], python_env())
+        try:
+            await loop.run_in_executor(None, sender.ask, f"latency {min(messages, 300)} 2000", 30)  # warm-up
+            await asyncio.sleep(0.2)
+            reader.latencies = []
+            sent = await loop.run_in_executor(None, sender.ask, f"latency {messages} 1000", messages / 1000 * 3 + 15)
+            await asyncio.sleep(0.2)  # the last one in flight
+        finally:
+            reader.close()
+            sender.close()
+        lat = sorted(x * 1e6 for x in reader.latencies)
+        return {"bare asyncio reader, one-way latency p50 (one at a time)": lat[len(lat) // 2] if lat else 0.0,
+                "p99_us": lat[min(len(lat) - 1, len(lat) * 99 // 100)] if lat else 0.0,
+                "messages": len(lat), "sent": sent["sent"]}
+
+    return asyncio.run(main())
+
+
 def run(quick: bool) -> list[Figure]:
     rounds, calls = (3, 20_000) if quick else (7, 100_000)
     steps: dict[str, dict[str, float]] = {
@@ -345,13 +389,15 @@ def run(quick: bool) -> list[Figure]:
     wake = wakeup_step(1_000 if quick else 3_000)
     steps["wake-up"] = {k: v for k, v in wake.items() if k.startswith("event-loop")}
     floor = bare_reader_floor(CHANNEL_RATE, 0.5 if quick else 2.0)
-    steps["floor"] = {k: v for k, v in floor.items() if k.startswith("bare")}
+    floor_latency = bare_reader_latency(300 if quick else 1_000)
+    steps["floor"] = {k: v for k, v in [*floor.items(), *floor_latency.items()] if k.startswith("bare")}
     figures = []
     for path, timings in steps.items():
         for step, us in timings.items():
             figures.append(Figure(NAME, f"{path}: {step}", "µs", us, detail={"rounds": rounds, "calls": calls}))
-    figures[-2].detail.update(wake)
-    figures[-1].detail = floor
+    figures[-3].detail.update(wake)
+    figures[-2].detail = floor
+    figures[-1].detail = floor_latency
     return figures
 
 

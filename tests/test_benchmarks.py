@@ -142,3 +142,10 @@ def test_the_simulation_runs_in_a_child_process_and_elects_the_heaviest() -> Non
     assert result["pid"] != os.getpid()
     assert result["one_master_is_heaviest"] and result["full_view_at"] is not None
     assert result["deliveries"] > 20 * 19  # every node's first hello reached every other
+
+
+def test_the_bare_reader_latency_floor_hears_every_stamped_message() -> None:
+    """Smoke form of the breakdown's latency floor: each message's stamp read, the sender's hellos not counted."""
+    floor = breakdown.bare_reader_latency(messages=100)
+    assert floor["sent"] == 100 and floor["messages"] == 100
+    assert 0 < floor["bare asyncio reader, one-way latency p50 (one at a time)"] <= floor["p99_us"]
