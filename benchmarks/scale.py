@@ -9,7 +9,7 @@
   simulation runs in a child process of its own: a million peer records leave the
   process over a gigabyte that it keeps, and the benchmarks run after this one in the
   same process (``python -m benchmarks``) measured that heap, not their own work (the
-  balancer's tasks/s fell by a fifth, 12,400 to 9,200-9,900, after a simulation).
+  balancer's tasks/s over 5,000 tasks fell by a fifth after one: 12,400 before, 9,200-9,900 after).
 * One real node: the blaster of ``benchmarks/hello_cpu.py`` plays 1,000 peers, each saying
   hello once a second (1,000 datagrams/s, spread evenly), to one receiver process; its CPU
   share of one core over the window.  Both receive node-discover's hellos; pydiscover also
@@ -25,7 +25,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from benchmarks._harness import Figure, cli
@@ -80,9 +79,14 @@ SIMULATION_LIMIT = 1800.0
 
 
 def simulate_apart(nodes: int, seconds: float) -> dict[str, Any]:
-    """:func:`simulate` in a fresh child process, so its heap does not stay in this one."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
-        return child.submit(simulate, nodes, seconds).result(timeout=SIMULATION_LIMIT)
+    """:func:`simulate` in a fresh child process, so its heap does not stay in this one.
+
+    Past :data:`SIMULATION_LIMIT` the child is killed (leaving the pool terminates it) and
+    ``multiprocessing.TimeoutError`` is raised.
+    """
+    with multiprocessing.get_context("spawn").Pool(1) as child:
+        result: dict[str, Any] = child.apply_async(simulate, (nodes, seconds)).get(timeout=SIMULATION_LIMIT)
+        return result
 
 
 def one_among_many(impl: str, mode: str, seconds: float) -> dict[str, Any]:

@@ -7,9 +7,11 @@ benchmarks/RESULTS.md); only that the harness measures what it says.  Loopback o
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -149,3 +151,12 @@ def test_the_bare_reader_latency_floor_hears_every_stamped_message() -> None:
     floor = breakdown.bare_reader_latency(messages=100)
     assert floor["sent"] == 100 and floor["messages"] == 100
     assert 0 < floor["bare asyncio reader, one-way latency p50 (one at a time)"] <= floor["p99_us"]
+
+
+def test_a_simulation_past_its_limit_is_killed_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound must end the child: waiting for it would hang the runner as long as the simulation runs."""
+    monkeypatch.setattr(scale, "SIMULATION_LIMIT", 0.5)
+    started = time.monotonic()
+    with pytest.raises(multiprocessing.TimeoutError):
+        scale.simulate_apart(500, 60.0)  # minutes of work
+    assert time.monotonic() - started < 30
