@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 import orjson
 
 from benchmarks._harness import Figure, LineChild, cli, python_env
+from benchmarks.channel import percentile
 from pydiscover import wire
 from pydiscover.core import DiscoveryCore
 from pydiscover.events import SafeEmitter
@@ -376,8 +377,8 @@ def bare_reader_latency(messages: int) -> dict[str, float]:
             reader.close()
             sender.close()
         lat = sorted(x * 1e6 for x in reader.latencies)
-        return {"bare asyncio reader, one-way latency p50 (one at a time)": lat[len(lat) // 2] if lat else 0.0,
-                "p99_us": lat[min(len(lat) - 1, len(lat) * 99 // 100)] if lat else 0.0,
+        return {"bare asyncio reader, one-way latency p50 (one at a time)": percentile(lat, 50) if lat else 0.0,
+                "p99_us": percentile(lat, 99) if lat else 0.0,
                 "messages": len(lat), "sent": sent["sent"]}
 
     return asyncio.run(main())
